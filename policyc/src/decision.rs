@@ -1,0 +1,271 @@
+//! The decision function: which rule applies to a role, and what it says
+//! about a host. Pure: no I/O, no DNS, no clock, no allocation per call.
+//!
+//! Precedence is Smokescreen's: the role's rule (else the default rule, else
+//! deny "no rule matched"); then the rule's `allowed_domains` (allow); then
+//! the global deny list; then the global allow list; then the rule's action.
+//! Reason strings are Smokescreen's, so existing dashboards keep working.
+//! `policyc explain` and `proxyd` both call [`PolicyTable::decide`], so what
+//! CI explains is exactly what the proxy does.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::host::CanonicalHost;
+use crate::pattern::{PatternMatch, PatternSet};
+use crate::policy::{Action, Policy, Rule};
+
+/// The outcome of the name stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    /// Allowed, but `enforce` would have denied it (`enforce_would_deny`).
+    #[serde(rename = "report")]
+    AllowAndReport,
+    Deny,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::AllowAndReport => "report",
+            Verdict::Deny => "deny",
+        }
+    }
+
+    pub fn is_allowed(self) -> bool {
+        !matches!(self, Verdict::Deny)
+    }
+
+    /// Smokescreen's `enforce_would_deny` log field.
+    pub fn enforce_would_deny(self) -> bool {
+        !matches!(self, Verdict::Allow)
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the decision came out as it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    AllowedDomain,
+    GlobalDenyList,
+    GlobalAllowList,
+    OpenPolicy,
+    ReportPolicy,
+    EnforcePolicy,
+    DefaultRulePolicy,
+    NoRuleMatched,
+}
+
+impl Reason {
+    /// Smokescreen's exact `decision_reason` text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::AllowedDomain => "host matched allowed domain in rule",
+            Reason::GlobalDenyList => "host matched rule in global deny list",
+            Reason::GlobalAllowList => "host matched rule in global allow list",
+            Reason::OpenPolicy => "rule has open enforcement policy",
+            Reason::ReportPolicy => "rule has allow and report policy",
+            Reason::EnforcePolicy => "rule has enforce policy",
+            Reason::DefaultRulePolicy => "default rule policy used",
+            Reason::NoRuleMatched => "no rule matched",
+        }
+    }
+
+    /// A short stable identifier, for metric labels and JSON.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::AllowedDomain => "allowed_domain",
+            Reason::GlobalDenyList => "global_deny_list",
+            Reason::GlobalAllowList => "global_allow_list",
+            Reason::OpenPolicy => "open_policy",
+            Reason::ReportPolicy => "report_policy",
+            Reason::EnforcePolicy => "enforce_policy",
+            Reason::DefaultRulePolicy => "default_rule_policy",
+            Reason::NoRuleMatched => "no_rule_matched",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The list a matching pattern came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListKind {
+    AllowedDomains,
+    GlobalDenyList,
+    GlobalAllowList,
+}
+
+impl ListKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListKind::AllowedDomains => "allowed_domains",
+            ListKind::GlobalDenyList => "global_deny_list",
+            ListKind::GlobalAllowList => "global_allow_list",
+        }
+    }
+}
+
+/// Which rule decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleRef<'t> {
+    /// The service rule named after the role.
+    Service(&'t str),
+    /// The `default` rule.
+    Default,
+    /// No rule applied (unknown or missing role, no default rule).
+    None,
+}
+
+impl fmt::Display for RuleRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleRef::Service(name) => f.write_str(name),
+            RuleRef::Default => f.write_str("default"),
+            RuleRef::None => f.write_str("none"),
+        }
+    }
+}
+
+/// What the name stage decided, and everything needed to explain it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision<'t> {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    /// The deciding rule's `project` (empty when no rule applied).
+    pub project: &'t str,
+    pub rule: RuleRef<'t>,
+    /// The pattern that matched, and the list it came from.
+    pub matched: Option<(ListKind, PatternMatch<'t>)>,
+}
+
+impl Decision<'_> {
+    /// Whether the default rule was used (Smokescreen's `Default` flag).
+    pub fn default_rule(&self) -> bool {
+        matches!(self.rule, RuleRef::Default)
+    }
+}
+
+/// A rule in lookup form.
+#[derive(Clone, Debug)]
+struct IndexedRule {
+    name: Box<str>,
+    project: Box<str>,
+    action: Action,
+    allowed: PatternSet,
+}
+
+impl IndexedRule {
+    fn new(rule: &Rule) -> Self {
+        IndexedRule {
+            name: rule.name.as_str().into(),
+            project: rule.project.as_str().into(),
+            action: rule.action,
+            allowed: PatternSet::new(&rule.allowed_domains),
+        }
+    }
+}
+
+/// A policy organised for deciding: roles by hash, patterns by label.
+/// A decision costs a few hash lookups per label of the host, whatever the
+/// number of roles or patterns.
+#[derive(Clone, Debug)]
+pub struct PolicyTable {
+    rules: Vec<IndexedRule>,
+    by_role: HashMap<Box<str>, usize>,
+    default: Option<IndexedRule>,
+    global_allow: PatternSet,
+    global_deny: PatternSet,
+}
+
+impl PolicyTable {
+    pub fn new(policy: &Policy) -> Self {
+        let rules: Vec<IndexedRule> = policy.services.iter().map(IndexedRule::new).collect();
+        let by_role = rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| (rule.name.clone(), i))
+            .collect();
+        PolicyTable {
+            rules,
+            by_role,
+            default: policy.default.as_ref().map(IndexedRule::new),
+            global_allow: PatternSet::new(&policy.global_allow_list),
+            global_deny: PatternSet::new(&policy.global_deny_list),
+        }
+    }
+
+    /// Whether `role` has a rule of its own (not the default).
+    pub fn has_role(&self, role: &str) -> bool {
+        self.by_role.contains_key(role)
+    }
+
+    /// Role names with their own rules, in policy order.
+    pub fn roles(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| &*r.name)
+    }
+
+    /// The name stage. `role` is `None` for a client without a role, which
+    /// gets the default rule when there is one.
+    pub fn decide(&self, role: Option<&str>, host: &CanonicalHost) -> Decision<'_> {
+        let service = role
+            .and_then(|r| self.by_role.get(r))
+            .and_then(|i| self.rules.get(*i));
+        let (rule, rule_ref) = match (service, &self.default) {
+            (Some(rule), _) => (rule, RuleRef::Service(&*rule.name)),
+            (None, Some(default)) => (default, RuleRef::Default),
+            (None, None) => {
+                return Decision {
+                    verdict: Verdict::Deny,
+                    reason: Reason::NoRuleMatched,
+                    project: "",
+                    rule: RuleRef::None,
+                    matched: None,
+                };
+            }
+        };
+        let decided = |verdict, reason, matched| Decision {
+            verdict,
+            reason,
+            project: &rule.project,
+            rule: rule_ref,
+            matched,
+        };
+
+        if let Some(m) = rule.allowed.find(host) {
+            return decided(Verdict::Allow, Reason::AllowedDomain, Some((ListKind::AllowedDomains, m)));
+        }
+        if let Some(m) = self.global_deny.find(host) {
+            return decided(Verdict::Deny, Reason::GlobalDenyList, Some((ListKind::GlobalDenyList, m)));
+        }
+        if let Some(m) = self.global_allow.find(host) {
+            return decided(Verdict::Allow, Reason::GlobalAllowList, Some((ListKind::GlobalAllowList, m)));
+        }
+        let (verdict, reason) = match rule.action {
+            Action::Open => (Verdict::Allow, Reason::OpenPolicy),
+            Action::Report => (Verdict::AllowAndReport, Reason::ReportPolicy),
+            Action::Enforce => (Verdict::Deny, Reason::EnforcePolicy),
+        };
+        let reason = if rule_ref == RuleRef::Default {
+            Reason::DefaultRulePolicy
+        } else {
+            reason
+        };
+        decided(verdict, reason, None)
+    }
+}

@@ -1,0 +1,244 @@
+//! Diagnostics: what `policyc check` reports, each with a stable code, a
+//! `file:line:col`, a one-line message and, when a fix is known, a `help:`.
+//!
+//! Codes never change meaning once published: CI systems and editors match
+//! on them. Errors are `P0xx`, warnings `P1xx`. This module only describes
+//! and renders; deciding what is wrong is `acl`'s job.
+
+use std::fmt::{self, Write as _};
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// Every diagnostic `policyc` can produce. The code is the stable identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// The file is not valid YAML.
+    YamlSyntax,
+    /// A key that the ACL format does not have.
+    UnknownKey,
+    /// The same key twice in one mapping.
+    DuplicateKey,
+    /// A value of the wrong type (a string where a list belongs, ...).
+    WrongType,
+    /// A required key is absent or null.
+    MissingKey,
+    /// `version` is not `v1`.
+    UnsupportedVersion,
+    /// A service `name` is empty.
+    EmptyName,
+    /// Two services with the same `name`.
+    DuplicateService,
+    /// `action` is not open, report or enforce.
+    UnknownAction,
+    /// A host pattern Smokescreen refuses (wildcard rules, bad host).
+    InvalidPattern,
+    /// A host pattern that is not written canonically.
+    NonCanonicalPattern,
+    /// A rule uses an action disabled with `--disable-acl-policy-action`.
+    DisabledAction,
+    /// A `mitm_domains` entry that is not in the rule's `allowed_domains`.
+    MitmDomainNotAllowed,
+    /// The file could not be read.
+    Io,
+    /// No `default` rule: unknown roles are denied.
+    NoDefaultRule,
+    /// The same entry twice in one list.
+    DuplicateEntry,
+    /// An entry already covered by a wildcard in the same list.
+    ShadowedEntry,
+    /// A host in both global lists (the deny list wins).
+    InBothGlobalLists,
+    /// `allowed_domains` on an `open` rule (matters only against the global deny list).
+    AllowedDomainsOnOpenRule,
+    /// A trailing dot in an entry (accepted, normalised away).
+    TrailingDot,
+    /// A Smokescreen key that a CONNECT-only proxy cannot honour.
+    IgnoredKey,
+}
+
+impl Code {
+    pub const ALL: [Code; 21] = [
+        Code::YamlSyntax,
+        Code::UnknownKey,
+        Code::DuplicateKey,
+        Code::WrongType,
+        Code::MissingKey,
+        Code::UnsupportedVersion,
+        Code::EmptyName,
+        Code::DuplicateService,
+        Code::UnknownAction,
+        Code::InvalidPattern,
+        Code::NonCanonicalPattern,
+        Code::DisabledAction,
+        Code::MitmDomainNotAllowed,
+        Code::Io,
+        Code::NoDefaultRule,
+        Code::DuplicateEntry,
+        Code::ShadowedEntry,
+        Code::InBothGlobalLists,
+        Code::AllowedDomainsOnOpenRule,
+        Code::TrailingDot,
+        Code::IgnoredKey,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::YamlSyntax => "P001",
+            Code::UnknownKey => "P002",
+            Code::DuplicateKey => "P003",
+            Code::WrongType => "P004",
+            Code::MissingKey => "P005",
+            Code::UnsupportedVersion => "P006",
+            Code::EmptyName => "P007",
+            Code::DuplicateService => "P008",
+            Code::UnknownAction => "P009",
+            Code::InvalidPattern => "P010",
+            Code::NonCanonicalPattern => "P011",
+            Code::DisabledAction => "P012",
+            Code::MitmDomainNotAllowed => "P013",
+            Code::Io => "P014",
+            Code::NoDefaultRule => "P101",
+            Code::DuplicateEntry => "P102",
+            Code::ShadowedEntry => "P103",
+            Code::InBothGlobalLists => "P104",
+            Code::AllowedDomainsOnOpenRule => "P105",
+            Code::TrailingDot => "P106",
+            Code::IgnoredKey => "P107",
+        }
+    }
+
+    pub fn severity(self) -> Severity {
+        if self.as_str().starts_with("P0") {
+            Severity::Error
+        } else {
+            Severity::Warning
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A 1-based position in a source file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Position {
+    pub line: u64,
+    pub column: u64,
+}
+
+/// One finding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub code: Code,
+    pub severity: Severity,
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn new(code: Code, file: &str, at: Position, message: impl Into<String>) -> Self {
+        Diagnostic {
+            code,
+            severity: code.severity(),
+            file: file.to_owned(),
+            line: at.line,
+            column: at.column,
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// rustc-style rendering; `source` (the file's text) adds the line and a caret.
+    pub fn render_human(&self, source: Option<&str>) -> String {
+        let mut out = String::new();
+        let kind = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let _ = writeln!(out, "{kind}[{}]: {}", self.code, self.message);
+        let _ = writeln!(out, "  --> {}:{}:{}", self.file, self.line, self.column);
+        let line_text = source.and_then(|s| {
+            usize::try_from(self.line)
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|n| s.lines().nth(n))
+        });
+        if let Some(text) = line_text {
+            let number = self.line.to_string();
+            let pad = " ".repeat(number.len());
+            let caret_pad: String = text
+                .chars()
+                .take(usize::try_from(self.column.saturating_sub(1)).unwrap_or(0))
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            let _ = writeln!(out, "{pad} |");
+            let _ = writeln!(out, "{number} | {text}");
+            let _ = writeln!(out, "{pad} | {caret_pad}^");
+        }
+        if let Some(help) = &self.help {
+            let _ = writeln!(out, "  help: {help}");
+        }
+        out
+    }
+}
+
+/// Diagnostics in the order a reader wants them: by file, line, column.
+pub fn sort(diagnostics: &mut [Diagnostic]) {
+    diagnostics.sort_by(|a, b| {
+        (&a.file, a.line, a.column, a.code.as_str()).cmp(&(&b.file, b.line, b.column, b.code.as_str()))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_and_severity_follows_the_prefix() {
+        let codes: HashSet<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(codes.len(), Code::ALL.len());
+        assert_eq!(Code::UnknownKey.severity(), Severity::Error);
+        assert_eq!(Code::TrailingDot.severity(), Severity::Warning);
+    }
+
+    #[test]
+    fn human_rendering_points_at_the_column() {
+        let d = Diagnostic::new(Code::UnknownKey, "a.yaml", Position { line: 2, column: 3 }, "unknown key `x`")
+            .with_help("did you mean `y`?");
+        let text = d.render_human(Some("version: v1\n  x: 1\n"));
+        assert_eq!(
+            text,
+            "error[P002]: unknown key `x`\n  --> a.yaml:2:3\n  |\n2 |   x: 1\n  |   ^\n  help: did you mean `y`?\n"
+        );
+    }
+}

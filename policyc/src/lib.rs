@@ -1,0 +1,19 @@
+//! `policyc`: the control plane of the egress proxy.
+//!
+//! Reads Smokescreen-compatible ACL YAML strictly ([`acl`]), reports problems
+//! as [`diagnostic`]s, compiles the validated [`policy`] into a verified binary
+//! [`table`], and decides requests with the same pure functions the proxy
+//! uses ([`host`] canonicalisation, [`pattern`] matching, [`decision`]).
+//!
+//! Nothing in this library performs network I/O or reads a clock; file I/O
+//! stays in the `policyc` binary and in [`table::write_atomically`].
+
+pub mod acl;
+pub mod authority;
+pub mod decision;
+pub mod diagnostic;
+pub mod host;
+pub mod pattern;
+pub mod policy;
+pub mod table;
+pub mod yaml;

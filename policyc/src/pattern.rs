@@ -1,0 +1,275 @@
+//! Host patterns (`api.example.com`, `*.example.com`, `203.0.113.7`) and the
+//! set structure that matches a host against many of them.
+//!
+//! A pattern is either an exact canonical host or a leading wildcard that
+//! matches every subdomain at any depth and never the apex. Matching costs one
+//! hash lookup per label of the host, whatever the number of patterns.
+//! Patterns are parsed strictly: only the canonical spelling is accepted, and
+//! the error names the spelling to use. No I/O here.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use crate::host::{self, CanonicalHost, HostError};
+
+/// One entry of an `allowed_domains` or global list.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostPattern {
+    /// Matches exactly this host.
+    Exact(CanonicalHost),
+    /// `*.suffix`: matches any name ending in `.suffix`, never `suffix` itself.
+    Wildcard(Box<str>),
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(host) => write!(f, "{host}"),
+            HostPattern::Wildcard(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
+/// A pattern that parsed, and whether it carried a trailing dot (accepted,
+/// normalised away, worth a warning).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedPattern {
+    pub pattern: HostPattern,
+    pub had_trailing_dot: bool,
+}
+
+/// Why a pattern was refused. Messages follow Smokescreen's wording where it
+/// has one, so people migrating recognise them.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("host pattern is empty")]
+    Empty,
+    #[error("{0:?} would match every host")]
+    MatchesEverything(String),
+    #[error("{0:?}: a wildcard must be a full leading label, as in \"*.example.com\"")]
+    NotFullLabel(String),
+    #[error("{0:?}: wildcards are only supported as a leading \"*.\"")]
+    NotPrefix(String),
+    #[error("{0:?}: a wildcard cannot precede an IP address")]
+    WildcardIp(String),
+    #[error("{pattern:?} is not canonical")]
+    NotCanonical { pattern: String, canonical: String },
+    #[error("{pattern:?}: {error}")]
+    InvalidHost { pattern: String, error: HostError },
+}
+
+impl PatternError {
+    /// The fix to suggest, when there is one.
+    pub fn help(&self) -> Option<String> {
+        match self {
+            PatternError::Empty => Some("remove the empty entry".into()),
+            PatternError::MatchesEverything(_) => {
+                Some("use an `open` or `report` action to allow every host".into())
+            }
+            PatternError::NotFullLabel(p) => {
+                let rest = p.trim_start_matches('*').trim_start_matches('.');
+                Some(format!("use \"*.{rest}\" for its subdomains, or \"{rest}\" for the name itself"))
+            }
+            PatternError::NotPrefix(_) => {
+                Some("list each name, or use one leading wildcard such as \"*.example.com\"".into())
+            }
+            PatternError::WildcardIp(p) => Some(format!("use \"{}\"", p.trim_start_matches("*."))),
+            PatternError::NotCanonical { canonical, .. } => Some(format!("use \"{canonical}\"")),
+            PatternError::InvalidHost { error, pattern } => match error {
+                HostError::HasPort { host, .. } => Some(format!(
+                    "ACL entries match hosts on every port; use \"{}{host}\" (restrict ports with --deny-address IP:PORT)",
+                    if pattern.starts_with("*.") { "*." } else { "" }
+                )),
+                HostError::NonCanonicalIpv4 { means } => Some(format!("use \"{means}\"")),
+                HostError::DisallowedChar { ch: '/' } => {
+                    Some("ACL entries are host names; address ranges belong in --deny-range/--allow-range".into())
+                }
+                HostError::DisallowedChar { ch: '[' | ']' } => {
+                    Some("write IPv6 addresses without brackets".into())
+                }
+                HostError::DisallowedChar { ch: ' ' } => Some("remove the spaces".into()),
+                HostError::EmptyLabel => Some("remove the extra dot".into()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Parses an ACL entry, accepting only its canonical spelling (plus one
+/// trailing dot, reported separately).
+pub fn parse(raw: &str) -> Result<ParsedPattern, PatternError> {
+    if raw.is_empty() {
+        return Err(PatternError::Empty);
+    }
+    if raw == "*" || raw == "*." {
+        return Err(PatternError::MatchesEverything(raw.to_owned()));
+    }
+    let (wildcard, domain) = match raw.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None if raw.starts_with('*') => return Err(PatternError::NotFullLabel(raw.to_owned())),
+        None => (false, raw),
+    };
+    if domain.contains('*') {
+        return Err(PatternError::NotPrefix(raw.to_owned()));
+    }
+    let canonical = host::canonicalize(domain).map_err(|error| PatternError::InvalidHost {
+        pattern: raw.to_owned(),
+        error,
+    })?;
+    let prefix = if wildcard { "*." } else { "" };
+    if canonical.rewritten {
+        return Err(PatternError::NotCanonical {
+            pattern: raw.to_owned(),
+            canonical: format!("{prefix}{}", canonical.host),
+        });
+    }
+    let pattern = match (wildcard, canonical.host.is_name()) {
+        (false, _) => HostPattern::Exact(canonical.host),
+        (true, true) => HostPattern::Wildcard(canonical.host.as_str().into()),
+        (true, false) => return Err(PatternError::WildcardIp(raw.to_owned())),
+    };
+    Ok(ParsedPattern {
+        pattern,
+        had_trailing_dot: canonical.had_trailing_dot,
+    })
+}
+
+/// Which entry of a set matched a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatternMatch<'a> {
+    Exact(&'a str),
+    /// The suffix of the matching `*.suffix` entry.
+    Wildcard(&'a str),
+}
+
+impl fmt::Display for PatternMatch<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PatternMatch::Exact(host) => f.write_str(host),
+            PatternMatch::Wildcard(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
+/// A set of patterns organised for lookup by label from the right: a hash of
+/// exact hosts and a hash of wildcard suffixes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PatternSet {
+    exact: HashSet<Box<str>>,
+    wildcard: HashSet<Box<str>>,
+}
+
+impl PatternSet {
+    pub fn new<'p>(patterns: impl IntoIterator<Item = &'p HostPattern>) -> Self {
+        let mut set = PatternSet::default();
+        for pattern in patterns {
+            match pattern {
+                HostPattern::Exact(host) => set.exact.insert(host.as_str().into()),
+                HostPattern::Wildcard(suffix) => set.wildcard.insert(suffix.clone()),
+            };
+        }
+        set
+    }
+
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.wildcard.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entry matching `host`: the exact entry if there is one, else the
+    /// longest wildcard suffix. One lookup per label of the host.
+    pub fn find(&self, host: &CanonicalHost) -> Option<PatternMatch<'_>> {
+        let text = host.as_str();
+        if let Some(hit) = self.exact.get(text) {
+            return Some(PatternMatch::Exact(hit));
+        }
+        if self.wildcard.is_empty() || !host.is_name() {
+            return None;
+        }
+        let mut rest = text;
+        while let Some(dot) = rest.find('.') {
+            rest = rest.get(dot + 1..)?;
+            if let Some(hit) = self.wildcard.get(rest) {
+                return Some(PatternMatch::Wildcard(hit));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
+
+    use super::*;
+
+    fn err(raw: &str) -> PatternError {
+        parse(raw).expect_err(raw)
+    }
+
+    #[test]
+    fn smokescreen_glob_rules() {
+        for good in ["example.com", "*.example.com", "com", "*.com", "127.0.0.1", "::1",
+                     "foo_bar.example.com", "xn--e1aybc.example.com", "2001:db8::1"] {
+            let parsed = parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert_eq!(parsed.pattern.to_string(), good);
+            assert!(!parsed.had_trailing_dot);
+        }
+        assert!(parse("example.com.").unwrap().had_trailing_dot);
+        assert_eq!(parse("*.example.com.").unwrap().pattern.to_string(), "*.example.com");
+        assert_eq!(err(""), PatternError::Empty);
+        assert!(matches!(err("*"), PatternError::MatchesEverything(_)));
+        assert!(matches!(err("*."), PatternError::MatchesEverything(_)));
+        assert!(matches!(err("*example.com"), PatternError::NotFullLabel(_)));
+        assert!(matches!(err("**.example.com"), PatternError::NotFullLabel(_)));
+        for middle in ["api.*.example.com", "ex*ample.com", "example.*", "*.*.example.com", "*.*"] {
+            assert!(matches!(err(middle), PatternError::NotPrefix(_)), "{middle}");
+        }
+        assert!(matches!(err("*.127.0.0.1"), PatternError::WildcardIp(_)));
+    }
+
+    #[test]
+    fn non_canonical_entries_name_their_canonical_spelling() {
+        let cases = [
+            ("EXAMPLE.COM", "use \"example.com\""),
+            ("ExAmPlE.CoM.", "use \"example.com\""),
+            ("éxämple.com", "use \"xn--xmple-gra7a.com\""),
+            ("*.тест.example.com", "use \"*.xn--e1aybc.example.com\""),
+            ("2001:DB8::1", "use \"2001:db8::1\""),
+            ("::ffff:1.2.3.4", "use \"1.2.3.4\""),
+            ("127.1", "use \"127.0.0.1\""),
+            ("0x7f.0.0.1", "use \"127.0.0.1\""),
+            ("example.com:443", "use \"example.com\""),
+        ];
+        for (raw, help) in cases {
+            let help_text = err(raw).help().unwrap_or_default();
+            assert!(help_text.contains(help), "{raw}: {help_text}");
+        }
+        for bad in [".example.com", "foo..example.com", "[::1]", "10.0.0.0/8", " example.com", "-foo.example.com"] {
+            assert!(matches!(err(bad), PatternError::InvalidHost { .. }), "{bad}");
+        }
+    }
+
+    #[test]
+    fn wildcards_match_any_depth_never_the_apex() {
+        let patterns: Vec<HostPattern> = ["a.com", "*.b.com", "*.c.b.com", "1.2.3.4"]
+            .iter()
+            .map(|p| parse(p).unwrap().pattern)
+            .collect();
+        let set = PatternSet::new(&patterns);
+        let find = |h: &str| set.find(&host::canonical(h).unwrap()).map(|m| m.to_string());
+        assert_eq!(find("a.com").as_deref(), Some("a.com"));
+        assert_eq!(find("x.a.com"), None);
+        assert_eq!(find("b.com"), None);
+        assert_eq!(find("x.b.com").as_deref(), Some("*.b.com"));
+        assert_eq!(find("y.x.b.com").as_deref(), Some("*.b.com"));
+        assert_eq!(find("x.c.b.com").as_deref(), Some("*.c.b.com"));
+        assert_eq!(find("xb.com"), None);
+        assert_eq!(find("1.2.3.4").as_deref(), Some("1.2.3.4"));
+        assert_eq!(find("A.COM.").as_deref(), Some("a.com"));
+        assert_eq!(set.len(), 4);
+    }
+}

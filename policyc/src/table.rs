@@ -1,0 +1,446 @@
+//! The compiled table: the contract between `policyc` and `proxyd`.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic            b"PLCYTBL\0"
+//!      8     4  format version   u32 little-endian (currently 1)
+//!     12     8  body length      u64 little-endian
+//!     20    32  SHA-256 of body
+//!     52     …  body             postcard encoding of `Body`
+//! ```
+//!
+//! A reader checks all four header fields before decoding a byte of the body,
+//! bounds every length, re-validates every pattern and name (a table is input
+//! from outside like any other), and only then builds the lookup form.
+//! Encoding is deterministic: no timestamps, services sorted by name, entries
+//! sorted, so the same policy gives byte-identical output.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::decision::PolicyTable;
+use crate::pattern::{self, HostPattern};
+use crate::policy::{Action, ActionSet, Policy, Rule};
+
+pub const MAGIC: [u8; 8] = *b"PLCYTBL\0";
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 52;
+/// Upper bound on a body: 100,000 patterns take about 2 MiB.
+pub const MAX_BODY_LEN: u64 = 256 * 1024 * 1024;
+/// Hex digits of the body digest used as the revision.
+const REVISION_HEX_LEN: usize = 12;
+
+/// Facts about how a table was made. No timestamps: compilation is deterministic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// File name (without directories) of the ACL source.
+    pub source_name: String,
+    /// SHA-256 of the ACL source bytes, hex.
+    pub source_sha256: String,
+    /// `policyc <version>` that compiled it.
+    pub compiler: String,
+    /// Actions that were disabled at compile time.
+    pub disabled_actions: Vec<Action>,
+}
+
+impl Metadata {
+    pub fn for_source(source_path: &Path, source: &[u8], disabled: ActionSet) -> Self {
+        Metadata {
+            source_name: source_path
+                .file_name()
+                .map_or_else(|| source_path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+            source_sha256: hex::encode(Sha256::digest(source)),
+            compiler: format!("policyc {}", env!("CARGO_PKG_VERSION")),
+            disabled_actions: disabled.iter().collect(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Body {
+    metadata: Metadata,
+    services: Vec<RuleBody>,
+    default: Option<RuleBody>,
+    global_allow_list: Vec<String>,
+    global_deny_list: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RuleBody {
+    name: String,
+    project: String,
+    action: Action,
+    allowed_domains: Vec<String>,
+}
+
+/// Why a table was refused. Each variant names the problem precisely.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("cannot read: {0}")]
+    Io(#[from] io::Error),
+    #[error("this is a YAML ACL, not a compiled table: run `policyc compile {0} -o policy.bin` and use the output")]
+    LooksLikeYaml(String),
+    #[error("truncated: {have} bytes, the {what} needs {need}")]
+    Truncated { what: &'static str, have: u64, need: u64 },
+    #[error("not a compiled policy table (bad magic bytes {found:02x?})")]
+    WrongMagic { found: Vec<u8> },
+    #[error("unsupported table format version {found} (this build reads version {supported}); recompile with a matching policyc")]
+    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("body length {0} exceeds the {MAX_BODY_LEN}-byte limit")]
+    TooLarge(u64),
+    #[error("{0} unexpected bytes after the body")]
+    TrailingBytes(u64),
+    #[error("checksum mismatch: the body is corrupt (header says {expected}, body hashes to {actual})")]
+    ChecksumMismatch { expected: String, actual: String },
+    #[error("body does not decode: {0}")]
+    Corrupt(String),
+    #[error("invalid content: {0}")]
+    Invalid(String),
+    #[error("rule {rule} uses action `{action}`, which is disabled (--disable-acl-policy-action {action})")]
+    DisabledAction { rule: String, action: Action },
+}
+
+/// The verified header fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub format_version: u32,
+    pub body_len: u64,
+    pub body_sha256: [u8; 32],
+}
+
+/// A table that passed every check, ready to decide with.
+#[derive(Debug)]
+pub struct CompiledTable {
+    pub header: Header,
+    pub metadata: Metadata,
+    pub policy: Policy,
+    pub table: PolicyTable,
+    revision: String,
+}
+
+impl CompiledTable {
+    /// Short content hash of the body: what logs and metrics call the policy revision.
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    /// Refuses a table that uses an action the operator disabled.
+    pub fn check_disabled(&self, disabled: ActionSet) -> Result<(), TableError> {
+        match self.policy.rules_using(disabled).next() {
+            Some(rule) => Err(TableError::DisabledAction {
+                rule: if rule.name.is_empty() { "default".into() } else { format!("`{}`", rule.name) },
+                action: rule.action,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Encodes a policy as a table. Deterministic.
+pub fn encode(policy: &Policy, metadata: &Metadata) -> Vec<u8> {
+    let mut services: Vec<RuleBody> = policy.services.iter().map(rule_body).collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    let body = Body {
+        metadata: metadata.clone(),
+        services,
+        default: policy.default.as_ref().map(rule_body),
+        global_allow_list: sorted_patterns(&policy.global_allow_list),
+        global_deny_list: sorted_patterns(&policy.global_deny_list),
+    };
+    // Serialising owned strings, enums and vectors into a Vec cannot fail.
+    let body = postcard::to_stdvec(&body).unwrap_or_default();
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(&body));
+    out.extend_from_slice(&body);
+    out
+}
+
+fn rule_body(rule: &Rule) -> RuleBody {
+    RuleBody {
+        name: rule.name.clone(),
+        project: rule.project.clone(),
+        action: rule.action,
+        allowed_domains: sorted_patterns(&rule.allowed_domains),
+    }
+}
+
+fn sorted_patterns(patterns: &[HostPattern]) -> Vec<String> {
+    let mut out: Vec<String> = patterns.iter().map(ToString::to_string).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Verifies and decodes a table.
+pub fn decode(bytes: &[u8]) -> Result<CompiledTable, TableError> {
+    let header = read_header(bytes)?;
+    let body = bytes.get(HEADER_LEN..).unwrap_or_default();
+    let actual: [u8; 32] = Sha256::digest(body).into();
+    if actual != header.body_sha256 {
+        return Err(TableError::ChecksumMismatch {
+            expected: hex::encode(header.body_sha256),
+            actual: hex::encode(actual),
+        });
+    }
+    // postcard reads lengths as varints and never allocates past the input.
+    let (decoded, rest): (Body, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|e| TableError::Corrupt(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(TableError::Corrupt(format!("{} bytes left after the body", rest.len())));
+    }
+    let policy = validate(&decoded)?;
+    let revision = hex::encode(header.body_sha256)
+        .get(..REVISION_HEX_LEN)
+        .unwrap_or_default()
+        .to_owned();
+    Ok(CompiledTable {
+        table: PolicyTable::new(&policy),
+        header,
+        metadata: decoded.metadata,
+        policy,
+        revision,
+    })
+}
+
+fn read_header(bytes: &[u8]) -> Result<Header, TableError> {
+    let have = bytes.len() as u64;
+    let magic = bytes.get(..MAGIC.len());
+    if magic != Some(&MAGIC[..]) {
+        if looks_like_yaml(bytes) {
+            return Err(TableError::LooksLikeYaml("<acl.yaml>".into()));
+        }
+        return match magic {
+            None if MAGIC.starts_with(bytes) => Err(TableError::Truncated { what: "header", have, need: HEADER_LEN as u64 }),
+            _ => Err(TableError::WrongMagic {
+                found: bytes.iter().take(MAGIC.len()).copied().collect(),
+            }),
+        };
+    }
+    let field = |range: std::ops::Range<usize>| {
+        bytes.get(range).ok_or(TableError::Truncated { what: "header", have, need: HEADER_LEN as u64 })
+    };
+    let version = u32::from_le_bytes(field(8..12)?.try_into().map_err(|_| TableError::Corrupt("header".into()))?);
+    if version != FORMAT_VERSION {
+        return Err(TableError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
+    }
+    let body_len = u64::from_le_bytes(field(12..20)?.try_into().map_err(|_| TableError::Corrupt("header".into()))?);
+    let body_sha256: [u8; 32] = field(20..52)?.try_into().map_err(|_| TableError::Corrupt("header".into()))?;
+    if body_len > MAX_BODY_LEN {
+        return Err(TableError::TooLarge(body_len));
+    }
+    let need = HEADER_LEN as u64 + body_len;
+    if have < need {
+        return Err(TableError::Truncated { what: "body", have, need });
+    }
+    if have > need {
+        return Err(TableError::TrailingBytes(have - need));
+    }
+    Ok(Header {
+        format_version: version,
+        body_len,
+        body_sha256,
+    })
+}
+
+fn looks_like_yaml(bytes: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(bytes.get(..bytes.len().min(4096)).unwrap_or_default()).into_owned();
+    head.lines()
+        .map(str::trim_start)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && *l != "---")
+        .take(5)
+        .any(|l| l.starts_with("version:") || l.starts_with("services:") || l.starts_with("default:"))
+}
+
+/// A table is input from outside: re-check what the compiler guaranteed.
+fn validate(body: &Body) -> Result<Policy, TableError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut services = Vec::with_capacity(body.services.len());
+    for rule in &body.services {
+        if rule.name.is_empty() {
+            return Err(TableError::Invalid("a service rule has an empty name".into()));
+        }
+        if !seen.insert(rule.name.as_str()) {
+            return Err(TableError::Invalid(format!("service {:?} appears twice", rule.name)));
+        }
+        services.push(validate_rule(rule)?);
+    }
+    let default = body.default.as_ref().map(validate_rule).transpose()?;
+    if default.as_ref().is_some_and(|d| !d.name.is_empty()) {
+        return Err(TableError::Invalid("the default rule has a name".into()));
+    }
+    Ok(Policy {
+        services,
+        default,
+        global_allow_list: validate_patterns(&body.global_allow_list, "global_allow_list")?,
+        global_deny_list: validate_patterns(&body.global_deny_list, "global_deny_list")?,
+    })
+}
+
+fn validate_rule(rule: &RuleBody) -> Result<Rule, TableError> {
+    Ok(Rule {
+        name: rule.name.clone(),
+        project: rule.project.clone(),
+        action: rule.action,
+        allowed_domains: validate_patterns(&rule.allowed_domains, &rule.name)?,
+    })
+}
+
+fn validate_patterns(patterns: &[String], list: &str) -> Result<Vec<HostPattern>, TableError> {
+    patterns
+        .iter()
+        .map(|text| match pattern::parse(text) {
+            Ok(parsed) if !parsed.had_trailing_dot && parsed.pattern.to_string() == *text => Ok(parsed.pattern),
+            Ok(_) => Err(TableError::Invalid(format!("pattern {text:?} in {list} is not canonical"))),
+            Err(e) => Err(TableError::Invalid(format!("pattern in {list}: {e}"))),
+        })
+        .collect()
+}
+
+/// Reads and verifies a table file, refusing files over the size limit
+/// before reading them whole.
+pub fn read_file(path: &Path) -> Result<CompiledTable, TableError> {
+    let file = fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(HEADER_LEN as u64 + MAX_BODY_LEN + 1).read_to_end(&mut bytes)?;
+    decode(&bytes).map_err(|e| match e {
+        TableError::LooksLikeYaml(_) => TableError::LooksLikeYaml(path.display().to_string()),
+        other => other,
+    })
+}
+
+/// Writes `bytes` so that a reader sees the old file or the new one, never
+/// half of one: temp file in the same directory, fsync, rename, fsync the dir.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name"))?;
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
+
+    use super::*;
+    use crate::acl;
+    use crate::host;
+
+    const SRC: &str = "version: v1\nservices:\n  - name: b\n    project: pb\n    action: enforce\n    allowed_domains: [z.com, \"*.a.com\"]\n  - name: a\n    action: report\ndefault:\n  project: other\n  action: enforce\nglobal_deny_list: [bad.com]\n";
+
+    fn table_bytes() -> Vec<u8> {
+        let policy = acl::check_source("p.yaml", SRC, ActionSet::default()).policy.unwrap();
+        encode(&policy, &Metadata::for_source(Path::new("dir/p.yaml"), SRC.as_bytes(), ActionSet::default()))
+    }
+
+    #[test]
+    fn round_trip_decides_the_same() {
+        let bytes = table_bytes();
+        let loaded = decode(&bytes).unwrap();
+        assert_eq!(loaded.metadata.source_name, "p.yaml");
+        assert_eq!(loaded.revision().len(), 12);
+        let d = loaded.table.decide(Some("b"), &host::canonical("x.a.com").unwrap());
+        assert_eq!(d.reason.as_str(), "host matched allowed domain in rule");
+        assert_eq!(d.project, "pb");
+        let d = loaded.table.decide(Some("a"), &host::canonical("bad.com").unwrap());
+        assert_eq!(d.reason.as_str(), "host matched rule in global deny list");
+    }
+
+    #[test]
+    fn encoding_is_deterministic_and_order_independent() {
+        assert_eq!(table_bytes(), table_bytes());
+        let reordered = "version: v1\nservices:\n  - name: a\n    action: report\n  - name: b\n    project: pb\n    action: enforce\n    allowed_domains: [\"*.a.com\", z.com]\ndefault:\n  project: other\n  action: enforce\nglobal_deny_list: [bad.com]\n";
+        let policy = acl::check_source("p.yaml", reordered, ActionSet::default()).policy.unwrap();
+        let meta = Metadata::for_source(Path::new("p.yaml"), SRC.as_bytes(), ActionSet::default());
+        assert_eq!(encode(&policy, &meta), table_bytes());
+    }
+
+    #[test]
+    fn every_corruption_is_a_typed_error() {
+        let bytes = table_bytes();
+        for len in [0, 4, 8, 30, HEADER_LEN, bytes.len() - 1] {
+            let err = decode(&bytes[..len]).unwrap_err();
+            assert!(matches!(err, TableError::Truncated { .. } | TableError::WrongMagic { .. }), "{len}: {err}");
+        }
+        for i in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[i] ^= 0x01;
+            assert!(decode(&flipped).is_err(), "bit flip at byte {i} was accepted");
+        }
+        let mut wrong_version = bytes.clone();
+        wrong_version[8] = 2;
+        assert!(matches!(decode(&wrong_version), Err(TableError::UnsupportedVersion { found: 2, supported: 1 })));
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(matches!(decode(&extra), Err(TableError::TrailingBytes(1))));
+        let mut huge = bytes.clone();
+        huge[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(decode(&huge), Err(TableError::TooLarge(_))));
+        assert!(matches!(decode(SRC.as_bytes()), Err(TableError::LooksLikeYaml(_))));
+        assert!(matches!(decode(b"GIF89a....."), Err(TableError::WrongMagic { .. })));
+    }
+
+    #[test]
+    fn a_forged_body_is_revalidated() {
+        let forged = Body {
+            metadata: Metadata::for_source(Path::new("x"), b"", ActionSet::default()),
+            services: vec![RuleBody {
+                name: "a".into(),
+                project: String::new(),
+                action: Action::Enforce,
+                allowed_domains: vec!["EXAMPLE.com".into()],
+            }],
+            default: None,
+            global_allow_list: vec![],
+            global_deny_list: vec![],
+        };
+        let body = postcard::to_stdvec(&forged).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&Sha256::digest(&body));
+        bytes.extend_from_slice(&body);
+        assert!(matches!(decode(&bytes), Err(TableError::Invalid(_))));
+    }
+
+    #[test]
+    fn disabled_actions_are_refused_at_load() {
+        let loaded = decode(&table_bytes()).unwrap();
+        assert!(loaded.check_disabled([Action::Open].into_iter().collect()).is_ok());
+        let err = loaded.check_disabled([Action::Report].into_iter().collect()).unwrap_err();
+        assert_eq!(err.to_string(), "rule `a` uses action `report`, which is disabled (--disable-acl-policy-action report)");
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.bin");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
+    }
+}
