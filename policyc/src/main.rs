@@ -1,1 +1,430 @@
-fn main(){}
+//! The `policyc` command line: a thin shell over the library.
+//!
+//! Exit codes: 0 success, 1 policy errors (or a refused table), 2 usage or
+//! I/O errors. Messages go to stderr, data (JSON, explanations, inspect
+//! output) to stdout.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use policyc::acl::{self, Checked};
+use policyc::authority;
+use policyc::decision::{Decision, PolicyTable};
+use policyc::diagnostic::Diagnostic;
+use policyc::host::{self, CanonicalHost, HostError};
+use policyc::policy::{Action, ActionSet};
+use policyc::table::{self, CompiledTable, Metadata};
+use policyc::yaml::MAX_SOURCE_BYTES;
+
+#[derive(Debug, Parser)]
+#[command(name = "policyc", version, about = "Check, explain and compile egress ACLs (Smokescreen v1 format) into a verified decision table")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Parse and lint ACL files; report every problem with file:line:col.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        disabled: Disabled,
+        /// Treat warnings as errors (exit 1).
+        #[arg(long)]
+        deny_warnings: bool,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Check an ACL, then write its compiled table atomically.
+    Compile {
+        file: PathBuf,
+        /// Where to write the table (temp file + fsync + rename).
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        disabled: Disabled,
+    },
+    /// Show how a policy decides a role's request for a host.
+    Explain {
+        /// An ACL (YAML) or a compiled table.
+        policy: PathBuf,
+        /// The client's role; "" for a client without a role (default rule).
+        role: String,
+        /// The destination: HOST or HOST:PORT ([v6]:PORT for IPv6).
+        destination: String,
+        #[command(flatten)]
+        disabled: Disabled,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Verify a compiled table and print its header and contents summary.
+    Inspect {
+        table: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Disabled {
+    /// Make any rule that uses ACTION an error (repeatable).
+    #[arg(long = "disable-acl-policy-action", value_name = "ACTION", value_parser = parse_action)]
+    actions: Vec<Action>,
+}
+
+impl Disabled {
+    fn set(&self) -> ActionSet {
+        self.actions.iter().copied().collect()
+    }
+}
+
+fn parse_action(s: &str) -> Result<Action, String> {
+    s.parse::<Action>().map_err(|e| e.to_string())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+/// A failure that ends the command, with its exit code.
+enum Failure {
+    /// Policy errors: already reported.
+    Policy,
+    /// Usage or I/O error, with the message to print.
+    Usage(String),
+    /// A refused table or bad policy, with the message to print.
+    Refused(String),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { files, disabled, deny_warnings, format } => check(&files, disabled.set(), deny_warnings, format),
+        Command::Compile { file, output, disabled } => compile(&file, &output, disabled.set()),
+        Command::Explain { policy, role, destination, disabled, format } => {
+            explain(&policy, &role, &destination, disabled.set(), format)
+        }
+        Command::Inspect { table, format } => inspect(&table, format),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Policy) => ExitCode::from(1),
+        Err(Failure::Refused(message)) => {
+            eprintln!("policyc: {message}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(message)) => {
+            eprintln!("policyc: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_source(path: &Path) -> Result<Vec<u8>, Failure> {
+    let file = fs::File::open(path).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SOURCE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.len() > MAX_SOURCE_BYTES {
+        return Err(Failure::Usage(format!(
+            "{} is larger than {} MiB",
+            path.display(),
+            MAX_SOURCE_BYTES / (1024 * 1024)
+        )));
+    }
+    Ok(bytes)
+}
+
+fn print_human(diagnostics: &[Diagnostic], source: &[u8]) {
+    let text = std::str::from_utf8(source).ok();
+    for d in diagnostics {
+        eprint!("{}", d.render_human(text));
+    }
+}
+
+#[derive(Serialize)]
+struct CheckReport<'a> {
+    /// Version of this JSON shape.
+    format_version: u32,
+    files: Vec<FileSummary>,
+    diagnostics: Vec<&'a Diagnostic>,
+    errors: usize,
+    warnings: usize,
+}
+
+#[derive(Serialize)]
+struct FileSummary {
+    file: String,
+    errors: usize,
+    warnings: usize,
+}
+
+fn check(files: &[PathBuf], disabled: ActionSet, deny_warnings: bool, format: Format) -> Result<(), Failure> {
+    let mut results: Vec<(String, Vec<u8>, Checked)> = Vec::new();
+    for path in files {
+        let bytes = read_source(path)?;
+        let name = path.display().to_string();
+        let checked = acl::check_bytes(&name, &bytes, disabled);
+        results.push((name, bytes, checked));
+    }
+    let errors: usize = results.iter().map(|(_, _, c)| c.error_count()).sum();
+    let warnings: usize = results.iter().map(|(_, _, c)| c.warning_count()).sum();
+    match format {
+        Format::Human => {
+            for (_, bytes, checked) in &results {
+                print_human(&checked.diagnostics, bytes);
+            }
+            let verdict = if errors > 0 || (deny_warnings && warnings > 0) { "failed" } else { "ok" };
+            eprintln!(
+                "{verdict}: {} file{} checked, {errors} error{}, {warnings} warning{}",
+                results.len(),
+                plural(results.len()),
+                plural(errors),
+                plural(warnings)
+            );
+        }
+        Format::Json => {
+            let report = CheckReport {
+                format_version: 1,
+                files: results
+                    .iter()
+                    .map(|(file, _, c)| FileSummary {
+                        file: file.clone(),
+                        errors: c.error_count(),
+                        warnings: c.warning_count(),
+                    })
+                    .collect(),
+                diagnostics: results.iter().flat_map(|(_, _, c)| c.diagnostics.iter()).collect(),
+                errors,
+                warnings,
+            };
+            println!("{}", to_json(&report));
+        }
+    }
+    if errors > 0 || (deny_warnings && warnings > 0) {
+        return Err(Failure::Policy);
+    }
+    Ok(())
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"cannot serialise output: {e}\"}}"))
+}
+
+fn compile(file: &Path, output: &Path, disabled: ActionSet) -> Result<(), Failure> {
+    let bytes = read_source(file)?;
+    let checked = acl::check_bytes(&file.display().to_string(), &bytes, disabled);
+    print_human(&checked.diagnostics, &bytes);
+    let Some(policy) = checked.policy else {
+        eprintln!(
+            "failed: {} error{}; no table written",
+            checked.error_count(),
+            plural(checked.error_count())
+        );
+        return Err(Failure::Policy);
+    };
+    let encoded = table::encode(&policy, &Metadata::for_source(file, &bytes, disabled));
+    // Verify what we are about to ship with the same reader proxyd uses.
+    let loaded = table::decode(&encoded).map_err(|e| Failure::Refused(format!("internal error: compiled table does not verify: {e}")))?;
+    table::write_atomically(output, &encoded)
+        .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", output.display())))?;
+    eprintln!(
+        "compiled {} -> {} (revision {}, {} service{}, {} pattern{}, {} bytes)",
+        file.display(),
+        output.display(),
+        loaded.revision(),
+        policy.services.len(),
+        plural(policy.services.len()),
+        policy.pattern_count(),
+        plural(policy.pattern_count()),
+        encoded.len()
+    );
+    Ok(())
+}
+
+/// A policy ready to decide with, from either YAML or a table.
+struct Loaded {
+    table: PolicyTable,
+    revision: Option<String>,
+}
+
+fn load_policy(path: &Path, disabled: ActionSet) -> Result<Loaded, Failure> {
+    let bytes = read_source(path)?;
+    if bytes.starts_with(&table::MAGIC) {
+        let compiled = table::decode(&bytes).map_err(|e| Failure::Refused(format!("{}: {e}", path.display())))?;
+        compiled
+            .check_disabled(disabled)
+            .map_err(|e| Failure::Refused(format!("{}: {e}", path.display())))?;
+        let revision = Some(compiled.revision().to_owned());
+        return Ok(Loaded { table: compiled.table, revision });
+    }
+    let checked = acl::check_bytes(&path.display().to_string(), &bytes, disabled);
+    let errors: Vec<Diagnostic> = checked.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
+    print_human(&errors, &bytes);
+    match checked.policy {
+        Some(policy) => Ok(Loaded { table: PolicyTable::new(&policy), revision: None }),
+        None => Err(Failure::Policy),
+    }
+}
+
+fn parse_destination(input: &str) -> Result<(CanonicalHost, Option<u16>), Failure> {
+    let usage = |e: &dyn std::fmt::Display| Failure::Usage(format!("invalid destination {input:?}: {e}"));
+    if input.starts_with('[') {
+        let a = authority::parse(input).map_err(|e| usage(&e))?;
+        return Ok((a.host, Some(a.port)));
+    }
+    match host::canonical(input) {
+        Ok(host) => Ok((host, None)),
+        Err(HostError::HasPort { .. }) => {
+            let a = authority::parse(input).map_err(|e| usage(&e))?;
+            Ok((a.host, Some(a.port)))
+        }
+        Err(e) => Err(usage(&e)),
+    }
+}
+
+#[derive(Serialize)]
+struct Explanation<'a> {
+    decision: &'static str,
+    reason: &'static str,
+    reason_code: &'static str,
+    rule: Option<String>,
+    project: &'a str,
+    pattern: Option<String>,
+    list: Option<&'static str>,
+    default_rule: bool,
+    enforce_would_deny: bool,
+    role: Option<&'a str>,
+    host: &'a str,
+    port: Option<u16>,
+    policy_revision: Option<&'a str>,
+}
+
+impl<'a> Explanation<'a> {
+    fn new(d: &Decision<'a>, role: Option<&'a str>, host: &'a CanonicalHost, port: Option<u16>, revision: Option<&'a str>) -> Self {
+        Explanation {
+            decision: d.verdict.as_str(),
+            reason: d.reason.as_str(),
+            reason_code: d.reason.code(),
+            rule: match d.rule {
+                policyc::decision::RuleRef::None => None,
+                other => Some(other.to_string()),
+            },
+            project: d.project,
+            pattern: d.matched.map(|(_, m)| m.to_string()),
+            list: d.matched.map(|(list, _)| list.as_str()),
+            default_rule: d.default_rule(),
+            enforce_would_deny: d.verdict.enforce_would_deny(),
+            role,
+            host: host.as_str(),
+            port,
+            policy_revision: revision,
+        }
+    }
+}
+
+fn explain(policy: &Path, role: &str, destination: &str, disabled: ActionSet, format: Format) -> Result<(), Failure> {
+    let (host, port) = parse_destination(destination)?;
+    let loaded = load_policy(policy, disabled)?;
+    let role = (!role.is_empty()).then_some(role);
+    let decision = loaded.table.decide(role, &host);
+    let e = Explanation::new(&decision, role, &host, port, loaded.revision.as_deref());
+    match format {
+        Format::Json => println!("{}", to_json(&e)),
+        Format::Human => {
+            println!("decision:     {}", e.decision);
+            println!("reason:       {}", e.reason);
+            let rule = match (&e.rule, e.default_rule) {
+                (Some(r), true) => format!("{r} (role {} has no rule of its own)", role.map_or("<none>".into(), |r| format!("{r:?}"))),
+                (Some(r), false) => r.clone(),
+                (None, _) => "none".into(),
+            };
+            println!("rule:         {rule}");
+            println!("project:      {}", if e.project.is_empty() { "-" } else { e.project });
+            match (&e.pattern, e.list) {
+                (Some(p), Some(list)) => println!("pattern:      {p} (in {list})"),
+                _ => println!("pattern:      none (the rule's action decided)"),
+            }
+            println!("host:         {}{}", e.host, port.map(|p| format!(" port {p}")).unwrap_or_default());
+            if let Some(rev) = e.policy_revision {
+                println!("revision:     {rev}");
+            }
+            if e.decision == "report" {
+                println!("note:         allowed, logged with enforce_would_deny=true");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Inspection<'a> {
+    file: String,
+    format_version: u32,
+    revision: &'a str,
+    body_bytes: u64,
+    body_sha256: String,
+    source_name: &'a str,
+    source_sha256: &'a str,
+    compiler: &'a str,
+    disabled_actions: Vec<&'static str>,
+    services: usize,
+    default_rule: Option<&'static str>,
+    patterns: usize,
+    global_allow_list: usize,
+    global_deny_list: usize,
+}
+
+fn inspect(path: &Path, format: Format) -> Result<(), Failure> {
+    let compiled: CompiledTable = table::read_file(path).map_err(|e| match e {
+        table::TableError::Io(io) => Failure::Usage(format!("cannot read {}: {io}", path.display())),
+        other => Failure::Refused(format!("{}: {other}", path.display())),
+    })?;
+    let i = Inspection {
+        file: path.display().to_string(),
+        format_version: compiled.header.format_version,
+        revision: compiled.revision(),
+        body_bytes: compiled.header.body_len,
+        body_sha256: hex::encode(compiled.header.body_sha256),
+        source_name: &compiled.metadata.source_name,
+        source_sha256: &compiled.metadata.source_sha256,
+        compiler: &compiled.metadata.compiler,
+        disabled_actions: compiled.metadata.disabled_actions.iter().map(|a| a.as_str()).collect(),
+        services: compiled.policy.services.len(),
+        default_rule: compiled.policy.default.as_ref().map(|d| d.action.as_str()),
+        patterns: compiled.policy.pattern_count(),
+        global_allow_list: compiled.policy.global_allow_list.len(),
+        global_deny_list: compiled.policy.global_deny_list.len(),
+    };
+    match format {
+        Format::Json => println!("{}", to_json(&i)),
+        Format::Human => {
+            println!("table:            {} (verified)", i.file);
+            println!("format version:   {}", i.format_version);
+            println!("revision:         {}", i.revision);
+            println!("body:             {} bytes, sha256 {}", i.body_bytes, i.body_sha256);
+            println!("source:           {} (sha256 {})", i.source_name, i.source_sha256);
+            println!("compiler:         {}", i.compiler);
+            let disabled = if i.disabled_actions.is_empty() { "none".to_owned() } else { i.disabled_actions.join(", ") };
+            println!("disabled actions: {disabled}");
+            println!("services:         {}", i.services);
+            println!("default rule:     {}", i.default_rule.unwrap_or("none (unknown roles are denied)"));
+            println!("patterns:         {} ({} global allow, {} global deny)", i.patterns, i.global_allow_list, i.global_deny_list);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! End-to-end tests of `policyc`: the real binary on good and broken files,
+//! Smokescreen's decision conformance cases, and the editor JSON Schema.
+//! One test binary with a module per area, so the suite links once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a test failure
+
+mod cli;
+mod conformance;
+mod schema;
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root: `CARGO_MANIFEST_DIR` is `policyc/`.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("policyc/ has a parent directory (the workspace root)")
+        .to_path_buf()
+}
+
+/// The text of `tests/fixtures/<path>`.
+pub fn fixture(path: &str) -> String {
+    let full = repo_root().join("tests/fixtures").join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("cannot read {}: {e}", full.display()))
+}
