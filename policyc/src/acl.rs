@@ -15,20 +15,9 @@ use crate::policy::{Action, ActionSet, Policy, Rule};
 use crate::yaml::{self, Node, Value};
 
 const TOP_KEYS: &[&str] = &["version", "services", "default", "global_allow_list", "global_deny_list"];
-const RULE_KEYS: &[&str] = &[
-    "name",
-    "project",
-    "action",
-    "allowed_domains",
-    "allowed_external_proxies",
-    "mitm_domains",
-];
-const MITM_KEYS: &[&str] = &[
-    "domain",
-    "add_headers",
-    "detailed_http_logs",
-    "detailed_http_logs_full_headers",
-];
+const RULE_KEYS: &[&str] =
+    &["name", "project", "action", "allowed_domains", "allowed_external_proxies", "mitm_domains"];
+const MITM_KEYS: &[&str] = &["domain", "add_headers", "detailed_http_logs", "detailed_http_logs_full_headers"];
 
 /// The result of checking one file: the policy if there were no errors, and
 /// every diagnostic (errors and warnings) in file order.
@@ -50,11 +39,7 @@ impl Checked {
 
 /// Checks an ACL given as text. `file` is only used in diagnostics.
 pub fn check_source(file: &str, source: &str, disabled: ActionSet) -> Checked {
-    let mut checker = Checker {
-        file,
-        disabled,
-        diagnostics: Vec::new(),
-    };
+    let mut checker = Checker { file, disabled, diagnostics: Vec::new() };
     let policy = match yaml::parse(source) {
         Ok(root) => checker.document(&root),
         Err(e) => {
@@ -65,10 +50,7 @@ pub fn check_source(file: &str, source: &str, disabled: ActionSet) -> Checked {
     let mut diagnostics = checker.diagnostics;
     crate::diagnostic::sort(&mut diagnostics);
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);
-    Checked {
-        policy: if has_errors { None } else { policy },
-        diagnostics,
-    }
+    Checked { policy: if has_errors { None } else { policy }, diagnostics }
 }
 
 /// Checks an ACL given as bytes (a file's content): non-UTF-8 is a P001.
@@ -79,8 +61,10 @@ pub fn check_bytes(file: &str, bytes: &[u8], disabled: ActionSet) -> Checked {
             let at = line_col_of_offset(bytes, e.valid_up_to());
             Checked {
                 policy: None,
-                diagnostics: vec![Diagnostic::new(Code::YamlSyntax, file, at, "file is not valid UTF-8")
-                    .with_help("save the file as UTF-8")],
+                diagnostics: vec![
+                    Diagnostic::new(Code::YamlSyntax, file, at, "file is not valid UTF-8")
+                        .with_help("save the file as UTF-8"),
+                ],
             }
         }
     }
@@ -90,10 +74,7 @@ fn line_col_of_offset(bytes: &[u8], offset: usize) -> Position {
     let before = bytes.get(..offset).unwrap_or(bytes);
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
     let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
-    Position {
-        line: line as u64,
-        column: column as u64,
-    }
+    Position { line: line as u64, column: column as u64 }
 }
 
 struct Checker<'a> {
@@ -142,18 +123,13 @@ impl Checker<'_> {
             }
         };
         let keys = self.keys(entries, TOP_KEYS, "the top level", |key| {
-            RULE_KEYS
-                .contains(&key)
-                .then(|| format!("`{key}` belongs inside a rule under `services` or `default`"))
+            RULE_KEYS.contains(&key).then(|| format!("`{key}` belongs inside a rule under `services` or `default`"))
         });
 
         match keys.get("version") {
-            None => self.report(
-                Code::MissingKey,
-                root.at,
-                "missing `version`",
-                Some("add `version: v1` at the top".into()),
-            ),
+            None => {
+                self.report(Code::MissingKey, root.at, "missing `version`", Some("add `version: v1` at the top".into()))
+            }
             Some((_, node)) => {
                 let text = node.scalar_text();
                 if text.as_deref() != Some("v1") {
@@ -314,36 +290,36 @@ impl Checker<'_> {
                     Code::MissingKey,
                     node.at,
                     "service rule has no `name`",
-                    Some("add `name: <role>`: the role is the client certificate's CN or the proxy-password role".into()),
+                    Some(
+                        "add `name: <role>`: the role is the client certificate's CN or the proxy-password role".into(),
+                    ),
                 );
                 ok = false;
                 String::new()
             }
-            Some((_, value)) => {
-                match value.scalar_text() {
-                    Some(name) if name.trim().is_empty() => {
-                        self.report(
-                            Code::EmptyName,
-                            value.at,
-                            "service `name` is empty",
-                            Some("give the rule a role name; clients without a role use the default rule".into()),
-                        );
-                        ok = false;
-                        name
-                    }
-                    Some(name) => name,
-                    None if value.value == Value::Null => {
-                        self.report(Code::EmptyName, value.at, "service `name` is empty", None);
-                        ok = false;
-                        String::new()
-                    }
-                    None => {
-                        self.wrong_type(value, "name", "a string");
-                        ok = false;
-                        String::new()
-                    }
+            Some((_, value)) => match value.scalar_text() {
+                Some(name) if name.trim().is_empty() => {
+                    self.report(
+                        Code::EmptyName,
+                        value.at,
+                        "service `name` is empty",
+                        Some("give the rule a role name; clients without a role use the default rule".into()),
+                    );
+                    ok = false;
+                    name
                 }
-            }
+                Some(name) => name,
+                None if value.value == Value::Null => {
+                    self.report(Code::EmptyName, value.at, "service `name` is empty", None);
+                    ok = false;
+                    String::new()
+                }
+                None => {
+                    self.wrong_type(value, "name", "a string");
+                    ok = false;
+                    String::new()
+                }
+            },
         };
 
         let project = match keys.get("project") {
@@ -392,12 +368,7 @@ impl Checker<'_> {
                                 suggest(&text, &["open", "report", "enforce"]).map(|s| format!("did you mean `{s}`?"))
                             })
                             .unwrap_or_else(|| "use one of: open, report, enforce".to_owned());
-                        self.report(
-                            Code::UnknownAction,
-                            value.at,
-                            format!("unknown action {text:?}"),
-                            Some(help),
-                        );
+                        self.report(Code::UnknownAction, value.at, format!("unknown action {text:?}"), Some(help));
                         None
                     }
                 }
@@ -434,12 +405,7 @@ impl Checker<'_> {
         }
 
         let action = action?;
-        ok.then(|| Rule {
-            name,
-            project,
-            action,
-            allowed_domains: allowed.into_iter().map(|e| e.pattern).collect(),
-        })
+        ok.then(|| Rule { name, project, action, allowed_domains: allowed.into_iter().map(|e| e.pattern).collect() })
     }
 
     fn mitm_domains(&mut self, node: &Node, allowed: Option<&Node>) {
@@ -497,7 +463,9 @@ impl Checker<'_> {
                 self.wrong_type(item, &format!("{what}[]"), "a host pattern (a string)");
                 continue;
             };
-            let Some(pattern) = self.pattern(item, &text, what) else { continue };
+            let Some(pattern) = self.pattern(item, &text, what) else {
+                continue;
+            };
             if let Some(first) = seen.get(&pattern) {
                 self.report(
                     Code::DuplicateEntry,
@@ -530,10 +498,9 @@ impl Checker<'_> {
             Err(error) => {
                 let code = match &error {
                     PatternError::NotCanonical { .. }
-                    | PatternError::InvalidHost {
-                        error: crate::host::HostError::NonCanonicalIpv4 { .. },
-                        ..
-                    } => Code::NonCanonicalPattern,
+                    | PatternError::InvalidHost { error: crate::host::HostError::NonCanonicalIpv4 { .. }, .. } => {
+                        Code::NonCanonicalPattern
+                    }
                     _ => Code::InvalidPattern,
                 };
                 let help = error.help();
@@ -589,9 +556,7 @@ impl Checker<'_> {
                 HostPattern::Wildcard(suffix) => deny
                     .iter()
                     .find(|d| match &d.pattern {
-                        HostPattern::Wildcard(s) => {
-                            **s == **suffix || suffix.ends_with(&format!(".{s}"))
-                        }
+                        HostPattern::Wildcard(s) => **s == **suffix || suffix.ends_with(&format!(".{s}")),
                         HostPattern::Exact(_) => false,
                     })
                     .map(|d| d.pattern.to_string()),
@@ -614,7 +579,9 @@ impl Checker<'_> {
 /// A service's non-empty `name` and where it is written (the last one if
 /// the key is duplicated, as in Smokescreen).
 fn service_name(item: &Node) -> Option<(String, Position)> {
-    let Value::Map(entries) = &item.value else { return None };
+    let Value::Map(entries) = &item.value else {
+        return None;
+    };
     entries
         .iter()
         .rev()
@@ -762,7 +729,11 @@ global_deny_lists: [x.com]
         assert!(codes("version: 1\nservices: []\n").iter().any(|c| c.0 == "P006"));
         assert!(codes("version: v1\nservices:\n  - action: open\n").iter().any(|c| c.0 == "P005"));
         assert!(codes("version: v1\nservices:\n  - name: \"\"\n    action: open\n").iter().any(|c| c.0 == "P007"));
-        assert!(codes("version: v1\nservices:\n  - name: a\n    action: open\n    allowed_domains: a.com\n").iter().any(|c| c.0 == "P004"));
+        assert!(
+            codes("version: v1\nservices:\n  - name: a\n    action: open\n    allowed_domains: a.com\n")
+                .iter()
+                .any(|c| c.0 == "P004")
+        );
         assert!(codes("version: v1\nservices: [\n").iter().any(|c| c.0 == "P001"));
     }
 

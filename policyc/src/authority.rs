@@ -61,20 +61,14 @@ pub fn parse(input: &str) -> Result<Authority, AuthorityError> {
         return Err(AuthorityError::NotAnAuthority(input.to_owned()));
     }
     let (host, port) = if let Some(rest) = input.strip_prefix('[') {
-        let (inside, after) = rest
-            .split_once(']')
-            .ok_or_else(|| AuthorityError::BracketNotIpv6(input.to_owned()))?;
-        let port = after
-            .strip_prefix(':')
-            .ok_or_else(|| AuthorityError::MissingPort(input.to_owned()))?;
+        let (inside, after) = rest.split_once(']').ok_or_else(|| AuthorityError::BracketNotIpv6(input.to_owned()))?;
+        let port = after.strip_prefix(':').ok_or_else(|| AuthorityError::MissingPort(input.to_owned()))?;
         if !inside.contains(':') {
             return Err(AuthorityError::BracketNotIpv6(inside.to_owned()));
         }
         (inside, port)
     } else {
-        let (host, port) = input
-            .rsplit_once(':')
-            .ok_or_else(|| AuthorityError::MissingPort(input.to_owned()))?;
+        let (host, port) = input.rsplit_once(':').ok_or_else(|| AuthorityError::MissingPort(input.to_owned()))?;
         if host.contains(':') {
             return Err(AuthorityError::UnbracketedIpv6);
         }
@@ -84,20 +78,13 @@ pub fn parse(input: &str) -> Result<Authority, AuthorityError> {
     if host.is_empty() {
         return Err(AuthorityError::Empty);
     }
-    let host = host::canonical(host).map_err(|error| AuthorityError::Host {
-        host: host.to_owned(),
-        error,
-    })?;
+    let host = host::canonical(host).map_err(|error| AuthorityError::Host { host: host.to_owned(), error })?;
     Ok(Authority { host, port })
 }
 
 fn parse_port(text: &str) -> Result<u16, AuthorityError> {
     let invalid = || AuthorityError::InvalidPort(text.to_owned());
-    if text.is_empty()
-        || text.len() > 5
-        || text.starts_with('0')
-        || !text.bytes().all(|b| b.is_ascii_digit())
-    {
+    if text.is_empty() || text.len() > 5 || text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid());
     }
     text.parse::<u16>().map_err(|_| invalid())

@@ -196,11 +196,7 @@ pub struct PolicyTable {
 impl PolicyTable {
     pub fn new(policy: &Policy) -> Self {
         let rules: Vec<IndexedRule> = policy.services.iter().map(IndexedRule::new).collect();
-        let by_role = rules
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| (rule.name.clone(), i))
-            .collect();
+        let by_role = rules.iter().enumerate().map(|(i, rule)| (rule.name.clone(), i)).collect();
         PolicyTable {
             rules,
             by_role,
@@ -223,11 +219,9 @@ impl PolicyTable {
     /// The name stage. `role` is `None` for a client without a role, which
     /// gets the default rule when there is one.
     pub fn decide(&self, role: Option<&str>, host: &CanonicalHost) -> Decision<'_> {
-        let service = role
-            .and_then(|r| self.by_role.get(r))
-            .and_then(|i| self.rules.get(*i));
+        let service = role.and_then(|r| self.by_role.get(r)).and_then(|i| self.rules.get(*i));
         let (rule, rule_ref) = match (service, &self.default) {
-            (Some(rule), _) => (rule, RuleRef::Service(&*rule.name)),
+            (Some(rule), _) => (rule, RuleRef::Service(&rule.name)),
             (None, Some(default)) => (default, RuleRef::Default),
             (None, None) => {
                 return Decision {
@@ -239,13 +233,8 @@ impl PolicyTable {
                 };
             }
         };
-        let decided = |verdict, reason, matched| Decision {
-            verdict,
-            reason,
-            project: &rule.project,
-            rule: rule_ref,
-            matched,
-        };
+        let decided =
+            |verdict, reason, matched| Decision { verdict, reason, project: &rule.project, rule: rule_ref, matched };
 
         if let Some(m) = rule.allowed.find(host) {
             return decided(Verdict::Allow, Reason::AllowedDomain, Some((ListKind::AllowedDomains, m)));
@@ -261,11 +250,7 @@ impl PolicyTable {
             Action::Report => (Verdict::AllowAndReport, Reason::ReportPolicy),
             Action::Enforce => (Verdict::Deny, Reason::EnforcePolicy),
         };
-        let reason = if rule_ref == RuleRef::Default {
-            Reason::DefaultRulePolicy
-        } else {
-            reason
-        };
+        let reason = if rule_ref == RuleRef::Default { Reason::DefaultRulePolicy } else { reason };
         decided(verdict, reason, None)
     }
 }

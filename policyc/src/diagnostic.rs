@@ -45,8 +45,6 @@ pub enum Code {
     DisabledAction,
     /// A `mitm_domains` entry that is not in the rule's `allowed_domains`.
     MitmDomainNotAllowed,
-    /// The file could not be read.
-    Io,
     /// No `default` rule: unknown roles are denied.
     NoDefaultRule,
     /// The same entry twice in one list.
@@ -64,7 +62,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 21] = [
+    pub const ALL: [Code; 20] = [
         Code::YamlSyntax,
         Code::UnknownKey,
         Code::DuplicateKey,
@@ -78,7 +76,6 @@ impl Code {
         Code::NonCanonicalPattern,
         Code::DisabledAction,
         Code::MitmDomainNotAllowed,
-        Code::Io,
         Code::NoDefaultRule,
         Code::DuplicateEntry,
         Code::ShadowedEntry,
@@ -103,7 +100,6 @@ impl Code {
             Code::NonCanonicalPattern => "P011",
             Code::DisabledAction => "P012",
             Code::MitmDomainNotAllowed => "P013",
-            Code::Io => "P014",
             Code::NoDefaultRule => "P101",
             Code::DuplicateEntry => "P102",
             Code::ShadowedEntry => "P103",
@@ -115,11 +111,7 @@ impl Code {
     }
 
     pub fn severity(self) -> Severity {
-        if self.as_str().starts_with("P0") {
-            Severity::Error
-        } else {
-            Severity::Warning
-        }
+        if self.as_str().starts_with("P0") { Severity::Error } else { Severity::Warning }
     }
 }
 
@@ -187,10 +179,7 @@ impl Diagnostic {
         let _ = writeln!(out, "{kind}[{}]: {}", self.code, self.message);
         let _ = writeln!(out, "  --> {}:{}:{}", self.file, self.line, self.column);
         let line_text = source.and_then(|s| {
-            usize::try_from(self.line)
-                .ok()
-                .and_then(|n| n.checked_sub(1))
-                .and_then(|n| s.lines().nth(n))
+            usize::try_from(self.line).ok().and_then(|n| n.checked_sub(1)).and_then(|n| s.lines().nth(n))
         });
         if let Some(text) = line_text {
             let number = self.line.to_string();

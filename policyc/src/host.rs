@@ -53,10 +53,7 @@ impl CanonicalHost {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 @ IpAddr::V4(_) => v4,
         };
-        CanonicalHost {
-            text: ip.to_string().into_boxed_str(),
-            ip: Some(ip),
-        }
+        CanonicalHost { text: ip.to_string().into_boxed_str(), ip: Some(ip) }
     }
 }
 
@@ -144,8 +141,7 @@ pub fn canonicalize(input: &str) -> Result<Canonicalized, HostError> {
             return Ok(Canonicalized {
                 host: CanonicalHost::from_ip(IpAddr::V4(v4)),
                 had_trailing_dot,
-                rewritten: name.len() + usize::from(had_trailing_dot) != input.len()
-                    || !input.starts_with(name),
+                rewritten: name.len() + usize::from(had_trailing_dot) != input.len() || !input.starts_with(name),
             });
         }
         return Err(match whatwg_ipv4(name) {
@@ -155,21 +151,10 @@ pub fn canonicalize(input: &str) -> Result<Canonicalized, HostError> {
     }
 
     let rewritten = {
-        let input_name = if had_trailing_dot {
-            input.strip_suffix('.').unwrap_or(input)
-        } else {
-            input
-        };
+        let input_name = if had_trailing_dot { input.strip_suffix('.').unwrap_or(input) } else { input };
         input_name != name
     };
-    Ok(Canonicalized {
-        host: CanonicalHost {
-            text: name.into(),
-            ip: None,
-        },
-        had_trailing_dot,
-        rewritten,
-    })
+    Ok(Canonicalized { host: CanonicalHost { text: name.into(), ip: None }, had_trailing_dot, rewritten })
 }
 
 /// Canonicalises and keeps only the host. Convenience for callers that do
@@ -186,11 +171,7 @@ fn canonicalize_ipv6(input: &str) -> Result<Canonicalized, HostError> {
         Ok(v6) => {
             let host = CanonicalHost::from_ip(IpAddr::V6(v6));
             let rewritten = host.as_str() != input;
-            Ok(Canonicalized {
-                host,
-                had_trailing_dot: false,
-                rewritten,
-            })
+            Ok(Canonicalized { host, had_trailing_dot: false, rewritten })
         }
         Err(_) => {
             // `name:port` is the common mistake; say so instead of "bad IPv6".
@@ -199,15 +180,9 @@ fn canonicalize_ipv6(input: &str) -> Result<Canonicalized, HostError> {
                 && !port.is_empty()
                 && port.bytes().all(|b| b.is_ascii_digit())
             {
-                return Err(HostError::HasPort {
-                    host: host.to_owned(),
-                    port: port.to_owned(),
-                });
+                return Err(HostError::HasPort { host: host.to_owned(), port: port.to_owned() });
             }
-            if let Some(ch) = input
-                .chars()
-                .find(|c| !(c.is_ascii_hexdigit() || *c == ':' || *c == '.'))
-            {
+            if let Some(ch) = input.chars().find(|c| !(c.is_ascii_hexdigit() || *c == ':' || *c == '.')) {
                 return Err(HostError::DisallowedChar { ch });
             }
             Err(HostError::InvalidIpv6)
@@ -226,15 +201,8 @@ fn to_ascii(input: &str) -> Result<String, HostError> {
         }
     }
     let ascii = Uts46::new()
-        .to_ascii(
-            input.as_bytes(),
-            AsciiDenyList::EMPTY,
-            Hyphens::CheckFirstLast,
-            DnsLength::Ignore,
-        )
-        .map_err(|_| HostError::Idna {
-            label: first_bad_label(input),
-        })?;
+        .to_ascii(input.as_bytes(), AsciiDenyList::EMPTY, Hyphens::CheckFirstLast, DnsLength::Ignore)
+        .map_err(|_| HostError::Idna { label: first_bad_label(input) })?;
     if let Some(ch) = ascii.chars().find(|c| !is_host_char(*c) && *c != '.') {
         return Err(HostError::DisallowedChar { ch });
     }
@@ -247,12 +215,7 @@ fn first_bad_label(input: &str) -> String {
         .split('.')
         .find(|label| {
             Uts46::new()
-                .to_ascii(
-                    label.as_bytes(),
-                    AsciiDenyList::EMPTY,
-                    Hyphens::CheckFirstLast,
-                    DnsLength::Ignore,
-                )
+                .to_ascii(label.as_bytes(), AsciiDenyList::EMPTY, Hyphens::CheckFirstLast, DnsLength::Ignore)
                 .is_err()
         })
         .unwrap_or(input)
@@ -272,9 +235,7 @@ fn check_labels(name: &str) -> Result<(), HostError> {
             return Err(HostError::EmptyLabel);
         }
         if label.len() > MAX_LABEL_LEN {
-            return Err(HostError::LabelTooLong {
-                label: label.to_owned(),
-            });
+            return Err(HostError::LabelTooLong { label: label.to_owned() });
         }
     }
     Ok(())
@@ -339,9 +300,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn ok(input: &str) -> String {
-        canonical(input)
-            .unwrap_or_else(|e| panic!("{input:?}: {e}"))
-            .to_string()
+        canonical(input).unwrap_or_else(|e| panic!("{input:?}: {e}")).to_string()
     }
 
     #[test]
@@ -388,10 +347,7 @@ mod tests {
     fn ports_are_named_as_ports() {
         assert_eq!(
             canonical("example.com:443"),
-            Err(HostError::HasPort {
-                host: "example.com".into(),
-                port: "443".into()
-            })
+            Err(HostError::HasPort { host: "example.com".into(), port: "443".into() })
         );
     }
 
@@ -413,18 +369,9 @@ mod tests {
     fn ambiguous_numeric_forms_are_refused_with_their_meaning() {
         let loopback = Ipv4Addr::new(127, 0, 0, 1);
         for form in ["127.1", "0x7f.0.0.1", "0177.0.0.1", "2130706433", "0x7f000001", "127.0.1"] {
-            assert_eq!(
-                canonical(form),
-                Err(HostError::NonCanonicalIpv4 { means: loopback }),
-                "{form}"
-            );
+            assert_eq!(canonical(form), Err(HostError::NonCanonicalIpv4 { means: loopback }), "{form}");
         }
-        assert_eq!(
-            canonical("010.0.0.1"),
-            Err(HostError::NonCanonicalIpv4 {
-                means: Ipv4Addr::new(8, 0, 0, 1)
-            })
-        );
+        assert_eq!(canonical("010.0.0.1"), Err(HostError::NonCanonicalIpv4 { means: Ipv4Addr::new(8, 0, 0, 1) }));
         assert_eq!(canonical("256.1.1.1"), Err(HostError::NumericName));
         assert_eq!(canonical("1.2.3.4.5"), Err(HostError::NumericName));
         // A numeric label that is not the last one is an ordinary name.
@@ -446,13 +393,7 @@ mod tests {
     }
 
     fn label() -> impl Strategy<Value = String> {
-        prop_oneof![
-            "[a-z][a-z0-9-]{0,10}[a-z0-9]",
-            "[a-z]",
-            "[а-я]{1,6}",
-            "[a-zé-ü]{1,8}",
-            "xn--[a-z]{2,4}",
-        ]
+        prop_oneof!["[a-z][a-z0-9-]{0,10}[a-z0-9]", "[a-z]", "[а-я]{1,6}", "[a-zé-ü]{1,8}", "xn--[a-z]{2,4}",]
     }
 
     fn name() -> impl Strategy<Value = String> {

@@ -22,7 +22,11 @@ use policyc::table::{self, CompiledTable, Metadata};
 use policyc::yaml::MAX_SOURCE_BYTES;
 
 #[derive(Debug, Parser)]
-#[command(name = "policyc", version, about = "Check, explain and compile egress ACLs (Smokescreen v1 format) into a verified decision table")]
+#[command(
+    name = "policyc",
+    version,
+    about = "Check, explain and compile egress ACLs (Smokescreen v1 format) into a verified decision table"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -108,7 +112,9 @@ enum Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { files, disabled, deny_warnings, format } => check(&files, disabled.set(), deny_warnings, format),
+        Command::Check { files, disabled, deny_warnings, format } => {
+            check(&files, disabled.set(), deny_warnings, format)
+        }
         Command::Compile { file, output, disabled } => compile(&file, &output, disabled.set()),
         Command::Explain { policy, role, destination, disabled, format } => {
             explain(&policy, &role, &destination, disabled.set(), format)
@@ -230,16 +236,13 @@ fn compile(file: &Path, output: &Path, disabled: ActionSet) -> Result<(), Failur
     let checked = acl::check_bytes(&file.display().to_string(), &bytes, disabled);
     print_human(&checked.diagnostics, &bytes);
     let Some(policy) = checked.policy else {
-        eprintln!(
-            "failed: {} error{}; no table written",
-            checked.error_count(),
-            plural(checked.error_count())
-        );
+        eprintln!("failed: {} error{}; no table written", checked.error_count(), plural(checked.error_count()));
         return Err(Failure::Policy);
     };
     let encoded = table::encode(&policy, &Metadata::for_source(file, &bytes, disabled));
     // Verify what we are about to ship with the same reader proxyd uses.
-    let loaded = table::decode(&encoded).map_err(|e| Failure::Refused(format!("internal error: compiled table does not verify: {e}")))?;
+    let loaded = table::decode(&encoded)
+        .map_err(|e| Failure::Refused(format!("internal error: compiled table does not verify: {e}")))?;
     table::write_atomically(output, &encoded)
         .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", output.display())))?;
     eprintln!(
@@ -266,9 +269,7 @@ fn load_policy(path: &Path, disabled: ActionSet) -> Result<Loaded, Failure> {
     let bytes = read_source(path)?;
     if bytes.starts_with(&table::MAGIC) {
         let compiled = table::decode(&bytes).map_err(|e| Failure::Refused(format!("{}: {e}", path.display())))?;
-        compiled
-            .check_disabled(disabled)
-            .map_err(|e| Failure::Refused(format!("{}: {e}", path.display())))?;
+        compiled.check_disabled(disabled).map_err(|e| Failure::Refused(format!("{}: {e}", path.display())))?;
         let revision = Some(compiled.revision().to_owned());
         return Ok(Loaded { table: compiled.table, revision });
     }
@@ -315,7 +316,13 @@ struct Explanation<'a> {
 }
 
 impl<'a> Explanation<'a> {
-    fn new(d: &Decision<'a>, role: Option<&'a str>, host: &'a CanonicalHost, port: Option<u16>, revision: Option<&'a str>) -> Self {
+    fn new(
+        d: &Decision<'a>,
+        role: Option<&'a str>,
+        host: &'a CanonicalHost,
+        port: Option<u16>,
+        revision: Option<&'a str>,
+    ) -> Self {
         Explanation {
             decision: d.verdict.as_str(),
             reason: d.reason.as_str(),
@@ -349,7 +356,9 @@ fn explain(policy: &Path, role: &str, destination: &str, disabled: ActionSet, fo
             println!("decision:     {}", e.decision);
             println!("reason:       {}", e.reason);
             let rule = match (&e.rule, e.default_rule) {
-                (Some(r), true) => format!("{r} (role {} has no rule of its own)", role.map_or("<none>".into(), |r| format!("{r:?}"))),
+                (Some(r), true) => {
+                    format!("{r} (role {} has no rule of its own)", role.map_or("<none>".into(), |r| format!("{r:?}")))
+                }
                 (Some(r), false) => r.clone(),
                 (None, _) => "none".into(),
             };
@@ -419,11 +428,15 @@ fn inspect(path: &Path, format: Format) -> Result<(), Failure> {
             println!("body:             {} bytes, sha256 {}", i.body_bytes, i.body_sha256);
             println!("source:           {} (sha256 {})", i.source_name, i.source_sha256);
             println!("compiler:         {}", i.compiler);
-            let disabled = if i.disabled_actions.is_empty() { "none".to_owned() } else { i.disabled_actions.join(", ") };
+            let disabled =
+                if i.disabled_actions.is_empty() { "none".to_owned() } else { i.disabled_actions.join(", ") };
             println!("disabled actions: {disabled}");
             println!("services:         {}", i.services);
             println!("default rule:     {}", i.default_rule.unwrap_or("none (unknown roles are denied)"));
-            println!("patterns:         {} ({} global allow, {} global deny)", i.patterns, i.global_allow_list, i.global_deny_list);
+            println!(
+                "patterns:         {} ({} global allow, {} global deny)",
+                i.patterns, i.global_allow_list, i.global_deny_list
+            );
         }
     }
     Ok(())

@@ -63,9 +63,7 @@ impl PatternError {
     pub fn help(&self) -> Option<String> {
         match self {
             PatternError::Empty => Some("remove the empty entry".into()),
-            PatternError::MatchesEverything(_) => {
-                Some("use an `open` or `report` action to allow every host".into())
-            }
+            PatternError::MatchesEverything(_) => Some("use an `open` or `report` action to allow every host".into()),
             PatternError::NotFullLabel(p) => {
                 let rest = p.trim_start_matches('*').trim_start_matches('.');
                 Some(format!("use \"*.{rest}\" for its subdomains, or \"{rest}\" for the name itself"))
@@ -84,9 +82,7 @@ impl PatternError {
                 HostError::DisallowedChar { ch: '/' } => {
                     Some("ACL entries are host names; address ranges belong in --deny-range/--allow-range".into())
                 }
-                HostError::DisallowedChar { ch: '[' | ']' } => {
-                    Some("write IPv6 addresses without brackets".into())
-                }
+                HostError::DisallowedChar { ch: '[' | ']' } => Some("write IPv6 addresses without brackets".into()),
                 HostError::DisallowedChar { ch: ' ' } => Some("remove the spaces".into()),
                 HostError::EmptyLabel => Some("remove the extra dot".into()),
                 _ => None,
@@ -112,10 +108,8 @@ pub fn parse(raw: &str) -> Result<ParsedPattern, PatternError> {
     if domain.contains('*') {
         return Err(PatternError::NotPrefix(raw.to_owned()));
     }
-    let canonical = host::canonicalize(domain).map_err(|error| PatternError::InvalidHost {
-        pattern: raw.to_owned(),
-        error,
-    })?;
+    let canonical =
+        host::canonicalize(domain).map_err(|error| PatternError::InvalidHost { pattern: raw.to_owned(), error })?;
     let prefix = if wildcard { "*." } else { "" };
     if canonical.rewritten {
         return Err(PatternError::NotCanonical {
@@ -128,10 +122,7 @@ pub fn parse(raw: &str) -> Result<ParsedPattern, PatternError> {
         (true, true) => HostPattern::Wildcard(canonical.host.as_str().into()),
         (true, false) => return Err(PatternError::WildcardIp(raw.to_owned())),
     };
-    Ok(ParsedPattern {
-        pattern,
-        had_trailing_dot: canonical.had_trailing_dot,
-    })
+    Ok(ParsedPattern { pattern, had_trailing_dot: canonical.had_trailing_dot })
 }
 
 /// Which entry of a set matched a host.
@@ -212,8 +203,17 @@ mod tests {
 
     #[test]
     fn smokescreen_glob_rules() {
-        for good in ["example.com", "*.example.com", "com", "*.com", "127.0.0.1", "::1",
-                     "foo_bar.example.com", "xn--e1aybc.example.com", "2001:db8::1"] {
+        for good in [
+            "example.com",
+            "*.example.com",
+            "com",
+            "*.com",
+            "127.0.0.1",
+            "::1",
+            "foo_bar.example.com",
+            "xn--e1aybc.example.com",
+            "2001:db8::1",
+        ] {
             let parsed = parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
             assert_eq!(parsed.pattern.to_string(), good);
             assert!(!parsed.had_trailing_dot);
@@ -255,10 +255,8 @@ mod tests {
 
     #[test]
     fn wildcards_match_any_depth_never_the_apex() {
-        let patterns: Vec<HostPattern> = ["a.com", "*.b.com", "*.c.b.com", "1.2.3.4"]
-            .iter()
-            .map(|p| parse(p).unwrap().pattern)
-            .collect();
+        let patterns: Vec<HostPattern> =
+            ["a.com", "*.b.com", "*.c.b.com", "1.2.3.4"].iter().map(|p| parse(p).unwrap().pattern).collect();
         let set = PatternSet::new(&patterns);
         let find = |h: &str| set.find(&host::canonical(h).unwrap()).map(|m| m.to_string());
         assert_eq!(find("a.com").as_deref(), Some("a.com"));

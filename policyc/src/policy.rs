@@ -48,10 +48,7 @@ impl FromStr for Action {
 
     /// Exact lower-case names, as Smokescreen: `Enforce` is not an action.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Action::ALL
-            .into_iter()
-            .find(|a| a.as_str() == s)
-            .ok_or_else(|| UnknownAction(s.to_owned()))
+        Action::ALL.into_iter().find(|a| a.as_str() == s).ok_or_else(|| UnknownAction(s.to_owned()))
     }
 }
 
@@ -94,11 +91,7 @@ impl FromIterator<Action> for ActionSet {
 impl fmt::Display for ActionSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.iter().map(Action::as_str).collect();
-        if names.is_empty() {
-            f.write_str("none")
-        } else {
-            f.write_str(&names.join(", "))
-        }
+        if names.is_empty() { f.write_str("none") } else { f.write_str(&names.join(", ")) }
     }
 }
 
@@ -124,19 +117,12 @@ pub struct Policy {
 impl Policy {
     /// Every rule (services, then the default) that uses one of `disabled`.
     pub fn rules_using(&self, disabled: ActionSet) -> impl Iterator<Item = &Rule> {
-        self.services
-            .iter()
-            .chain(self.default.iter())
-            .filter(move |rule| disabled.contains(rule.action))
+        self.services.iter().chain(self.default.iter()).filter(move |rule| disabled.contains(rule.action))
     }
 
     /// Total number of host patterns in every list.
     pub fn pattern_count(&self) -> usize {
-        self.services
-            .iter()
-            .chain(self.default.iter())
-            .map(|r| r.allowed_domains.len())
-            .sum::<usize>()
+        self.services.iter().chain(self.default.iter()).map(|r| r.allowed_domains.len()).sum::<usize>()
             + self.global_allow_list.len()
             + self.global_deny_list.len()
     }

@@ -88,7 +88,9 @@ pub enum TableError {
     Truncated { what: &'static str, have: u64, need: u64 },
     #[error("not a compiled policy table (bad magic bytes {found:02x?})")]
     WrongMagic { found: Vec<u8> },
-    #[error("unsupported table format version {found} (this build reads version {supported}); recompile with a matching policyc")]
+    #[error(
+        "unsupported table format version {found} (this build reads version {supported}); recompile with a matching policyc"
+    )]
     UnsupportedVersion { found: u32, supported: u32 },
     #[error("body length {0} exceeds the {MAX_BODY_LEN}-byte limit")]
     TooLarge(u64),
@@ -196,17 +198,8 @@ pub fn decode(bytes: &[u8]) -> Result<CompiledTable, TableError> {
         return Err(TableError::Corrupt(format!("{} bytes left after the body", rest.len())));
     }
     let policy = validate(&decoded)?;
-    let revision = hex::encode(header.body_sha256)
-        .get(..REVISION_HEX_LEN)
-        .unwrap_or_default()
-        .to_owned();
-    Ok(CompiledTable {
-        table: PolicyTable::new(&policy),
-        header,
-        metadata: decoded.metadata,
-        policy,
-        revision,
-    })
+    let revision = hex::encode(header.body_sha256).get(..REVISION_HEX_LEN).unwrap_or_default().to_owned();
+    Ok(CompiledTable { table: PolicyTable::new(&policy), header, metadata: decoded.metadata, policy, revision })
 }
 
 fn read_header(bytes: &[u8]) -> Result<Header, TableError> {
@@ -217,10 +210,10 @@ fn read_header(bytes: &[u8]) -> Result<Header, TableError> {
             return Err(TableError::LooksLikeYaml("<acl.yaml>".into()));
         }
         return match magic {
-            None if MAGIC.starts_with(bytes) => Err(TableError::Truncated { what: "header", have, need: HEADER_LEN as u64 }),
-            _ => Err(TableError::WrongMagic {
-                found: bytes.iter().take(MAGIC.len()).copied().collect(),
-            }),
+            None if MAGIC.starts_with(bytes) => {
+                Err(TableError::Truncated { what: "header", have, need: HEADER_LEN as u64 })
+            }
+            _ => Err(TableError::WrongMagic { found: bytes.iter().take(MAGIC.len()).copied().collect() }),
         };
     }
     let field = |range: std::ops::Range<usize>| {
@@ -242,11 +235,7 @@ fn read_header(bytes: &[u8]) -> Result<Header, TableError> {
     if have > need {
         return Err(TableError::TrailingBytes(have - need));
     }
-    Ok(Header {
-        format_version: version,
-        body_len,
-        body_sha256,
-    })
+    Ok(Header { format_version: version, body_len, body_sha256 })
 }
 
 fn looks_like_yaml(bytes: &[u8]) -> bool {
@@ -322,9 +311,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name"))?;
+    let name =
+        path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name"))?;
     let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
@@ -431,7 +419,10 @@ mod tests {
         let loaded = decode(&table_bytes()).unwrap();
         assert!(loaded.check_disabled([Action::Open].into_iter().collect()).is_ok());
         let err = loaded.check_disabled([Action::Report].into_iter().collect()).unwrap_err();
-        assert_eq!(err.to_string(), "rule `a` uses action `report`, which is disabled (--disable-acl-policy-action report)");
+        assert_eq!(
+            err.to_string(),
+            "rule `a` uses action `report`, which is disabled (--disable-acl-policy-action report)"
+        );
     }
 
     #[test]

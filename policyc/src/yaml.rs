@@ -85,11 +85,7 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
     options.duplicate_keys = DuplicateKeyPolicy::LastWins;
     match serde_saphyr::from_str_with_options::<Option<Spanned<RawNode>>>(source, options) {
         Ok(Some(root)) => Ok(convert(root, source)),
-        Ok(None) => Ok(Node {
-            value: Value::Null,
-            at: Position { line: 1, column: 1 },
-            source_text: None,
-        }),
+        Ok(None) => Ok(Node { value: Value::Null, at: Position { line: 1, column: 1 }, source_text: None }),
         Err(error) => {
             let at = error.location().map(position).unwrap_or(Position { line: 1, column: 1 });
             let message = error.without_snippet().to_string();
@@ -108,10 +104,7 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
 }
 
 fn position(location: Location) -> Position {
-    Position {
-        line: location.line(),
-        column: location.column(),
-    }
+    Position { line: location.line(), column: location.column() }
 }
 
 fn convert(raw: Spanned<RawNode>, source: &str) -> Node {
@@ -134,18 +127,11 @@ fn convert(raw: Spanned<RawNode>, source: &str) -> Node {
         RawNode::Float(f) => Value::Float(f),
         RawNode::String(s) => Value::String(s),
         RawNode::Seq(items) => Value::Seq(items.into_iter().map(|n| convert(n, source)).collect()),
-        RawNode::Map(entries) => Value::Map(
-            entries
-                .into_iter()
-                .map(|(k, v)| (convert(k, source), convert(v, source)))
-                .collect(),
-        ),
+        RawNode::Map(entries) => {
+            Value::Map(entries.into_iter().map(|(k, v)| (convert(k, source), convert(v, source))).collect())
+        }
     };
-    Node {
-        value,
-        at,
-        source_text,
-    }
+    Node { value, at, source_text }
 }
 
 /// What serde-saphyr hands us, before positions are flattened.
@@ -196,9 +182,7 @@ impl<'de> Visitor<'de> for RawNodeVisitor {
         Ok(RawNode::Int(v))
     }
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<RawNode, E> {
-        i128::try_from(v)
-            .map(RawNode::Int)
-            .map_err(|_| E::custom("integer out of range"))
+        i128::try_from(v).map(RawNode::Int).map_err(|_| E::custom("integer out of range"))
     }
     fn visit_f64<E>(self, v: f64) -> Result<RawNode, E> {
         Ok(RawNode::Float(v))
@@ -210,9 +194,7 @@ impl<'de> Visitor<'de> for RawNodeVisitor {
         Ok(RawNode::String(v))
     }
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<RawNode, E> {
-        String::from_utf8(v.to_vec())
-            .map(RawNode::String)
-            .map_err(|_| E::custom("binary value is not UTF-8"))
+        String::from_utf8(v.to_vec()).map(RawNode::String).map_err(|_| E::custom("binary value is not UTF-8"))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawNode, A::Error> {
         let mut items = Vec::new();

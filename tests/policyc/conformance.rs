@@ -47,9 +47,7 @@ const NO_RULE: &str = "no rule matched";
 /// Loads a policy both ways and checks every case against both.
 fn run(source: &str, name: &str, cases: &[Case]) {
     let checked = acl::check_source(name, source, ActionSet::default());
-    let policy = checked
-        .policy
-        .unwrap_or_else(|| panic!("{name} does not compile: {:#?}", checked.diagnostics));
+    let policy = checked.policy.unwrap_or_else(|| panic!("{name} does not compile: {:#?}", checked.diagnostics));
     let direct = PolicyTable::new(&policy);
     let bytes = table::encode(&policy, &Metadata::for_source(Path::new(name), source.as_bytes(), ActionSet::default()));
     let compiled = table::decode(&bytes).unwrap_or_else(|e| panic!("{name}: table does not decode: {e}"));
@@ -67,6 +65,7 @@ fn run(source: &str, name: &str, cases: &[Case]) {
 }
 
 #[test]
+#[rustfmt::skip] // a table reads best as one row per line
 fn smokescreen_sample_config() {
     let src = fixture("smokescreen/sample_config.yaml");
     run(&src, "sample_config.yaml", &[
@@ -84,6 +83,7 @@ fn smokescreen_sample_config() {
 }
 
 #[test]
+#[rustfmt::skip] // a table reads best as one row per line
 fn smokescreen_sample_config_with_global() {
     let src = fixture("smokescreen/sample_config_with_global.yaml");
     run(&src, "sample_config_with_global.yaml", &[
@@ -100,6 +100,7 @@ fn smokescreen_sample_config_with_global() {
 }
 
 #[test]
+#[rustfmt::skip] // a table reads best as one row per line
 fn smokescreen_no_default() {
     let src = fixture("smokescreen/no_default.yaml");
     run(&src, "no_default.yaml", &[
@@ -139,6 +140,7 @@ global_deny_list: [bad.com, both.com, \"*.bw.com\"]
 ";
 
 #[test]
+#[rustfmt::skip] // a table reads best as one row per line
 fn reference_decision_table() {
     run(REFERENCE_ACL, "reference.yaml", &[
         case(Some("enf"), "a.com", Allow, ALLOWED, "p-enf", false),
@@ -181,6 +183,7 @@ fn default_rule_actions() {
 
 /// Our own cases: wildcard depth and apex, IDN, IP literals, trailing dots.
 #[test]
+#[rustfmt::skip] // a table reads best as one row per line
 fn hosts_match_in_canonical_form() {
     let src = "\
 version: v1
@@ -220,7 +223,8 @@ default:
 
 #[test]
 fn ambiguous_hosts_never_reach_the_decision() {
-    for bad in ["127.1", "0x7f.0.0.1", "2130706433", "0177.0.0.1", "a..example.com", "exa mple.com", "fe80::1%eth0", ""] {
+    for bad in ["127.1", "0x7f.0.0.1", "2130706433", "0177.0.0.1", "a..example.com", "exa mple.com", "fe80::1%eth0", ""]
+    {
         assert!(host::canonical(bad).is_err(), "{bad:?} must be refused before deciding");
     }
 }

@@ -20,36 +20,25 @@ const BROKEN: &str = "tests/fixtures/broken";
 const MIN_POLICIES: usize = 3;
 const MIN_BROKEN: usize = 10;
 
-
 fn load_schema() -> Value {
     let path = repo_root().join(SCHEMA);
-    let text =
-        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
 }
 
 fn validator() -> jsonschema::Validator {
     let schema = load_schema();
     jsonschema::draft202012::new(&schema).unwrap_or_else(|e| {
-        panic!(
-            "{SCHEMA} does not compile as a draft 2020-12 schema: {e} (at {:?})",
-            e.instance_path().as_str()
-        )
+        panic!("{SCHEMA} does not compile as a draft 2020-12 schema: {e} (at {:?})", e.instance_path().as_str())
     })
 }
 
 /// `*.yaml` files directly in `dir`, sorted so failures read the same on every run.
 fn yaml_files(dir: &str) -> Vec<PathBuf> {
     let dir = repo_root().join(dir);
-    let entries =
-        fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    let entries = fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
     let mut files: Vec<PathBuf> = entries
-        .map(|entry| {
-            entry
-                .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-                .path()
-        })
+        .map(|entry| entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display())).path())
         .filter(|path| path.is_file() && path.extension().is_some_and(|ext| ext == "yaml"))
         .collect();
     files.sort();
@@ -57,15 +46,11 @@ fn yaml_files(dir: &str) -> Vec<PathBuf> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name()
-        .unwrap_or_else(|| panic!("{} has no file name", path.display()))
-        .to_string_lossy()
-        .into_owned()
+    path.file_name().unwrap_or_else(|| panic!("{} has no file name", path.display())).to_string_lossy().into_owned()
 }
 
 fn parse_yaml(path: &Path) -> Value {
-    let text =
-        fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_saphyr::from_str::<Value>(&text)
         .unwrap_or_else(|e| panic!("{} is not YAML that maps to JSON: {e}", path.display()))
 }
@@ -73,10 +58,7 @@ fn parse_yaml(path: &Path) -> Value {
 /// Every validation error, one per line, with the JSON pointer of the
 /// offending value (`/services/0/action`; empty for the document itself).
 fn schema_errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String> {
-    validator
-        .iter_errors(instance)
-        .map(|error| format!("at {:?}: {error}", error.instance_path().as_str()))
-        .collect()
+    validator.iter_errors(instance).map(|error| format!("at {:?}: {error}", error.instance_path().as_str())).collect()
 }
 
 #[test]
@@ -88,16 +70,10 @@ fn schema_is_a_valid_draft_2020_12_schema() {
         "{SCHEMA} must declare draft 2020-12"
     );
     for key in ["$id", "title", "description"] {
-        assert!(
-            schema[key].is_string(),
-            "{SCHEMA} needs a top-level {key:?} for editors"
-        );
+        assert!(schema[key].is_string(), "{SCHEMA} needs a top-level {key:?} for editors");
     }
     if let Err(error) = jsonschema::meta::validate(&schema) {
-        panic!(
-            "{SCHEMA} is not a valid JSON Schema: {error} (at {:?})",
-            error.instance_path().as_str()
-        );
+        panic!("{SCHEMA} is not a valid JSON Schema: {error} (at {:?})", error.instance_path().as_str());
     }
     // Compiling also compiles every `pattern` and resolves every `$ref`.
     let _ = validator();
@@ -121,11 +97,7 @@ fn every_shipped_policy_validates_against_the_schema() {
             failures.push(format!("{}:\n  {}", path.display(), errors.join("\n  ")));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "policies rejected by {SCHEMA}:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "policies rejected by {SCHEMA}:\n{}", failures.join("\n"));
 }
 
 /// What a broken fixture declares on its second line, so that it is rejected
@@ -135,15 +107,10 @@ fn every_shipped_policy_validates_against_the_schema() {
 /// offending value (`""` for the document) and the failing schema keyword.
 fn expected_schema_error(path: &Path, text: &str) -> (String, String) {
     fn malformed(path: &Path) -> ! {
-        panic!(
-            "{}: the second line must be `# schema error at: \"POINTER\" (KEYWORD)`",
-            path.display()
-        )
+        panic!("{}: the second line must be `# schema error at: \"POINTER\" (KEYWORD)`", path.display())
     }
     let line = text.lines().nth(1).unwrap_or_else(|| malformed(path));
-    let rest = line
-        .strip_prefix("# schema error at: \"")
-        .unwrap_or_else(|| malformed(path));
+    let rest = line.strip_prefix("# schema error at: \"").unwrap_or_else(|| malformed(path));
     let (pointer, rest) = rest.split_once("\" (").unwrap_or_else(|| malformed(path));
     let keyword = rest.strip_suffix(')').unwrap_or_else(|| malformed(path));
     (pointer.to_owned(), keyword.to_owned())
@@ -160,29 +127,17 @@ fn every_broken_fixture_is_rejected_by_the_schema() {
     );
     let mut failures = Vec::new();
     for path in &fixtures {
-        let text = fs::read_to_string(path)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        assert!(
-            text.starts_with("# "),
-            "{}: the first line must be a comment saying what is broken",
-            path.display()
-        );
+        let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        assert!(text.starts_with("# "), "{}: the first line must be a comment saying what is broken", path.display());
         let (pointer, keyword) = expected_schema_error(path, &text);
         let instance = parse_yaml(path);
         let errors: Vec<_> = validator.iter_errors(&instance).collect();
         let listing: Vec<String> = errors
             .iter()
-            .map(|e| {
-                format!(
-                    "at {:?} ({}): {e}",
-                    e.instance_path().as_str(),
-                    e.schema_path().as_str()
-                )
-            })
+            .map(|e| format!("at {:?} ({}): {e}", e.instance_path().as_str(), e.schema_path().as_str()))
             .collect();
         let expected_found = errors.iter().any(|e| {
-            e.instance_path().as_str() == pointer
-                && e.schema_path().as_str().ends_with(&format!("/{keyword}"))
+            e.instance_path().as_str() == pointer && e.schema_path().as_str().ends_with(&format!("/{keyword}"))
         });
         if errors.is_empty() {
             failures.push(format!("{}: accepted by the schema", path.display()));
@@ -193,18 +148,10 @@ fn every_broken_fixture_is_rejected_by_the_schema() {
                 listing.join("\n  ")
             ));
         } else {
-            println!(
-                "ok (schema rejects): {}\n  {}",
-                path.display(),
-                listing.join("\n  ")
-            );
+            println!("ok (schema rejects): {}\n  {}", path.display(), listing.join("\n  "));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "broken fixtures vs {SCHEMA}:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "broken fixtures vs {SCHEMA}:\n{}", failures.join("\n"));
 }
 
 #[test]
@@ -226,10 +173,7 @@ fn every_broken_fixture_is_rejected_by_policyc_check() {
         let name = file_name(path);
         let mut problems = Vec::new();
         if output.status.code() != Some(1) {
-            problems.push(format!(
-                "exit status {:?}, expected 1",
-                output.status.code()
-            ));
+            problems.push(format!("exit status {:?}, expected 1", output.status.code()));
         }
         if !stderr.contains("error[P") {
             problems.push("no `error[P...]` diagnostic on stderr".to_owned());
@@ -259,25 +203,19 @@ fn has_location(text: &str, name: &str) -> bool {
         let Some((_line, rest)) = split_digits(rest) else {
             return false;
         };
-        rest.strip_prefix(':')
-            .is_some_and(|column| split_digits(column).is_some())
+        rest.strip_prefix(':').is_some_and(|column| split_digits(column).is_some())
     })
 }
 
 /// Splits a non-empty run of ASCII digits off the front of `text`.
 fn split_digits(text: &str) -> Option<(&str, &str)> {
-    let end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     (end > 0).then(|| text.split_at(end))
 }
 
 #[test]
 fn location_check_is_not_vacuous() {
-    assert!(has_location(
-        "error[P001]: x\n  --> /a/b/f.yaml:12:5\n",
-        "f.yaml"
-    ));
+    assert!(has_location("error[P001]: x\n  --> /a/b/f.yaml:12:5\n", "f.yaml"));
     assert!(has_location("f.yaml:1:1", "f.yaml"));
     assert!(has_location("see f.yaml: no; at f.yaml:3:9", "f.yaml"));
     assert!(!has_location("  --> /a/b/f.yaml:12\n", "f.yaml"));
@@ -299,10 +237,7 @@ fn host_pattern_rules() {
             json!({"version": "v1", "services": [{"name": "a", "action": "enforce", "allowed_domains": [entry]}]}),
             json!({"version": "v1", "services": [], "default": {"action": "report", "allowed_domains": [entry]}}),
         ];
-        let verdicts: Vec<bool> = documents
-            .iter()
-            .map(|doc| validator.is_valid(doc))
-            .collect();
+        let verdicts: Vec<bool> = documents.iter().map(|doc| validator.is_valid(doc)).collect();
         assert!(
             verdicts.iter().all(|v| *v == verdicts[0]),
             "{entry:?}: the schema treats it differently in different lists: {verdicts:?}"
