@@ -356,9 +356,10 @@ fn explain(policy: &Path, role: &str, destination: &str, disabled: ActionSet, fo
             println!("decision:     {}", e.decision);
             println!("reason:       {}", e.reason);
             let rule = match (&e.rule, e.default_rule) {
-                (Some(r), true) => {
-                    format!("{r} (role {} has no rule of its own)", role.map_or("<none>".into(), |r| format!("{r:?}")))
-                }
+                (Some(r), true) => match role {
+                    Some(role) => format!("{r} (role {role:?} has no rule of its own)"),
+                    None => format!("{r} (the client has no role)"),
+                },
                 (Some(r), false) => r.clone(),
                 (None, _) => "none".into(),
             };
