@@ -254,3 +254,79 @@ impl PolicyTable {
         decided(verdict, reason, None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
+
+    use super::*;
+    use crate::acl;
+    use crate::host;
+    use crate::policy::ActionSet;
+    use proptest::prelude::*;
+
+    const POLICY: &str = "version: v1
+services:
+  - name: svc
+    project: p
+    action: enforce
+    allowed_domains: [\"*.xn--e1aybc.example\", exact.example.com, \"*.deep.example.org\"]
+default:
+  project: d
+  action: report
+global_deny_list: [\"*.bad.example\", xn--bcher-kva.example]
+global_allow_list: [good.example]
+";
+
+    fn table() -> PolicyTable {
+        PolicyTable::new(&acl::check_source("p.yaml", POLICY, ActionSet::default()).policy.unwrap())
+    }
+
+    fn label() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-z][a-z0-9]{0,6}", Just("тест".to_owned()), Just("bücher".to_owned())]
+    }
+
+    fn host_name() -> impl Strategy<Value = String> {
+        let suffix = prop_oneof![
+            Just("тест.example"),
+            Just("exact.example.com"),
+            Just("deep.example.org"),
+            Just("bad.example"),
+            Just("bücher.example"),
+            Just("good.example"),
+            Just("example.net"),
+        ];
+        (prop::collection::vec(label(), 0..3), suffix).prop_map(|(mut labels, suffix)| {
+            labels.push(suffix.to_owned());
+            labels.join(".")
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn spelling_variants_decide_the_same(name in host_name(), role in prop_oneof![Just(Some("svc")), Just(Some("other")), Just(None)]) {
+            let t = table();
+            let Ok(canonical) = host::canonical(&name) else { return Ok(()) };
+            let expected = t.decide(role, &canonical);
+            for variant in [name.to_uppercase(), format!("{name}."), format!("{}.", name.to_uppercase()), canonical.to_string()] {
+                let host = host::canonical(&variant).unwrap();
+                prop_assert_eq!(t.decide(role, &host), expected, "variant {}", variant);
+            }
+        }
+    }
+
+    #[test]
+    fn decisions_name_the_rule_and_pattern() {
+        let t = table();
+        let d = t.decide(Some("svc"), &host::canonical("a.b.deep.example.org").unwrap());
+        assert_eq!(d.rule, RuleRef::Service("svc"));
+        assert_eq!(d.matched.map(|(l, m)| (l, m.to_string())), Some((ListKind::AllowedDomains, "*.deep.example.org".into())));
+        let d = t.decide(Some("svc"), &host::canonical("BÜCHER.example").unwrap());
+        assert_eq!((d.verdict, d.reason), (Verdict::Deny, Reason::GlobalDenyList));
+        let d = t.decide(None, &host::canonical("x.example.net").unwrap());
+        assert_eq!((d.verdict, d.reason, d.default_rule()), (Verdict::AllowAndReport, Reason::DefaultRulePolicy, true));
+        assert!(d.verdict.enforce_would_deny() && d.verdict.is_allowed());
+        assert!(t.has_role("svc") && !t.has_role("SVC"));
+        assert_eq!(t.roles().collect::<Vec<_>>(), vec!["svc"]);
+    }
+}
