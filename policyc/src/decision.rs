@@ -320,7 +320,10 @@ global_allow_list: [good.example]
         let t = table();
         let d = t.decide(Some("svc"), &host::canonical("a.b.deep.example.org").unwrap());
         assert_eq!(d.rule, RuleRef::Service("svc"));
-        assert_eq!(d.matched.map(|(l, m)| (l, m.to_string())), Some((ListKind::AllowedDomains, "*.deep.example.org".into())));
+        assert_eq!(
+            d.matched.map(|(l, m)| (l, m.to_string())),
+            Some((ListKind::AllowedDomains, "*.deep.example.org".into()))
+        );
         let d = t.decide(Some("svc"), &host::canonical("BÜCHER.example").unwrap());
         assert_eq!((d.verdict, d.reason), (Verdict::Deny, Reason::GlobalDenyList));
         let d = t.decide(None, &host::canonical("x.example.net").unwrap());
