@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use crate::diagnostic::{Code, Diagnostic, Position};
-use crate::pattern::{self, HostPattern, PatternError, PatternSet};
+use crate::pattern::{self, HostPattern, PatternError};
 use crate::policy::{Action, ActionSet, Policy, Rule};
 use crate::yaml::{self, Node, Value};
 
@@ -546,21 +546,28 @@ impl Checker<'_> {
 
     /// Allow-list entries that the deny list overrides.
     fn lint_global_lists(&mut self, allow: &[Entry], deny: &[Entry]) {
-        if deny.is_empty() {
-            return;
-        }
-        let deny_set = PatternSet::new(deny.iter().map(|e| &e.pattern));
+        let denied: HashMap<&HostPattern, ()> = deny.iter().map(|e| (&e.pattern, ())).collect();
+        let deny_wildcards: HashMap<&str, &HostPattern> = deny
+            .iter()
+            .filter_map(|e| match &e.pattern {
+                HostPattern::Wildcard(suffix) => Some((&**suffix, &e.pattern)),
+                HostPattern::Exact(_) => None,
+            })
+            .collect();
         for entry in allow {
-            let hit = match &entry.pattern {
-                HostPattern::Exact(host) => deny_set.find(host).map(|m| m.to_string()),
-                HostPattern::Wildcard(suffix) => deny
-                    .iter()
-                    .find(|d| match &d.pattern {
-                        HostPattern::Wildcard(s) => **s == **suffix || suffix.ends_with(&format!(".{s}")),
-                        HostPattern::Exact(_) => false,
-                    })
-                    .map(|d| d.pattern.to_string()),
+            // Overridden by the same entry, or by a deny wildcard covering it.
+            let mut hit = denied.get_key_value(&entry.pattern).map(|(p, _)| *p);
+            let mut rest = match &entry.pattern {
+                HostPattern::Exact(host) if host.is_name() => host.as_str(),
+                HostPattern::Wildcard(suffix) => suffix,
+                HostPattern::Exact(_) => "",
             };
+            while hit.is_none()
+                && let Some(dot) = rest.find('.')
+            {
+                rest = rest.get(dot + 1..).unwrap_or("");
+                hit = deny_wildcards.get(rest).copied();
+            }
             if let Some(deny_pattern) = hit {
                 self.report(
                     Code::InBothGlobalLists,

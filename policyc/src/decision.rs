@@ -8,14 +8,14 @@
 //! `policyc explain` and `proxyd` both call [`PolicyTable::decide`], so what
 //! CI explains is exactly what the proxy does.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
 
 use crate::host::CanonicalHost;
-use crate::pattern::{PatternMatch, PatternSet};
-use crate::policy::{Action, Policy, Rule};
+use crate::index::{HostKey, Index, IndexBuilder, ListId};
+use crate::pattern::PatternMatch;
+use crate::policy::{Action, Policy};
 
 /// The outcome of the name stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -161,68 +161,83 @@ impl Decision<'_> {
     }
 }
 
-/// A rule in lookup form.
+/// A rule in lookup form. Rule `i`'s `allowed_domains` are list `i` of the
+/// services index.
 #[derive(Clone, Debug)]
 struct IndexedRule {
     name: Box<str>,
     project: Box<str>,
     action: Action,
-    allowed: PatternSet,
 }
 
-impl IndexedRule {
-    fn new(rule: &Rule) -> Self {
-        IndexedRule {
-            name: rule.name.as_str().into(),
-            project: rule.project.as_str().into(),
-            action: rule.action,
-            allowed: PatternSet::new(&rule.allowed_domains),
-        }
-    }
-}
-
-/// A policy organised for deciding: roles by hash, patterns by label.
-/// A decision costs a few hash lookups per label of the host, whatever the
-/// number of roles or patterns.
+/// A policy organised for deciding, in three flat [`Index`]es: role names,
+/// every rule's `allowed_domains`, and the global lists. The role index, the
+/// per-list filters and the global lists are small enough to stay in cache,
+/// so a large policy mostly costs a probe of the pattern index on a hit. A decision costs a few probes
+/// per label of the host, whatever the number of roles or patterns.
 #[derive(Clone, Debug)]
 pub struct PolicyTable {
+    /// Service rules in policy order, then the default rule if any.
     rules: Vec<IndexedRule>,
-    by_role: HashMap<Box<str>, usize>,
-    default: Option<IndexedRule>,
-    global_allow: PatternSet,
-    global_deny: PatternSet,
+    default: Option<usize>,
+    /// Role name → rule index. Small and hot: kept apart from the patterns.
+    roles: Index,
+    services: Index,
+    globals: Index,
+    global_deny: ListId,
+    global_allow: ListId,
 }
 
 impl PolicyTable {
     pub fn new(policy: &Policy) -> Self {
-        let rules: Vec<IndexedRule> = policy.services.iter().map(IndexedRule::new).collect();
-        let by_role = rules.iter().enumerate().map(|(i, rule)| (rule.name.clone(), i)).collect();
+        let mut services = IndexBuilder::default();
+        let mut rules = Vec::with_capacity(policy.services.len() + 1);
+        let mut roles = IndexBuilder::default();
+        for rule in policy.services.iter().chain(policy.default.iter()) {
+            let list = services.add_list(&rule.allowed_domains);
+            debug_assert_eq!(list, ListId(rules.len() as u32), "rule i owns list i");
+            if rules.len() < policy.services.len() {
+                roles.add_name(&rule.name, list.0);
+            }
+            rules.push(IndexedRule {
+                name: rule.name.as_str().into(),
+                project: rule.project.as_str().into(),
+                action: rule.action,
+            });
+        }
+        let default = policy.default.as_ref().map(|_| policy.services.len());
+        let mut globals = IndexBuilder::default();
+        let global_deny = globals.add_list(&policy.global_deny_list);
+        let global_allow = globals.add_list(&policy.global_allow_list);
         PolicyTable {
             rules,
-            by_role,
-            default: policy.default.as_ref().map(IndexedRule::new),
-            global_allow: PatternSet::new(&policy.global_allow_list),
-            global_deny: PatternSet::new(&policy.global_deny_list),
+            default,
+            roles: roles.build(),
+            services: services.build(),
+            globals: globals.build(),
+            global_deny,
+            global_allow,
         }
     }
 
     /// Whether `role` has a rule of its own (not the default).
     pub fn has_role(&self, role: &str) -> bool {
-        self.by_role.contains_key(role)
+        self.roles.name(role).is_some()
     }
 
     /// Role names with their own rules, in policy order.
     pub fn roles(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().map(|r| &*r.name)
+        let services = self.default.unwrap_or(self.rules.len());
+        self.rules.iter().take(services).map(|r| &*r.name)
     }
 
     /// The name stage. `role` is `None` for a client without a role, which
     /// gets the default rule when there is one.
     pub fn decide(&self, role: Option<&str>, host: &CanonicalHost) -> Decision<'_> {
-        let service = role.and_then(|r| self.by_role.get(r)).and_then(|i| self.rules.get(*i));
-        let (rule, rule_ref) = match (service, &self.default) {
-            (Some(rule), _) => (rule, RuleRef::Service(&rule.name)),
-            (None, Some(default)) => (default, RuleRef::Default),
+        let service = role.and_then(|r| self.roles.name(r)).map(|i| i as usize);
+        let (index, rule_ref) = match (service, self.default) {
+            (Some(i), _) => (i, None),
+            (None, Some(i)) => (i, Some(RuleRef::Default)),
             (None, None) => {
                 return Decision {
                     verdict: Verdict::Deny,
@@ -233,16 +248,30 @@ impl PolicyTable {
                 };
             }
         };
+        // Rule i owns list i (see `new`): the list's filter and the rule
+        // record are fetched in parallel, not one after the other.
+        let list = ListId(index as u32);
+        let Some(rule) = self.rules.get(index) else {
+            return Decision {
+                verdict: Verdict::Deny,
+                reason: Reason::NoRuleMatched,
+                project: "",
+                rule: RuleRef::None,
+                matched: None,
+            };
+        };
+        let rule_ref = rule_ref.unwrap_or(RuleRef::Service(&rule.name));
         let decided =
             |verdict, reason, matched| Decision { verdict, reason, project: &rule.project, rule: rule_ref, matched };
 
-        if let Some(m) = rule.allowed.find(host) {
+        let key = HostKey::new(host);
+        if let Some(m) = self.services.find(list, &key) {
             return decided(Verdict::Allow, Reason::AllowedDomain, Some((ListKind::AllowedDomains, m)));
         }
-        if let Some(m) = self.global_deny.find(host) {
+        if let Some(m) = self.globals.find(self.global_deny, &key) {
             return decided(Verdict::Deny, Reason::GlobalDenyList, Some((ListKind::GlobalDenyList, m)));
         }
-        if let Some(m) = self.global_allow.find(host) {
+        if let Some(m) = self.globals.find(self.global_allow, &key) {
             return decided(Verdict::Allow, Reason::GlobalAllowList, Some((ListKind::GlobalAllowList, m)));
         }
         let (verdict, reason) = match rule.action {

@@ -194,11 +194,32 @@ fn canonicalize_ipv6(input: &str) -> Result<Canonicalized, HostError> {
 /// character set. Hyphens may not start or end a label, but may sit in
 /// positions 3-4: real CDN names (`r3---sn-abc.googlevideo.com`) use them.
 fn to_ascii(input: &str) -> Result<String, HostError> {
-    if let Some(ch) = input.chars().find(|c| c.is_ascii() && !is_host_char(*c) && *c != '.') {
-        // Report the character the user typed, before any mapping.
-        if !ch.is_ascii_uppercase() {
-            return Err(HostError::DisallowedChar { ch });
+    if input.is_ascii() {
+        let lower = input.to_ascii_lowercase();
+        if !lower.split('.').any(|label| label.starts_with("xn--")) {
+            return check_ascii(lower, input);
         }
+    }
+    to_ascii_uts46(input)
+}
+
+/// The fast path for ASCII without Punycode labels, where UTS-46 would only
+/// lower-case: apply the same checks without its full machinery. A property
+/// test holds it equal to [`to_ascii_uts46`].
+fn check_ascii(lower: String, input: &str) -> Result<String, HostError> {
+    if let Some(ch) = input.chars().find(|c| !is_host_char(c.to_ascii_lowercase()) && *c != '.') {
+        return Err(HostError::DisallowedChar { ch });
+    }
+    if let Some(label) = input.split('.').find(|l| l.starts_with('-') || l.ends_with('-')) {
+        return Err(HostError::Idna { label: label.to_owned() });
+    }
+    Ok(lower)
+}
+
+fn to_ascii_uts46(input: &str) -> Result<String, HostError> {
+    // Report the character the user typed, before any mapping.
+    if let Some(ch) = input.chars().find(|c| c.is_ascii() && !is_host_char(c.to_ascii_lowercase()) && *c != '.') {
+        return Err(HostError::DisallowedChar { ch });
     }
     let ascii = Uts46::new()
         .to_ascii(input.as_bytes(), AsciiDenyList::EMPTY, Hyphens::CheckFirstLast, DnsLength::Ignore)
@@ -401,6 +422,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn ascii_fast_path_agrees_with_uts46(input in "[a-zA-Z0-9._*%: -]{1,24}") {
+            prop_assert_eq!(to_ascii(&input), to_ascii_uts46(&input));
+        }
+
         #[test]
         fn canonicalisation_is_idempotent(input in any::<String>()) {
             if let Ok(host) = canonical(&input) {

@@ -13,6 +13,7 @@ pub mod authority;
 pub mod decision;
 pub mod diagnostic;
 pub mod host;
+pub mod index;
 pub mod pattern;
 pub mod policy;
 pub mod table;

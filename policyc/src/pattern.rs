@@ -1,13 +1,11 @@
-//! Host patterns (`api.example.com`, `*.example.com`, `203.0.113.7`) and the
-//! set structure that matches a host against many of them.
+//! Host patterns (`api.example.com`, `*.example.com`, `203.0.113.7`).
 //!
 //! A pattern is either an exact canonical host or a leading wildcard that
-//! matches every subdomain at any depth and never the apex. Matching costs one
-//! hash lookup per label of the host, whatever the number of patterns.
-//! Patterns are parsed strictly: only the canonical spelling is accepted, and
-//! the error names the spelling to use. No I/O here.
+//! matches every subdomain at any depth and never the apex. Patterns are
+//! parsed strictly: only the canonical spelling is accepted, and the error
+//! names the spelling to use. Matching many patterns at once is `index`'s
+//! job. No I/O here.
 
-use std::collections::HashSet;
 use std::fmt;
 
 use crate::host::{self, CanonicalHost, HostError};
@@ -142,55 +140,6 @@ impl fmt::Display for PatternMatch<'_> {
     }
 }
 
-/// A set of patterns organised for lookup by label from the right: a hash of
-/// exact hosts and a hash of wildcard suffixes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PatternSet {
-    exact: HashSet<Box<str>>,
-    wildcard: HashSet<Box<str>>,
-}
-
-impl PatternSet {
-    pub fn new<'p>(patterns: impl IntoIterator<Item = &'p HostPattern>) -> Self {
-        let mut set = PatternSet::default();
-        for pattern in patterns {
-            match pattern {
-                HostPattern::Exact(host) => set.exact.insert(host.as_str().into()),
-                HostPattern::Wildcard(suffix) => set.wildcard.insert(suffix.clone()),
-            };
-        }
-        set
-    }
-
-    pub fn len(&self) -> usize {
-        self.exact.len() + self.wildcard.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The entry matching `host`: the exact entry if there is one, else the
-    /// longest wildcard suffix. One lookup per label of the host.
-    pub fn find(&self, host: &CanonicalHost) -> Option<PatternMatch<'_>> {
-        let text = host.as_str();
-        if let Some(hit) = self.exact.get(text) {
-            return Some(PatternMatch::Exact(hit));
-        }
-        if self.wildcard.is_empty() || !host.is_name() {
-            return None;
-        }
-        let mut rest = text;
-        while let Some(dot) = rest.find('.') {
-            rest = rest.get(dot + 1..)?;
-            if let Some(hit) = self.wildcard.get(rest) {
-                return Some(PatternMatch::Wildcard(hit));
-            }
-        }
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
@@ -251,23 +200,5 @@ mod tests {
         for bad in [".example.com", "foo..example.com", "[::1]", "10.0.0.0/8", " example.com", "-foo.example.com"] {
             assert!(matches!(err(bad), PatternError::InvalidHost { .. }), "{bad}");
         }
-    }
-
-    #[test]
-    fn wildcards_match_any_depth_never_the_apex() {
-        let patterns: Vec<HostPattern> =
-            ["a.com", "*.b.com", "*.c.b.com", "1.2.3.4"].iter().map(|p| parse(p).unwrap().pattern).collect();
-        let set = PatternSet::new(&patterns);
-        let find = |h: &str| set.find(&host::canonical(h).unwrap()).map(|m| m.to_string());
-        assert_eq!(find("a.com").as_deref(), Some("a.com"));
-        assert_eq!(find("x.a.com"), None);
-        assert_eq!(find("b.com"), None);
-        assert_eq!(find("x.b.com").as_deref(), Some("*.b.com"));
-        assert_eq!(find("y.x.b.com").as_deref(), Some("*.b.com"));
-        assert_eq!(find("x.c.b.com").as_deref(), Some("*.c.b.com"));
-        assert_eq!(find("xb.com"), None);
-        assert_eq!(find("1.2.3.4").as_deref(), Some("1.2.3.4"));
-        assert_eq!(find("A.COM.").as_deref(), Some("a.com"));
-        assert_eq!(set.len(), 4);
     }
 }
