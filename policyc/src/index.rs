@@ -174,8 +174,7 @@ impl IndexBuilder {
             let hash = slot_hash(hash_str(text), *meta);
             let mut i = home(hash, shift);
             let mut probe = 0;
-            loop {
-                let Some(slot) = slots.get_mut(i) else { break };
+            while let Some(slot) = slots.get_mut(i) {
                 if slot.meta == EMPTY {
                     *slot = Slot { tag: hash as u32, meta: *meta, start: arena.len() as u32, len: text.len() as u32 };
                     arena.push_str(text);
