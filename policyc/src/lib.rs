@@ -9,6 +9,7 @@
 //! stays in the `policyc` binary and in [`table::write_atomically`].
 
 pub mod acl;
+pub mod address;
 pub mod authority;
 pub mod decision;
 pub mod diagnostic;
@@ -16,5 +17,6 @@ pub mod host;
 pub mod index;
 pub mod pattern;
 pub mod policy;
+pub mod special_purpose;
 pub mod table;
 pub mod yaml;

@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use policyc::acl::{self, Checked};
+use policyc::address::{AddressPolicy, AddressRules};
 use policyc::authority;
 use policyc::decision::{Decision, PolicyTable};
 use policyc::diagnostic::Diagnostic;
@@ -63,6 +65,10 @@ enum Command {
         role: String,
         /// The destination: HOST or HOST:PORT ([v6]:PORT for IPv6).
         destination: String,
+        /// Also classify this address, as if DNS had answered it, with the
+        /// built-in address rules (no operator rules); port from HOST:PORT, else 443.
+        #[arg(long, value_name = "ADDR")]
+        ip: Option<IpAddr>,
         #[command(flatten)]
         disabled: Disabled,
         #[arg(long, value_enum, default_value_t = Format::Human)]
@@ -116,8 +122,8 @@ fn main() -> ExitCode {
             check(&files, disabled.set(), deny_warnings, format)
         }
         Command::Compile { file, output, disabled } => compile(&file, &output, disabled.set()),
-        Command::Explain { policy, role, destination, disabled, format } => {
-            explain(&policy, &role, &destination, disabled.set(), format)
+        Command::Explain { policy, role, destination, ip, disabled, format } => {
+            explain(&policy, &role, &destination, ip, disabled.set(), format)
         }
         Command::Inspect { table, format } => inspect(&table, format),
     };
@@ -313,6 +319,29 @@ struct Explanation<'a> {
     host: &'a str,
     port: Option<u16>,
     policy_revision: Option<&'a str>,
+    /// The address stage's verdict for `--ip`; the decision above is the name stage's alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<AddressExplanation>,
+}
+
+#[derive(Serialize)]
+struct AddressExplanation {
+    ip: IpAddr,
+    allowed: bool,
+    rule: String,
+    rule_code: &'static str,
+}
+
+impl AddressExplanation {
+    fn new(ip: IpAddr, port: u16) -> Self {
+        let verdict = AddressPolicy::new(AddressRules::default()).classify(SocketAddr::new(ip, port));
+        AddressExplanation {
+            ip,
+            allowed: verdict.allowed,
+            rule: verdict.rule.to_string(),
+            rule_code: verdict.rule.code(),
+        }
+    }
 }
 
 impl<'a> Explanation<'a> {
@@ -340,16 +369,25 @@ impl<'a> Explanation<'a> {
             host: host.as_str(),
             port,
             policy_revision: revision,
+            address: None,
         }
     }
 }
 
-fn explain(policy: &Path, role: &str, destination: &str, disabled: ActionSet, format: Format) -> Result<(), Failure> {
+fn explain(
+    policy: &Path,
+    role: &str,
+    destination: &str,
+    ip: Option<IpAddr>,
+    disabled: ActionSet,
+    format: Format,
+) -> Result<(), Failure> {
     let (host, port) = parse_destination(destination)?;
     let loaded = load_policy(policy, disabled)?;
     let role = (!role.is_empty()).then_some(role);
     let decision = loaded.table.decide(role, &host);
-    let e = Explanation::new(&decision, role, &host, port, loaded.revision.as_deref());
+    let mut e = Explanation::new(&decision, role, &host, port, loaded.revision.as_deref());
+    e.address = ip.map(|ip| AddressExplanation::new(ip, port.unwrap_or(443)));
     match format {
         Format::Json => println!("{}", to_json(&e)),
         Format::Human => {
@@ -370,6 +408,9 @@ fn explain(policy: &Path, role: &str, destination: &str, disabled: ActionSet, fo
                 _ => println!("pattern:      none (the rule's action decided)"),
             }
             println!("host:         {}{}", e.host, port.map(|p| format!(" port {p}")).unwrap_or_default());
+            if let Some(a) = &e.address {
+                println!("address:      {} {} ({})", a.ip, if a.allowed { "allowed" } else { "denied" }, a.rule);
+            }
             if let Some(rev) = e.policy_revision {
                 println!("revision:     {rev}");
             }
