@@ -1,6 +1,7 @@
 # Everything a developer or CI runs. Needs only the Rust toolchain (cargo).
 CARGO ?= cargo
 POLICYC := target/release/policyc
+PROXYD := target/release/proxyd
 POLICIES := $(wildcard policies/*.yaml)
 
 .PHONY: all build test lint lint-policies fmt-check clippy run bench clean
@@ -25,16 +26,12 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-## run: compile the embedded default policy and show how it decides.
-## (proxyd, the data plane, is the next milestone; until it exists this shows policyc.)
+## run: build, compile the default policy, and start proxyd on 127.0.0.1:4750 (Ctrl-C stops it).
 run: build
 	@mkdir -p target/policy
 	$(POLICYC) compile policies/default.yaml -o target/policy/default.bin
-	$(POLICYC) inspect target/policy/default.bin
-	@echo
-	$(POLICYC) explain target/policy/default.bin "" api.github.com:443
-	@echo
-	$(POLICYC) explain target/policy/default.bin "" metadata.google.internal:80
+	@echo "proxyd on 127.0.0.1:4750 -- try: curl -x http://127.0.0.1:4750 https://example.com/  (denied: curl -x 127.0.0.1:4750 --proxytunnel http://127.0.0.1:22/)"
+	$(PROXYD) --config-file deploy/dev.yaml --policy target/policy/default.bin --log-format text
 
 ## bench: criterion benchmarks of decide, compile and load-and-verify, with same-run ratios.
 bench:

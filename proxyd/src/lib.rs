@@ -1,5 +1,25 @@
-//! `proxyd`: the SSRF-safe CONNECT data plane (under construction).
+//! `proxyd`: the SSRF-safe CONNECT data plane.
+//!
+//! It loads a compiled policy table (never YAML), serves only `CONNECT`,
+//! decides per client role with `policyc`'s pure decision function, resolves
+//! names with its own DNS client, classifies every address, and connects only
+//! to addresses it checked. Tests start it in-process with [`run`] on
+//! `127.0.0.1:0`; the binary is a thin shell around the same function.
+//!
+//! Layout: [`config`] (flags and config file), [`server`] (accept loop and
+//! request path), [`tls`] and [`proxy_protocol`] (what arrives before the
+//! request), [`resolver`] (DNS), [`egress`] (address stage and connect),
+//! [`tunnel`] (moving bytes), [`answer`] (failures to HTTP answers), [`log`].
 
+pub mod answer;
+pub mod config;
+pub mod egress;
+pub mod log;
 pub mod proxy_protocol;
 pub mod resolver;
+pub mod server;
 pub mod tls;
+pub mod tunnel;
+
+pub use config::{Args, Config};
+pub use server::{StartError, run};

@@ -1,7 +1,74 @@
-//! `proxyd`, the CONNECT-only data plane. Not built yet: see issue 3.
-//! Until then this binary only says so, so that nobody mistakes it for a working proxy.
+//! The `proxyd` binary: parse flags, validate everything, bind, serve until
+//! SIGTERM or SIGINT. Every invalid input exits 1 with one line on stderr
+//! before anything listens.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("proxyd: not implemented yet; use `policyc` to check and compile policies");
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use proxyd::{Args, Config};
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version.
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            // One clear line, like every other start-up refusal.
+            let text = error.to_string();
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            eprintln!("proxyd: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(1);
+        }
+    };
+    let config = match Config::load(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("proxyd: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    proxyd::log::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("proxyd: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("proxyd: cannot listen on {}: {error}", config.listen);
+                return ExitCode::from(1);
+            }
+        };
+        match proxyd::run(listener, config, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("proxyd: {error}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+                _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
 }

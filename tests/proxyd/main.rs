@@ -1,6 +1,16 @@
 //! End-to-end tests of `proxyd`: the real daemon against in-test upstreams,
-//! an in-test DNS server and a test PKI, all on loopback.
+//! an in-test DNS server and a test PKI, all on loopback. One test binary
+//! with a module per area, so the suite links once.
+//!
+//! Network safety: every proxy started here has an egress guard that
+//! refuses, and fails the test on, any connection attempt outside loopback.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a test failure
 
+mod address;
+mod binary;
+mod connect;
+mod harness;
+mod lifecycle;
 mod support;
+mod tls;

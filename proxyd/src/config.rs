@@ -1,0 +1,675 @@
+//! Start-up configuration: Smokescreen's flag names, its proxy config file
+//! read strictly, and the flags `proxyd` adds. Three layers: [`Args`] (the
+//! command line), [`FileConfig`] (the YAML file as written), and [`Config`]
+//! (validated; the only one the rest of `proxyd` uses).
+//!
+//! Every problem is an error naming the input and what is wrong; nothing is
+//! silently ignored or defaulted. This module reads files and the
+//! environment but never opens a socket.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use policyc::address::{AddressRules, AddressSpec};
+use policyc::policy::{Action, ActionSet};
+
+use crate::tls::{ServerIdentity, TlsSettings};
+
+pub const DEFAULT_PORT: u16 = 4750;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_TUNNELS: usize = 10_000;
+const DEFAULT_AUTH_ROLE: &str = "authed";
+
+/// The command line. Flag names are Smokescreen's where the meaning is the same.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "proxyd",
+    version,
+    about = "SSRF-safe HTTP CONNECT egress proxy serving a compiled policy table (see `policyc compile`)"
+)]
+pub struct Args {
+    /// Smokescreen-style proxy config file (YAML, read strictly). Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// The compiled policy table (`policyc compile ACL -o FILE`). A YAML ACL is refused.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, value_name = "IP")]
+    pub listen_ip: Option<IpAddr>,
+    /// Port to listen on [default: 4750].
+    #[arg(long, value_name = "PORT")]
+    pub listen_port: Option<u16>,
+    /// Connect timeout per upstream address, e.g. `10s`, `500ms` [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// DNS timeout for one name (A and AAAA) [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub dns_timeout: Option<Duration>,
+    /// Time allowed for the PROXY header, TLS handshake and CONNECT request head [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// A tunnel with no bytes either way for this long is closed; `0s` disables [default: 300s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// On SIGTERM/SIGINT, how long open tunnels may keep running [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// Deny this CIDR (repeatable). The most specific operator rule wins; deny wins ties.
+    #[arg(long, value_name = "CIDR")]
+    pub deny_range: Vec<IpNet>,
+    /// Allow this CIDR even if it is special-purpose (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    pub allow_range: Vec<IpNet>,
+    /// Deny this `IP` or `IP:PORT` (repeatable).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub deny_address: Vec<AddressSpec>,
+    /// Allow this `IP` or `IP:PORT` (repeatable).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub allow_address: Vec<AddressSpec>,
+    /// DNS server to use instead of the system's (`IP:PORT`, repeatable).
+    #[arg(long, value_name = "IP:PORT")]
+    pub resolver_address: Vec<SocketAddr>,
+    /// PEM file with the server certificate chain and private key: serve TLS.
+    #[arg(long, value_name = "FILE")]
+    pub tls_server_bundle_file: Option<PathBuf>,
+    /// PEM CA for client certificates (repeatable): mTLS, role = certificate CN.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca_file: Vec<PathBuf>,
+    /// Certificate revocation list for client certificates (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub tls_crl_file: Vec<PathBuf>,
+    /// Text appended to the body of every 403 denial.
+    #[arg(long, value_name = "MESSAGE")]
+    pub additional_error_message_on_deny: Option<String>,
+    /// Refuse a policy that uses this action (repeatable).
+    #[arg(long, value_name = "ACTION", value_parser = parse_action)]
+    pub disable_acl_policy_action: Vec<Action>,
+    /// Require a PROXY protocol v1/v2 header on every connection.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+    /// Allow RFC 1918 and fc00::/7 destinations (never loopback, link-local or metadata).
+    #[arg(long)]
+    pub unsafe_allow_private_ranges: bool,
+    /// Cap on concurrent tunnels; beyond it clients get 429 [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_connect_tunnels: Option<usize>,
+    /// Clients without a role (no certificate, no credentials) use the default rule.
+    #[arg(long)]
+    pub allow_missing_role: bool,
+    /// Name of an environment variable holding the proxy password (Basic auth, any user name).
+    #[arg(long, value_name = "VAR")]
+    pub proxy_password_env: Option<String>,
+    /// Role given to clients that present the proxy password [default: authed].
+    #[arg(long, value_name = "ROLE")]
+    pub proxy_auth_role: Option<String>,
+    /// Log format [default: json].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// Which address families resolution may use (Smokescreen's `network`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    #[default]
+    Ip,
+    Ip4,
+    Ip6,
+}
+
+impl Network {
+    pub fn permits(self, ip: IpAddr) -> bool {
+        match self {
+            Network::Ip => true,
+            Network::Ip4 => ip.is_ipv4(),
+            Network::Ip6 => ip.is_ipv6(),
+        }
+    }
+}
+
+/// Smokescreen's proxy config file, read strictly.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    ip: Option<IpAddr>,
+    port: Option<u16>,
+    deny_ranges: Option<Vec<String>>,
+    allow_ranges: Option<Vec<String>>,
+    deny_addresses: Option<Vec<String>>,
+    allow_addresses: Option<Vec<String>>,
+    resolver_addresses: Option<Vec<String>>,
+    support_proxy_protocol: Option<bool>,
+    deny_message_extra: Option<String>,
+    allow_missing_role: Option<bool>,
+    network: Option<Network>,
+    connect_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    exit_timeout: Option<String>,
+    read_header_timeout: Option<String>,
+    dns_timeout: Option<String>,
+    tls: Option<FileTls>,
+    unsafe_allow_private_ranges: Option<bool>,
+    max_concurrent_connect_tunnels: Option<usize>,
+    // Keys proxyd adds.
+    policy: Option<PathBuf>,
+    disable_acl_policy_actions: Option<Vec<String>>,
+    proxy_password_env: Option<String>,
+    proxy_auth_role: Option<String>,
+    log_format: Option<LogFormat>,
+    // Smokescreen keys for features a CONNECT-only proxy does not have:
+    // accepted by the parser only to refuse them with a reason.
+    acl_file: Option<IgnoredAny>,
+    mitm_ca_cert_file: Option<IgnoredAny>,
+    mitm_ca_key_file: Option<IgnoredAny>,
+    read_timeout: Option<IgnoredAny>,
+    write_timeout: Option<IgnoredAny>,
+    transport_max_idle_conns: Option<IgnoredAny>,
+    transport_max_idle_conns_per_host: Option<IgnoredAny>,
+    statsd_address: Option<IgnoredAny>,
+    time_connect: Option<IgnoredAny>,
+    stats_socket_dir: Option<IgnoredAny>,
+    stats_socket_file_mode: Option<IgnoredAny>,
+    max_concurrent_requests: Option<IgnoredAny>,
+    max_request_rate: Option<IgnoredAny>,
+    max_request_burst: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    client_ca_files: Option<Vec<PathBuf>>,
+    crl_files: Option<Vec<PathBuf>>,
+}
+
+/// The proxy password role source.
+#[derive(Clone)]
+pub struct ProxyAuth {
+    /// Name of the environment variable it came from (for messages; the value is never printed).
+    pub variable: String,
+    pub password: String,
+    pub role: String,
+}
+
+impl std::fmt::Debug for ProxyAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyAuth")
+            .field("variable", &self.variable)
+            .field("password", &"<redacted>")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// Called before every upstream connection attempt with the address about to
+/// be dialled; returning false refuses it. The end-to-end tests install one
+/// that fails the test on any non-loopback address.
+pub type EgressGuard = std::sync::Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+
+/// Validated configuration.
+#[derive(Clone)]
+pub struct Config {
+    /// Where to listen (the caller binds; tests use 127.0.0.1:0).
+    pub listen: SocketAddr,
+    /// The compiled policy table.
+    pub policy: PathBuf,
+    /// Actions a policy may not use.
+    pub disabled_actions: ActionSet,
+    pub connect_timeout: Duration,
+    pub dns_timeout: Duration,
+    /// Bound on the PROXY header, TLS handshake and CONNECT head together.
+    pub header_timeout: Duration,
+    /// `None`: tunnels never time out for inactivity.
+    pub idle_timeout: Option<Duration>,
+    pub shutdown_grace: Duration,
+    pub max_tunnels: usize,
+    /// Operator address rules; the listener's own address is added at start.
+    pub address_rules: AddressRules,
+    pub network: Network,
+    /// DNS servers; empty means the system's.
+    pub resolver_addresses: Vec<SocketAddr>,
+    pub tls: Option<TlsSettings>,
+    pub proxy_protocol: bool,
+    pub allow_missing_role: bool,
+    pub proxy_auth: Option<ProxyAuth>,
+    /// Appended to 403 bodies.
+    pub deny_message_extra: Option<String>,
+    pub log_format: LogFormat,
+    pub egress_guard: Option<EgressGuard>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("policy", &self.policy)
+            .field("proxy_auth", &self.proxy_auth)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// A configuration with every default, for `policy`: what tests start from.
+    pub fn with_policy(policy: impl Into<PathBuf>) -> Self {
+        Config {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT),
+            policy: policy.into(),
+            disabled_actions: ActionSet::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            dns_timeout: DEFAULT_DNS_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_tunnels: DEFAULT_MAX_TUNNELS,
+            address_rules: AddressRules::default(),
+            network: Network::Ip,
+            resolver_addresses: Vec::new(),
+            tls: None,
+            proxy_protocol: false,
+            allow_missing_role: false,
+            proxy_auth: None,
+            deny_message_extra: None,
+            log_format: LogFormat::Json,
+            egress_guard: None,
+        }
+    }
+
+    /// Builds the configuration from flags, the optional config file, and
+    /// the environment (for the proxy password).
+    pub fn load(args: Args) -> Result<Config, ConfigError> {
+        let file = match &args.config_file {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+        let from_file = |key: &str| format!("config file key `{key}`");
+        file.refuse_unsupported()?;
+
+        let policy = args.policy.clone().or(file.policy.clone()).ok_or(ConfigError::MissingPolicy)?;
+
+        let mut disabled: ActionSet = args.disable_acl_policy_action.iter().copied().collect();
+        for name in file.disable_acl_policy_actions.iter().flatten() {
+            let action = parse_action(name)
+                .map_err(|message| ConfigError::Invalid { input: from_file("disable_acl_policy_actions"), message })?;
+            disabled.insert(action);
+        }
+
+        let listen_ip = args.listen_ip.or(file.ip).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let listen_port = args.listen_port.or(file.port).unwrap_or(DEFAULT_PORT);
+
+        let duration =
+            |flag: Option<Duration>, key: &str, value: &Option<String>, default: Duration| match (flag, value) {
+                (Some(d), _) => Ok(d),
+                (None, Some(text)) => {
+                    parse_duration(text).map_err(|message| ConfigError::Invalid { input: from_file(key), message })
+                }
+                (None, None) => Ok(default),
+            };
+        let connect_timeout =
+            duration(args.timeout, "connect_timeout", &file.connect_timeout, DEFAULT_CONNECT_TIMEOUT)?;
+        let dns_timeout = duration(args.dns_timeout, "dns_timeout", &file.dns_timeout, DEFAULT_DNS_TIMEOUT)?;
+        let header_timeout =
+            duration(args.header_timeout, "read_header_timeout", &file.read_header_timeout, DEFAULT_HEADER_TIMEOUT)?;
+        let idle_timeout = duration(args.idle_timeout, "idle_timeout", &file.idle_timeout, DEFAULT_IDLE_TIMEOUT)?;
+        let shutdown_grace = duration(args.shutdown_grace, "exit_timeout", &file.exit_timeout, DEFAULT_SHUTDOWN_GRACE)?;
+        for (name, value) in
+            [("connect timeout", connect_timeout), ("DNS timeout", dns_timeout), ("header timeout", header_timeout)]
+        {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid { input: name.into(), message: "must be greater than zero".into() });
+            }
+        }
+
+        let mut rules = AddressRules {
+            deny_ranges: parse_list(&file.deny_ranges, "deny_ranges")?,
+            allow_ranges: parse_list(&file.allow_ranges, "allow_ranges")?,
+            deny_addresses: parse_list(&file.deny_addresses, "deny_addresses")?,
+            allow_addresses: parse_list(&file.allow_addresses, "allow_addresses")?,
+            unsafe_allow_private_ranges: args.unsafe_allow_private_ranges
+                || file.unsafe_allow_private_ranges.unwrap_or(false),
+            self_addresses: Vec::new(),
+        };
+        rules.deny_ranges.extend(args.deny_range.iter().copied());
+        rules.allow_ranges.extend(args.allow_range.iter().copied());
+        rules.deny_addresses.extend(args.deny_address.iter().copied());
+        rules.allow_addresses.extend(args.allow_address.iter().copied());
+
+        let mut resolver_addresses: Vec<SocketAddr> = parse_list(&file.resolver_addresses, "resolver_addresses")?;
+        resolver_addresses.extend(args.resolver_address.iter().copied());
+
+        let tls = tls_settings(&args, &file)?;
+
+        let proxy_auth = match args.proxy_password_env.clone().or(file.proxy_password_env.clone()) {
+            None => None,
+            Some(variable) => {
+                let password = std::env::var(&variable).map_err(|_| ConfigError::PasswordUnset(variable.clone()))?;
+                if password.is_empty() {
+                    return Err(ConfigError::PasswordUnset(variable));
+                }
+                let role = args
+                    .proxy_auth_role
+                    .clone()
+                    .or(file.proxy_auth_role.clone())
+                    .unwrap_or_else(|| DEFAULT_AUTH_ROLE.to_owned());
+                if role.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        input: "--proxy-auth-role".into(),
+                        message: "the role must not be empty".into(),
+                    });
+                }
+                Some(ProxyAuth { variable, password, role })
+            }
+        };
+        if proxy_auth.is_none() && args.proxy_auth_role.is_some() {
+            return Err(ConfigError::Invalid {
+                input: "--proxy-auth-role".into(),
+                message: "has no effect without --proxy-password-env".into(),
+            });
+        }
+
+        let max_tunnels =
+            args.max_concurrent_connect_tunnels.or(file.max_concurrent_connect_tunnels).unwrap_or(DEFAULT_MAX_TUNNELS);
+        if max_tunnels == 0 {
+            return Err(ConfigError::Invalid {
+                input: "max concurrent connect tunnels".into(),
+                message: "must be at least 1 (the cap is always on)".into(),
+            });
+        }
+
+        Ok(Config {
+            listen: SocketAddr::new(listen_ip, listen_port),
+            policy,
+            disabled_actions: disabled,
+            connect_timeout,
+            dns_timeout,
+            header_timeout,
+            idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
+            shutdown_grace,
+            max_tunnels,
+            address_rules: rules,
+            network: file.network.unwrap_or_default(),
+            resolver_addresses,
+            tls,
+            proxy_protocol: args.proxy_protocol || file.support_proxy_protocol.unwrap_or(false),
+            allow_missing_role: args.allow_missing_role || file.allow_missing_role.unwrap_or(false),
+            proxy_auth,
+            deny_message_extra: args.additional_error_message_on_deny.clone().or(file.deny_message_extra.clone()),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            egress_guard: None,
+        })
+    }
+}
+
+impl FileConfig {
+    fn refuse_unsupported(&self) -> Result<(), ConfigError> {
+        let refusals: [(&str, bool, &str); 14] = [
+            (
+                "acl_file",
+                self.acl_file.is_some(),
+                "proxyd reads compiled tables: run `policyc compile ACL -o policy.bin` and set `policy: policy.bin`",
+            ),
+            (
+                "mitm_ca_cert_file",
+                self.mitm_ca_cert_file.is_some(),
+                "MITM is not supported: proxyd only tunnels CONNECT",
+            ),
+            ("mitm_ca_key_file", self.mitm_ca_key_file.is_some(), "MITM is not supported: proxyd only tunnels CONNECT"),
+            ("read_timeout", self.read_timeout.is_some(), "proxyd has no HTTP forward path; use `idle_timeout`"),
+            ("write_timeout", self.write_timeout.is_some(), "proxyd has no HTTP forward path; use `idle_timeout`"),
+            (
+                "transport_max_idle_conns",
+                self.transport_max_idle_conns.is_some(),
+                "proxyd has no HTTP forward path and keeps no upstream connection pool",
+            ),
+            (
+                "transport_max_idle_conns_per_host",
+                self.transport_max_idle_conns_per_host.is_some(),
+                "proxyd has no HTTP forward path and keeps no upstream connection pool",
+            ),
+            ("statsd_address", self.statsd_address.is_some(), "statsd export is not available in this version"),
+            ("time_connect", self.time_connect.is_some(), "statsd export is not available in this version"),
+            ("stats_socket_dir", self.stats_socket_dir.is_some(), "the stats socket is not supported"),
+            ("stats_socket_file_mode", self.stats_socket_file_mode.is_some(), "the stats socket is not supported"),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests.is_some(),
+                "there are no HTTP-path requests; use `max_concurrent_connect_tunnels`",
+            ),
+            ("max_request_rate", self.max_request_rate.is_some(), "request rate limiting is not supported"),
+            ("max_request_burst", self.max_request_burst.is_some(), "request rate limiting is not supported"),
+        ];
+        match refusals.iter().find(|(_, present, _)| *present) {
+            Some((key, _, why)) => Err(ConfigError::Unsupported { key: (*key).to_owned(), reason: (*why).to_owned() }),
+            None => Ok(()),
+        }
+    }
+}
+
+fn tls_settings(args: &Args, file: &FileConfig) -> Result<Option<TlsSettings>, ConfigError> {
+    let identity = match (&args.tls_server_bundle_file, &file.tls) {
+        (Some(bundle), _) => Some(ServerIdentity::Bundle(bundle.clone())),
+        (None, Some(tls)) => {
+            let cert = tls.cert_file.clone().ok_or_else(|| ConfigError::Invalid {
+                input: "config file key `tls`".into(),
+                message: "the `tls` section requires `cert_file`".into(),
+            })?;
+            Some(match &tls.key_file {
+                Some(key) => ServerIdentity::CertAndKey { cert, key: key.clone() },
+                // Smokescreen: key_file defaults to cert_file (a bundle).
+                None => ServerIdentity::Bundle(cert),
+            })
+        }
+        (None, None) => None,
+    };
+    let mut client_ca_files: Vec<PathBuf> =
+        file.tls.as_ref().and_then(|t| t.client_ca_files.clone()).unwrap_or_default();
+    client_ca_files.extend(args.tls_client_ca_file.iter().cloned());
+    let mut crl_files: Vec<PathBuf> = file.tls.as_ref().and_then(|t| t.crl_files.clone()).unwrap_or_default();
+    crl_files.extend(args.tls_crl_file.iter().cloned());
+    match identity {
+        Some(server_bundle) => Ok(Some(TlsSettings {
+            server_bundle,
+            client_ca_files,
+            crl_files,
+            allow_missing_role: args.allow_missing_role || file.allow_missing_role.unwrap_or(false),
+        })),
+        None if !client_ca_files.is_empty() || !crl_files.is_empty() => Err(ConfigError::Invalid {
+            input: "--tls-client-ca-file/--tls-crl-file".into(),
+            message: "client certificates need a TLS listener: add --tls-server-bundle-file".into(),
+        }),
+        None => Ok(None),
+    }
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Invalid { input: path.display().to_string(), message: e.to_string() })?;
+    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---") {
+        // Smokescreen crashes on an empty file (§9.33); we say what is wrong.
+        return Err(ConfigError::Invalid {
+            input: path.display().to_string(),
+            message: "the config file is empty; write `{}` for an empty configuration".into(),
+        });
+    }
+    serde_saphyr::from_str::<FileConfig>(&text)
+        .map_err(|e| ConfigError::Invalid { input: path.display().to_string(), message: one_line(&e.to_string()) })
+}
+
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with("-->"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn parse_list<T: FromStr>(values: &Option<Vec<String>>, key: &str) -> Result<Vec<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    values
+        .iter()
+        .flatten()
+        .map(|v| {
+            v.parse::<T>().map_err(|e| ConfigError::Invalid {
+                input: format!("config file key `{key}`"),
+                message: format!("{v:?}: {e}"),
+            })
+        })
+        .collect()
+}
+
+fn parse_action(s: &str) -> Result<Action, String> {
+    s.parse::<Action>().map_err(|e| e.to_string())
+}
+
+/// Go-style durations, as Smokescreen takes them: `10s`, `1m30s`, `250ms`,
+/// `1h`, `0s`. A bare number is refused: a unit is required.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?}: use a number with a unit, such as 10s, 500ms or 1m30s");
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let (number, after) = rest.split_at(digits);
+        let unit_len = after.find(|c: char| c.is_ascii_digit()).unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        let part = Duration::try_from_secs_f64(value * scale).map_err(|_| bad())?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = next;
+    }
+    Ok(total)
+}
+
+/// Why start-up was refused. Each is printed as one line, then proxyd exits 1.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no policy: pass --policy FILE (a table from `policyc compile ACL -o FILE`)")]
+    MissingPolicy,
+    #[error("{input}: {message}")]
+    Invalid { input: String, message: String },
+    #[error("config file key `{key}` is not supported: {reason}")]
+    Unsupported { key: String, reason: String },
+    #[error("--proxy-password-env {0}: the variable is unset or empty")]
+    PasswordUnset(String),
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
+
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["10", "", "s", "10x", "-1s", "1e3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn load(args: &[&str], file: Option<&str>) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut argv = vec!["proxyd"];
+        let path = dir.path().join("c.yaml");
+        let path_str = path.to_str().unwrap().to_owned();
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+            argv.extend(["--config-file", &path_str]);
+        }
+        argv.extend(args);
+        Config::load(Args::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let c = load(
+            &["--policy", "p.bin", "--listen-port", "9000", "--timeout", "3s"],
+            Some("port: 8000\nconnect_timeout: 7s\nidle_timeout: 0s\nallow_missing_role: true\ndeny_ranges: [10.1.0.0/16]\n"),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.idle_timeout, None);
+        assert!(c.allow_missing_role);
+        assert_eq!(c.address_rules.deny_ranges.len(), 1);
+    }
+
+    #[test]
+    fn unknown_and_unsupported_keys_are_errors() {
+        let err = load(&["--policy", "p.bin"], Some("allow_missing_roles: true\n")).unwrap_err();
+        assert!(err.to_string().contains("allow_missing_roles"), "{err}");
+        let err = load(&["--policy", "p.bin"], Some("acl_file: acl.yaml\n")).unwrap_err();
+        assert!(err.to_string().contains("policyc compile"), "{err}");
+        let err = load(&["--policy", "p.bin"], Some("mitm_ca_cert_file: x\n")).unwrap_err();
+        assert!(err.to_string().contains("MITM"), "{err}");
+        let err = load(&["--policy", "p.bin"], Some("# only a comment\n")).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let err = load(&["--policy", "p.bin"], Some("deny_ranges: [10.0.0.0/33]\n")).unwrap_err();
+        assert!(err.to_string().contains("deny_ranges"), "{err}");
+        let err = load(&["--policy", "p.bin"], Some("network: ip5\n")).unwrap_err();
+        assert!(err.to_string().contains("ip5"), "{err}");
+        assert!(load(&["--policy", "p.bin"], Some("{}\n")).is_ok());
+    }
+
+    #[test]
+    fn policy_and_password_are_required_when_named() {
+        assert!(matches!(load(&[], None), Err(ConfigError::MissingPolicy)));
+        let err =
+            load(&["--policy", "p.bin", "--proxy-password-env", "PROXYD_TEST_SURELY_UNSET_VAR"], None).unwrap_err();
+        assert!(matches!(err, ConfigError::PasswordUnset(_)), "{err}");
+        let err = load(&["--policy", "p.bin", "--proxy-auth-role", "x"], None).unwrap_err();
+        assert!(err.to_string().contains("--proxy-password-env"), "{err}");
+        let err = load(&["--policy", "p.bin", "--tls-client-ca-file", "ca.pem"], None).unwrap_err();
+        assert!(err.to_string().contains("--tls-server-bundle-file"), "{err}");
+        let err = load(&["--policy", "p.bin", "--max-concurrent-connect-tunnels", "0"], None).unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn the_password_is_never_printed() {
+        let auth = ProxyAuth { variable: "V".into(), password: "hunter2".into(), role: "authed".into() };
+        assert!(!format!("{auth:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,95 @@
+//! The address stage and the only way out: classify every candidate address,
+//! keep the permitted ones, and connect to one of them.
+//!
+//! [`CheckedAddr`] can only be made by [`check`], and [`connect`] only takes
+//! `CheckedAddr`s, so connecting to an address the classifier did not permit
+//! does not compile. A hostname never reaches a connect call (that would
+//! resolve again: DNS rebinding).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use policyc::address::{AddressPolicy, AddressRule};
+use tokio::net::TcpStream;
+
+use crate::config::EgressGuard;
+
+/// An address the address stage permitted. No public constructor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckedAddr(SocketAddr);
+
+impl CheckedAddr {
+    pub fn addr(self) -> SocketAddr {
+        self.0
+    }
+}
+
+/// The result of the address stage over every answer for a name.
+#[derive(Debug)]
+pub enum AddressStage {
+    /// Permitted addresses, in answer order.
+    Permitted(Vec<CheckedAddr>),
+    /// Nothing permitted: the first address and the rule that denied it.
+    Denied { ip: IpAddr, rule: AddressRule },
+}
+
+/// Classifies every address (with the request's port) and keeps the permitted ones.
+pub fn check(policy: &AddressPolicy, ips: &[IpAddr], port: u16) -> AddressStage {
+    let mut permitted = Vec::with_capacity(ips.len());
+    let mut first_denied = None;
+    for ip in ips {
+        let addr = SocketAddr::new(*ip, port);
+        let verdict = policy.classify(addr);
+        if verdict.allowed {
+            permitted.push(CheckedAddr(addr));
+        } else if first_denied.is_none() {
+            first_denied = Some((*ip, verdict.rule));
+        }
+    }
+    match (permitted.is_empty(), first_denied) {
+        (false, _) | (true, None) => AddressStage::Permitted(permitted),
+        (true, Some((ip, rule))) => AddressStage::Denied { ip, rule },
+    }
+}
+
+/// Why no connection could be made: the last attempt's failure.
+#[derive(Debug)]
+pub enum ConnectFailure {
+    Io { addr: SocketAddr, error: io::Error },
+    Timeout { addr: SocketAddr, after: Duration },
+}
+
+/// Connects to the first permitted address that answers, each attempt
+/// bounded by `timeout`; on failure tries the next.
+pub async fn connect(
+    candidates: &[CheckedAddr],
+    timeout: Duration,
+    guard: Option<&EgressGuard>,
+) -> Result<(TcpStream, CheckedAddr), ConnectFailure> {
+    let mut last = None;
+    for candidate in candidates {
+        let addr = candidate.0;
+        if let Some(guard) = guard
+            && !guard(addr)
+        {
+            last = Some(ConnectFailure::Io {
+                addr,
+                error: io::Error::new(io::ErrorKind::PermissionDenied, "refused by the egress guard"),
+            });
+            continue;
+        }
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, *candidate));
+            }
+            Ok(Err(error)) => last = Some(ConnectFailure::Io { addr, error }),
+            Err(_) => last = Some(ConnectFailure::Timeout { addr, after: timeout }),
+        }
+    }
+    Err(last.unwrap_or_else(|| ConnectFailure::Io {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        error: io::Error::new(io::ErrorKind::NotFound, "no address to connect to"),
+    }))
+}

@@ -1,0 +1,104 @@
+//! What `proxyd` tells operators, line by line: one
+//! `CANONICAL-PROXY-DECISION` per request (written after the address stage,
+//! so it carries the address decision) and one `CANONICAL-PROXY-CN-CLOSE`
+//! per tunnel, with Smokescreen's field names and numbers as numbers.
+//!
+//! Secrets never reach this module: it is handed roles, hosts and reasons,
+//! never credentials.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::config::LogFormat;
+use crate::tunnel::TunnelStats;
+
+/// Installs the global subscriber: JSON lines (or text for humans) on stderr.
+pub fn init(format: LogFormat) {
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false);
+    let result = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    // Already installed (tests start several proxies in one process): keep it.
+    let _ = result;
+}
+
+/// A request id: unique in this process, unpredictable across processes.
+pub fn request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().build_hasher().finish());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}", seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// The fields of one decision line. Absent values are omitted.
+#[derive(Debug, Default)]
+pub struct DecisionLine {
+    pub id: String,
+    pub role: Option<String>,
+    pub project: Option<String>,
+    pub requested_host: String,
+    pub allow: Option<bool>,
+    pub decision_reason: Option<String>,
+    pub enforce_would_deny: Option<bool>,
+    pub default_rule: Option<bool>,
+    pub inbound_remote_addr: Option<SocketAddr>,
+    pub dst_ip: Option<String>,
+    pub dst_port: Option<u16>,
+    pub dns_lookup_time_ms: Option<u64>,
+    pub policy_revision: String,
+    /// Short stable label of the refusal, when the request was refused.
+    pub refusal: Option<&'static str>,
+    pub error: Option<String>,
+}
+
+impl DecisionLine {
+    pub fn emit(&self) {
+        tracing::info!(
+            id = %self.id,
+            proxy_type = "connect",
+            role = self.role.as_deref(),
+            project = self.project.as_deref(),
+            requested_host = %self.requested_host,
+            allow = self.allow,
+            decision_reason = self.decision_reason.as_deref(),
+            enforce_would_deny = self.enforce_would_deny,
+            default_rule = self.default_rule,
+            inbound_remote_addr = self.inbound_remote_addr.map(|a| a.to_string()),
+            dst_ip = self.dst_ip.as_deref(),
+            dst_port = self.dst_port,
+            dns_lookup_time_ms = self.dns_lookup_time_ms,
+            policy_revision = %self.policy_revision,
+            refusal = self.refusal,
+            error = self.error.as_deref(),
+            "CANONICAL-PROXY-DECISION"
+        );
+    }
+}
+
+/// The close line of a tunnel.
+pub fn close(id: &str, stats: &TunnelStats, duration: Duration, policy_revision: &str) {
+    tracing::info!(
+        id = %id,
+        bytes_in = stats.bytes_in,
+        bytes_out = stats.bytes_out,
+        duration = duration.as_secs_f64(),
+        error = stats.error.as_deref(),
+        policy_revision = %policy_revision,
+        "CANONICAL-PROXY-CN-CLOSE"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+}

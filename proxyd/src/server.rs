@@ -1,0 +1,434 @@
+//! The accept loop and the life of one request: PROXY header, TLS, the
+//! CONNECT head (hyper, HTTP/1 only), who is asking, the name stage, the
+//! address stage, connect, then hand-over to the tunnel.
+//!
+//! The decision itself is `policyc`'s pure functions; failures become HTTP
+//! answers only in `answer`; bytes move only in `tunnel`. This module wires
+//! them together and owns concurrency: the tunnel cap, draining and the
+//! shutdown grace period.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use policyc::address::AddressPolicy;
+use policyc::authority::{self, Authority};
+use policyc::table::{self, CompiledTable};
+
+use crate::answer::{self, Refusal};
+use crate::config::Config;
+use crate::egress::{self, AddressStage, ConnectFailure};
+use crate::log::{self, DecisionLine};
+use crate::proxy_protocol::{self, ProxyHeader};
+use crate::resolver::{ResolveError, Resolver};
+use crate::tls::{self, ClientIdentity};
+use crate::tunnel::{self, ClientStream, TunnelStats};
+
+/// Largest CONNECT head (request line plus headers) we read.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Why the proxy could not start. Printed as one line before anything listens.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("policy {path}: {error}")]
+    Policy { path: String, error: table::TableError },
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("resolver: {0}")]
+    Resolver(#[from] crate::resolver::ResolverInitError),
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Everything a request needs, shared by all connections.
+struct Shared {
+    config: Config,
+    policy: CompiledTable,
+    addresses: AddressPolicy,
+    resolver: Resolver,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    tunnels: Arc<Semaphore>,
+    draining: AtomicBool,
+    stop_tunnels: watch::Receiver<bool>,
+}
+
+/// Loads the policy and everything else `config` names, then serves
+/// `listener` until `shutdown` resolves; then stops accepting, lets open
+/// tunnels finish for up to the grace period, closes the rest and returns.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let local = listener.local_addr().map_err(StartError::Listener)?;
+    let policy = load_policy(&config)?;
+    let tls = match &config.tls {
+        Some(settings) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(settings)?)),
+        None => None,
+    };
+    let resolver = Resolver::new(&config.resolver_addresses, config.dns_timeout)?;
+    let mut rules = config.address_rules.clone();
+    rules.self_addresses.push(local);
+    let addresses = AddressPolicy::new(rules);
+    let (stop_sender, stop_tunnels) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        tunnels: Arc::new(Semaphore::new(config.max_tunnels)),
+        config,
+        policy,
+        addresses,
+        resolver,
+        tls,
+        draining: AtomicBool::new(false),
+        stop_tunnels,
+    });
+    tracing::info!(
+        listen = %local,
+        policy = %shared.config.policy.display(),
+        policy_revision = %shared.policy.revision(),
+        tls = shared.tls.is_some(),
+        proxy_protocol = shared.config.proxy_protocol,
+        "proxyd listening"
+    );
+
+    // Every connection task holds a clone; when all are gone, the drain is over.
+    let (alive, mut all_done) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    let shared = Arc::clone(&shared);
+                    let alive = alive.clone();
+                    tokio::spawn(serve_connection(shared, stream, peer, alive));
+                }
+                Err(error) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    drop(listener);
+    shared.draining.store(true, Ordering::SeqCst);
+    drop(alive);
+    let grace = shared.config.shutdown_grace;
+    tracing::info!(grace_secs = grace.as_secs_f64(), "draining: no longer accepting");
+    if tokio::time::timeout(grace, all_done.recv()).await.is_err() {
+        tracing::info!("grace period over: closing the remaining tunnels");
+        let _ = stop_sender.send(true);
+        // Give the closed tunnels a moment to write their close lines.
+        let _ = tokio::time::timeout(Duration::from_secs(2), all_done.recv()).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn load_policy(config: &Config) -> Result<CompiledTable, StartError> {
+    let path = config.policy.display().to_string();
+    let policy = table::read_file(&config.policy).map_err(|error| StartError::Policy { path: path.clone(), error })?;
+    policy.check_disabled(config.disabled_actions).map_err(|error| StartError::Policy { path, error })?;
+    Ok(policy)
+}
+
+/// What is known about a connection before its request is read.
+#[derive(Clone, Debug)]
+struct ConnectionInfo {
+    /// The client's address (from the PROXY header when one is required).
+    client: SocketAddr,
+    identity: Option<ClientIdentity>,
+    /// Held by the connection and by its tunnel: draining waits for all of them.
+    alive: mpsc::Sender<()>,
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, alive: mpsc::Sender<()>) {
+    let _ = stream.set_nodelay(true);
+    let deadline = Instant::now() + shared.config.header_timeout;
+    let mut stream = stream;
+    let client = if shared.config.proxy_protocol {
+        match proxy_protocol::read_header(&mut stream, shared.config.header_timeout).await {
+            Ok(ProxyHeader::Proxied { source, .. }) => source,
+            Ok(ProxyHeader::Local) => peer,
+            Err(error) => {
+                tracing::info!(%peer, %error, "connection refused: invalid or missing PROXY protocol header");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    let (client_stream, identity) = match &shared.tls {
+        None => (ClientStream::Plain(stream), None),
+        Some(acceptor) => {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    let identity = tls::client_identity(tls_stream.get_ref().1);
+                    (ClientStream::Tls(Box::new(tls_stream)), Some(identity))
+                }
+                Ok(Err(error)) => {
+                    tracing::info!(%client, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%client, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let info = ConnectionInfo { client, identity, alive };
+    let service = service_fn(move |request| {
+        let shared = Arc::clone(&shared);
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handle(shared, request, info).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(client_stream), service)
+        .with_upgrades();
+    if let Err(error) = connection.await {
+        tracing::debug!(%client, %error, "connection ended with an error");
+    }
+}
+
+/// One CONNECT request: decide, connect, answer, and start the tunnel.
+async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: ConnectionInfo) -> Response<Full<Bytes>> {
+    let mut line = DecisionLine {
+        id: log::request_id(),
+        requested_host: request.uri().to_string(),
+        inbound_remote_addr: Some(info.client),
+        policy_revision: shared.policy.revision().to_owned(),
+        ..DecisionLine::default()
+    };
+    match decide_and_connect(&shared, &request, &info, &mut line).await {
+        Ok(opened) => {
+            line.emit();
+            let on_upgrade = hyper::upgrade::on(&mut request);
+            let id = line.id;
+            let revision = line.policy_revision;
+            let idle = shared.config.idle_timeout;
+            let mut stop = shared.stop_tunnels.clone();
+            let alive = info.alive.clone();
+            tokio::spawn(async move {
+                let _alive = alive;
+                let _permit = opened.permit;
+                let started = Instant::now();
+                let stop = async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                };
+                let stats = match on_upgrade.await {
+                    Ok(upgraded) => match upgraded.downcast::<TokioIo<ClientStream>>() {
+                        Ok(parts) => {
+                            tunnel::run(parts.io.into_inner(), &parts.read_buf, opened.upstream, idle, stop).await
+                        }
+                        Err(_) => TunnelStats {
+                            error: Some("internal error: upgraded connection of unexpected type".into()),
+                            ..TunnelStats::default()
+                        },
+                    },
+                    Err(error) => TunnelStats {
+                        error: Some(format!("client went away before the tunnel opened: {error}")),
+                        ..TunnelStats::default()
+                    },
+                };
+                log::close(&id, &stats, started.elapsed(), &revision);
+            });
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::OK;
+            response.extensions_mut().insert(hyper::ext::ReasonPhrase::from_static(b"Connection established"));
+            response
+        }
+        Err(refusal) => {
+            line.refusal = Some(refusal.kind());
+            line.error = Some(refusal.to_string());
+            if line.allow.is_none() {
+                line.allow = Some(false);
+            }
+            line.emit();
+            answer::response(&refusal, shared.config.deny_message_extra.as_deref())
+        }
+    }
+}
+
+/// A tunnel ready to run: the upstream connection and the cap permit it holds.
+struct Opened {
+    upstream: TcpStream,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+async fn decide_and_connect(
+    shared: &Shared,
+    request: &Request<Incoming>,
+    info: &ConnectionInfo,
+    line: &mut DecisionLine,
+) -> Result<Opened, Refusal> {
+    if shared.draining.load(Ordering::SeqCst) {
+        return Err(Refusal::Draining);
+    }
+    if request.method() != Method::CONNECT {
+        return Err(Refusal::NotConnect(request.method().to_string()));
+    }
+    let destination = parse_destination(request)?;
+    let host = destination.host.as_str().to_owned();
+
+    let role = role(shared, request, info, &host)?;
+    line.role = role.clone();
+
+    let permit = Arc::clone(&shared.tunnels).try_acquire_owned().map_err(|_| Refusal::TunnelCap)?;
+
+    // Name stage: a denied name is refused before any DNS query.
+    let decision = shared.policy.table.decide(role.as_deref(), &destination.host);
+    line.project = Some(decision.project.to_owned());
+    line.allow = Some(decision.verdict.is_allowed());
+    line.decision_reason = Some(decision.reason.as_str().to_owned());
+    line.enforce_would_deny = Some(decision.verdict.enforce_would_deny());
+    line.default_rule = Some(decision.default_rule());
+    if !decision.verdict.is_allowed() {
+        return Err(Refusal::Denied { host, reason: decision.reason.as_str().to_owned() });
+    }
+
+    // Address stage.
+    let ips = match destination.host.ip() {
+        Some(ip) => vec![ip],
+        None => {
+            let started = Instant::now();
+            let resolved = shared.resolver.lookup(destination.host.as_str()).await;
+            line.dns_lookup_time_ms = Some(started.elapsed().as_millis() as u64);
+            let ips = resolved.map_err(|error| Refusal::Dns { host: host.clone(), error })?;
+            let usable: Vec<_> = ips.into_iter().filter(|ip| shared.config.network.permits(*ip)).collect();
+            if usable.is_empty() {
+                return Err(Refusal::Dns {
+                    host,
+                    error: ResolveError::NotFound { name: destination.host.to_string() },
+                });
+            }
+            usable
+        }
+    };
+    let candidates = match egress::check(&shared.addresses, &ips, destination.port) {
+        AddressStage::Permitted(candidates) => candidates,
+        AddressStage::Denied { ip, rule } => {
+            let reason = format!("address {ip} denied by rule '{rule}'");
+            line.allow = Some(false);
+            line.enforce_would_deny = Some(true);
+            line.decision_reason = Some(reason.clone());
+            line.dst_ip = Some(ip.to_string());
+            line.dst_port = Some(destination.port);
+            return Err(Refusal::Denied { host, reason });
+        }
+    };
+
+    match egress::connect(&candidates, shared.config.connect_timeout, shared.config.egress_guard.as_ref()).await {
+        Ok((upstream, checked)) => {
+            line.dst_ip = Some(checked.addr().ip().to_string());
+            line.dst_port = Some(checked.addr().port());
+            Ok(Opened { upstream, permit })
+        }
+        Err(ConnectFailure::Io { addr, error }) => {
+            line.dst_ip = Some(addr.ip().to_string());
+            line.dst_port = Some(addr.port());
+            Err(Refusal::Connect { host, addr, error })
+        }
+        Err(ConnectFailure::Timeout { addr, after }) => {
+            line.dst_ip = Some(addr.ip().to_string());
+            line.dst_port = Some(addr.port());
+            Err(Refusal::ConnectTimeout { host, addr, after })
+        }
+    }
+}
+
+/// The CONNECT target must be a bare authority; the `Host` header is never used.
+fn parse_destination(request: &Request<Incoming>) -> Result<Authority, Refusal> {
+    let uri = request.uri();
+    let Some(raw) = uri.authority().map(|a| a.as_str()) else {
+        return Err(Refusal::BadRequest(format!("CONNECT target {uri:?} is not host:port")));
+    };
+    if uri.scheme().is_some() || uri.path_and_query().is_some_and(|p| !p.as_str().is_empty() && p.as_str() != "/") {
+        return Err(Refusal::BadRequest(format!("CONNECT target {uri:?} is not host:port")));
+    }
+    authority::parse(raw).map_err(|e| Refusal::BadRequest(format!("invalid CONNECT target: {e}")))
+}
+
+/// Who is asking: a verified client certificate's CN, else the proxy
+/// password's role, else nobody. Role headers from clients are never read.
+fn role(
+    shared: &Shared,
+    request: &Request<Incoming>,
+    info: &ConnectionInfo,
+    host: &str,
+) -> Result<Option<String>, Refusal> {
+    if let Some(ClientIdentity::Role(cn)) = &info.identity {
+        return Ok(Some(cn.clone()));
+    }
+    if let Some(auth) = &shared.config.proxy_auth {
+        return match request.headers().get(header::PROXY_AUTHORIZATION) {
+            None if shared.config.allow_missing_role => Ok(None),
+            None => Err(Refusal::AuthRequired),
+            Some(value) => {
+                if password_matches(value.as_bytes(), &auth.password) {
+                    Ok(Some(auth.role.clone()))
+                } else {
+                    Err(Refusal::BadCredentials)
+                }
+            }
+        };
+    }
+    if shared.config.allow_missing_role { Ok(None) } else { Err(Refusal::MissingRole { host: host.to_owned() }) }
+}
+
+/// `Basic base64(user:password)` with the right password (any user name).
+/// Compared in constant time over fixed-size digests, so neither the
+/// content nor the length of the secret leaks through timing.
+fn password_matches(header_value: &[u8], password: &str) -> bool {
+    let Some(encoded) = header_value.strip_prefix(b"Basic ").or_else(|| header_value.strip_prefix(b"basic ")) else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim_ascii()) else {
+        return false;
+    };
+    let given = match decoded.iter().position(|b| *b == b':') {
+        Some(colon) => decoded.get(colon + 1..).unwrap_or_default(),
+        None => return false,
+    };
+    let given = Sha256::digest(given);
+    let expected = Sha256::digest(password.as_bytes());
+    given.ct_eq(&expected).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials() {
+        let header = |s: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s));
+        assert!(password_matches(header("anyone:s3cret").as_bytes(), "s3cret"));
+        assert!(password_matches(header(":s3cret").as_bytes(), "s3cret"));
+        assert!(password_matches(header("a:b:s3cret").as_bytes(), "b:s3cret"), "password may contain ':'");
+        assert!(!password_matches(header("anyone:wrong").as_bytes(), "s3cret"));
+        assert!(!password_matches(header("s3cret").as_bytes(), "s3cret"));
+        assert!(!password_matches(b"Bearer s3cret", "s3cret"));
+        assert!(!password_matches(b"Basic !!!", "s3cret"));
+    }
+}
