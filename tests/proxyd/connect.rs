@@ -228,3 +228,30 @@ async fn a_missing_role_is_refused_unless_allowed() {
     assert!(reply.body.contains("Client role cannot be determined"), "{}", reply.body);
     assert!(dns.queries().is_empty());
 }
+
+#[tokio::test]
+async fn a_connect_timeout_is_504() {
+    // A listener whose accept queue is full and never drained: Linux drops
+    // further SYNs, so a connect to it hangs until the proxy's timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(lo(0, 1, 11), 0)).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let full = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(full)).await {
+            fillers.push(s);
+        }
+    }
+    let dns = TestDns::start().await;
+    dns.set("blackhole.test", Answer::Records(vec![full.ip()]));
+    let proxy = Proxy::start(ACL, dns.addr(), |c| {
+        allow(full)(c);
+        c.connect_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let reply = connect(proxy.addr, &format!("blackhole.test:{}", full.port()), "").await;
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(reply.body.contains("Timed out connecting"), "{}", reply.body);
+    drop(listener);
+}
