@@ -20,6 +20,7 @@ use serde::de::IgnoredAny;
 use policyc::address::{AddressRules, AddressSpec};
 use policyc::policy::{Action, ActionSet};
 
+use crate::reload::ReloadSettings;
 use crate::tls::{ServerIdentity, TlsSettings};
 
 pub const DEFAULT_PORT: u16 = 4750;
@@ -114,6 +115,12 @@ pub struct Args {
     /// Role given to clients that present the proxy password [default: authed].
     #[arg(long, value_name = "ROLE")]
     pub proxy_auth_role: Option<String>,
+    /// Re-read the policy this often even without file events (NFS, some mounts); `0s` disables [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub policy_check_interval: Option<Duration>,
+    /// Quiet time after the last change in the policy's directory before reloading [default: 100ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub policy_reload_debounce: Option<Duration>,
     /// Log format [default: json].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -172,6 +179,8 @@ pub struct FileConfig {
     max_concurrent_connect_tunnels: Option<usize>,
     // Keys proxyd adds.
     policy: Option<PathBuf>,
+    policy_check_interval: Option<String>,
+    policy_reload_debounce: Option<String>,
     disable_acl_policy_actions: Option<Vec<String>>,
     proxy_password_env: Option<String>,
     proxy_auth_role: Option<String>,
@@ -256,6 +265,8 @@ pub struct Config {
     /// Appended to 403 bodies.
     pub deny_message_extra: Option<String>,
     pub log_format: LogFormat,
+    /// How policy reloads are triggered.
+    pub reload: ReloadSettings,
     pub egress_guard: Option<EgressGuard>,
 }
 
@@ -292,6 +303,7 @@ impl Config {
             proxy_auth: None,
             deny_message_extra: None,
             log_format: LogFormat::Json,
+            reload: ReloadSettings::default(),
             egress_guard: None,
         }
     }
@@ -333,6 +345,19 @@ impl Config {
             duration(args.header_timeout, "read_header_timeout", &file.read_header_timeout, DEFAULT_HEADER_TIMEOUT)?;
         let idle_timeout = duration(args.idle_timeout, "idle_timeout", &file.idle_timeout, DEFAULT_IDLE_TIMEOUT)?;
         let shutdown_grace = duration(args.shutdown_grace, "exit_timeout", &file.exit_timeout, DEFAULT_SHUTDOWN_GRACE)?;
+        let defaults = ReloadSettings::default();
+        let check_interval = duration(
+            args.policy_check_interval,
+            "policy_check_interval",
+            &file.policy_check_interval,
+            defaults.periodic.unwrap_or(Duration::ZERO),
+        )?;
+        let debounce = duration(
+            args.policy_reload_debounce,
+            "policy_reload_debounce",
+            &file.policy_reload_debounce,
+            defaults.debounce,
+        )?;
         for (name, value) in
             [("connect timeout", connect_timeout), ("DNS timeout", dns_timeout), ("header timeout", header_timeout)]
         {
@@ -416,6 +441,7 @@ impl Config {
             proxy_auth,
             deny_message_extra: args.additional_error_message_on_deny.clone().or(file.deny_message_extra.clone()),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            reload: ReloadSettings { debounce, periodic: (!check_interval.is_zero()).then_some(check_interval) },
             egress_guard: None,
         })
     }

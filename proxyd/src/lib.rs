@@ -9,13 +9,15 @@
 //! Layout: [`config`] (flags and config file), [`server`] (accept loop and
 //! request path), [`tls`] and [`proxy_protocol`] (what arrives before the
 //! request), [`resolver`] (DNS), [`egress`] (address stage and connect),
-//! [`tunnel`] (moving bytes), [`answer`] (failures to HTTP answers), [`log`].
+//! [`tunnel`] (moving bytes), [`answer`] (failures to HTTP answers), [`log`],
+//! [`reload`] (the active table and live reload).
 
 pub mod answer;
 pub mod config;
 pub mod egress;
 pub mod log;
 pub mod proxy_protocol;
+pub mod reload;
 pub mod resolver;
 pub mod server;
 pub mod tls;

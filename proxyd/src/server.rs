@@ -29,13 +29,14 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use policyc::address::AddressPolicy;
 use policyc::authority::{self, Authority};
-use policyc::table::{self, CompiledTable};
+use policyc::table;
 
 use crate::answer::{self, Refusal};
 use crate::config::Config;
 use crate::egress::{self, AddressStage, ConnectFailure};
 use crate::log::{self, DecisionLine};
 use crate::proxy_protocol::{self, ProxyHeader};
+use crate::reload::{self, PolicyState};
 use crate::resolver::{ResolveError, Resolver};
 use crate::tls::{self, ClientIdentity};
 use crate::tunnel::{self, ClientStream, TunnelStats};
@@ -59,7 +60,7 @@ pub enum StartError {
 /// Everything a request needs, shared by all connections.
 struct Shared {
     config: Config,
-    policy: CompiledTable,
+    policy: Arc<PolicyState>,
     addresses: AddressPolicy,
     resolver: Resolver,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -73,7 +74,10 @@ struct Shared {
 /// tunnels finish for up to the grace period, closes the rest and returns.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let local = listener.local_addr().map_err(StartError::Listener)?;
-    let policy = load_policy(&config)?;
+    let policy = Arc::new(
+        PolicyState::load(&config.policy, config.disabled_actions)
+            .map_err(|error| StartError::Policy { path: config.policy.display().to_string(), error })?,
+    );
     let tls = match &config.tls {
         Some(settings) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(settings)?)),
         None => None,
@@ -96,11 +100,20 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     tracing::info!(
         listen = %local,
         policy = %shared.config.policy.display(),
-        policy_revision = %shared.policy.revision(),
+        policy_revision = %shared.policy.current().table.revision(),
         tls = shared.tls.is_some(),
         proxy_protocol = shared.config.proxy_protocol,
         "proxyd listening"
     );
+
+    // Reloads: file events, SIGHUP, and a periodic check, until shutdown.
+    let (stop_watching, watching_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (sighup_tx, sighup_rx) = mpsc::channel::<()>(1);
+    let watcher =
+        tokio::spawn(reload::watch(Arc::clone(&shared.policy), shared.config.reload, sighup_rx, async move {
+            let _ = watching_stopped.await;
+        }));
+    let sighup = tokio::spawn(forward_sighup(sighup_tx));
 
     // Every connection task holds a clone; when all are gone, the drain is over.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
@@ -128,6 +141,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
 
     drop(listener);
     shared.draining.store(true, Ordering::SeqCst);
+    let _ = stop_watching.send(());
+    sighup.abort();
+    let _ = watcher.await;
     drop(alive);
     let grace = shared.config.shutdown_grace;
     tracing::info!(grace_secs = grace.as_secs_f64(), "draining: no longer accepting");
@@ -141,11 +157,15 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     Ok(())
 }
 
-fn load_policy(config: &Config) -> Result<CompiledTable, StartError> {
-    let path = config.policy.display().to_string();
-    let policy = table::read_file(&config.policy).map_err(|error| StartError::Policy { path: path.clone(), error })?;
-    policy.check_disabled(config.disabled_actions).map_err(|error| StartError::Policy { path, error })?;
-    Ok(policy)
+/// Turns SIGHUP into reload requests (a burst of signals is one request).
+async fn forward_sighup(requests: mpsc::Sender<()>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; reloads rely on file events and the periodic check");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let _ = requests.try_send(());
+    }
 }
 
 /// What is known about a connection before its request is read.
@@ -214,14 +234,16 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
 
 /// One CONNECT request: decide, connect, answer, and start the tunnel.
 async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: ConnectionInfo) -> Response<Full<Bytes>> {
+    // One table for the whole request, even if a reload swaps it meanwhile.
+    let policy = shared.policy.current();
     let mut line = DecisionLine {
         id: log::request_id(),
         requested_host: request.uri().to_string(),
         inbound_remote_addr: Some(info.client),
-        policy_revision: shared.policy.revision().to_owned(),
+        policy_revision: policy.table.revision().to_owned(),
         ..DecisionLine::default()
     };
-    match decide_and_connect(&shared, &request, &info, &mut line).await {
+    match decide_and_connect(&shared, &policy.table, &request, &info, &mut line).await {
         Ok(opened) => {
             line.emit();
             let on_upgrade = hyper::upgrade::on(&mut request);
@@ -279,6 +301,7 @@ struct Opened {
 
 async fn decide_and_connect(
     shared: &Shared,
+    policy: &table::CompiledTable,
     request: &Request<Incoming>,
     info: &ConnectionInfo,
     line: &mut DecisionLine,
@@ -298,7 +321,7 @@ async fn decide_and_connect(
     let permit = Arc::clone(&shared.tunnels).try_acquire_owned().map_err(|_| Refusal::TunnelCap)?;
 
     // Name stage: a denied name is refused before any DNS query.
-    let decision = shared.policy.table.decide(role.as_deref(), &destination.host);
+    let decision = policy.table.decide(role.as_deref(), &destination.host);
     line.project = Some(decision.project.to_owned());
     line.allow = Some(decision.verdict.is_allowed());
     line.decision_reason = Some(decision.reason.as_str().to_owned());

@@ -233,3 +233,51 @@ async fn the_proxy_password_is_never_logged() {
     assert!(!all.contains(secret), "the password appeared in the logs");
     assert!(!all.contains(&good), "the credentials appeared in the logs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)] // in-test servers keep running while this thread waits on the daemon
+async fn sighup_reloads_and_every_attempt_is_logged() {
+    let dns = TestDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let table = compile(dir.path(), ACL);
+    let path = table.to_str().unwrap().to_owned();
+    // File events would wait a minute and there is no periodic check: only SIGHUP can reload in time.
+    let mut daemon = Daemon::start(&[
+        "--policy",
+        &path,
+        "--resolver-address",
+        &dns.addr().to_string(),
+        "--allow-missing-role",
+        "--policy-reload-debounce",
+        "60s",
+        "--policy-check-interval",
+        "0s",
+    ]);
+    assert_eq!(connect(daemon.addr, "denied.example:443", "").await.status, 403);
+
+    // A bad candidate: refused, named, and the active revision is reported.
+    policyc::table::write_atomically(&table, b"not a table at all").unwrap();
+    let pid = daemon.child.id().to_string();
+    let hup = || Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(hup().success());
+    let refused = daemon.wait_for(|v| v["message"] == "policy reload refused; the active policy keeps serving");
+    assert_eq!(refused["trigger"], "SIGHUP");
+    assert_eq!(refused["file"], path);
+    assert!(refused["reason"].as_str().unwrap().contains("not a compiled policy table"), "{refused}");
+    assert_eq!(connect(daemon.addr, "denied.example:443", "").await.status, 403, "still the old table");
+
+    // A good one without `denied.example` in the deny list.
+    let relaxed = ACL.replace("global_deny_list: [denied.example]", "global_deny_list: []");
+    let new_dir = tempfile::tempdir().unwrap();
+    let new_table = compile(new_dir.path(), &relaxed);
+    policyc::table::write_atomically(&table, &std::fs::read(new_table).unwrap()).unwrap();
+    let started = Instant::now();
+    assert!(hup().success());
+    let reloaded = daemon.wait_for(|v| v["message"] == "policy reloaded");
+    assert_eq!(reloaded["trigger"], "SIGHUP");
+    assert_ne!(reloaded["old_revision"], reloaded["new_revision"]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The default rule allows *.test only; denied.example is now denied by the default rule, not the deny list.
+    let reply = connect(daemon.addr, "denied.example:443", "").await;
+    assert!(reply.body.contains("default rule policy used"), "{}", reply.body);
+    assert_eq!(daemon.terminate().code(), Some(0));
+}

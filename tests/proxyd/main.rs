@@ -12,5 +12,6 @@ mod binary;
 mod connect;
 mod harness;
 mod lifecycle;
+mod reload;
 mod support;
 mod tls;

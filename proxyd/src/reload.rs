@@ -1,0 +1,276 @@
+//! Live policy reload: the active table, how a candidate replaces it, and
+//! the triggers that ask for a candidate (file events, SIGHUP, a periodic
+//! check).
+//!
+//! A candidate is read whole, verified exactly as at start-up (header,
+//! checksum, version, content, disabled actions) and only then swapped in
+//! atomically; requests that start after the swap decide with it, tunnels
+//! already open are never touched. A candidate that fails — truncated,
+//! half-written, corrupt, wrong version, disabled action, empty, deleted —
+//! is refused with a log line naming the file and the reason, and the
+//! active table keeps serving. This module never serves traffic.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use policyc::policy::ActionSet;
+use policyc::table::{self, CompiledTable};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+/// The table in service and where it came from.
+#[derive(Debug)]
+pub struct ActivePolicy {
+    pub table: CompiledTable,
+    /// SHA-256 of the file's bytes, to skip identical candidates cheaply.
+    pub file_sha256: [u8; 32],
+    pub loaded_at: SystemTime,
+}
+
+/// Counters and the last outcome of each kind, for logs, `/policy` and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadStatus {
+    pub successes: u64,
+    pub failures: u64,
+    pub unchanged: u64,
+    pub last_success: Option<SystemTime>,
+    pub last_failure: Option<(SystemTime, String)>,
+}
+
+/// What one reload attempt did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Swapped { old: String, new: String },
+    Unchanged,
+    Refused(String),
+}
+
+/// The active policy, swappable while requests read it.
+#[derive(Debug)]
+pub struct PolicyState {
+    path: PathBuf,
+    disabled: ActionSet,
+    active: ArcSwap<ActivePolicy>,
+    status: Mutex<ReloadStatus>,
+    /// Serialises reload attempts (events, SIGHUP and the timer may coincide).
+    reloading: Mutex<()>,
+}
+
+impl PolicyState {
+    /// Loads the initial table; failure here stops start-up.
+    pub fn load(path: &Path, disabled: ActionSet) -> Result<Self, table::TableError> {
+        let active = read_candidate(path, disabled)?;
+        Ok(PolicyState {
+            path: path.to_path_buf(),
+            disabled,
+            active: ArcSwap::from_pointee(active),
+            status: Mutex::new(ReloadStatus::default()),
+            reloading: Mutex::new(()),
+        })
+    }
+
+    /// The table in service now. Cheap; hold it for one request.
+    pub fn current(&self) -> Arc<ActivePolicy> {
+        self.active.load_full()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Reads the file again and swaps it in if it verifies and differs.
+    pub fn reload(&self, trigger: &str) -> ReloadOutcome {
+        let _serial = self.reloading.lock();
+        let old = self.current();
+        let outcome = match std::fs::read(&self.path) {
+            Err(e) => ReloadOutcome::Refused(format!("cannot read: {e}")),
+            Ok(bytes) if <[u8; 32]>::from(Sha256::digest(&bytes)) == old.file_sha256 => ReloadOutcome::Unchanged,
+            Ok(bytes) => match verify(&bytes, self.disabled) {
+                Err(e) => ReloadOutcome::Refused(e.to_string()),
+                Ok(table) => {
+                    let new = table.revision().to_owned();
+                    let file_sha256 = Sha256::digest(&bytes).into();
+                    self.active.store(Arc::new(ActivePolicy { table, file_sha256, loaded_at: SystemTime::now() }));
+                    ReloadOutcome::Swapped { old: old.table.revision().to_owned(), new }
+                }
+            },
+        };
+        let now = SystemTime::now();
+        if let Ok(mut status) = self.status.lock() {
+            match &outcome {
+                ReloadOutcome::Swapped { .. } => {
+                    status.successes += 1;
+                    status.last_success = Some(now);
+                }
+                ReloadOutcome::Unchanged => status.unchanged += 1,
+                ReloadOutcome::Refused(reason) => {
+                    status.failures += 1;
+                    status.last_failure = Some((now, reason.clone()));
+                }
+            }
+        }
+        let file = self.path.display().to_string();
+        match &outcome {
+            ReloadOutcome::Swapped { old, new } => {
+                tracing::info!(%file, trigger, old_revision = %old, new_revision = %new, "policy reloaded");
+            }
+            ReloadOutcome::Unchanged => {
+                tracing::debug!(%file, trigger, revision = %old.table.revision(), "policy unchanged");
+            }
+            ReloadOutcome::Refused(reason) => tracing::warn!(
+                %file,
+                trigger,
+                reason = %reason,
+                active_revision = %old.table.revision(),
+                "policy reload refused; the active policy keeps serving"
+            ),
+        }
+        outcome
+    }
+}
+
+fn read_candidate(path: &Path, disabled: ActionSet) -> Result<ActivePolicy, table::TableError> {
+    let bytes = std::fs::read(path)?;
+    let table = verify(&bytes, disabled).map_err(|e| match e {
+        table::TableError::LooksLikeYaml(_) => table::TableError::LooksLikeYaml(path.display().to_string()),
+        other => other,
+    })?;
+    Ok(ActivePolicy { table, file_sha256: Sha256::digest(&bytes).into(), loaded_at: SystemTime::now() })
+}
+
+fn verify(bytes: &[u8], disabled: ActionSet) -> Result<CompiledTable, table::TableError> {
+    if bytes.is_empty() {
+        return Err(table::TableError::Truncated { what: "header", have: 0, need: table::HEADER_LEN as u64 });
+    }
+    let table = table::decode(bytes)?;
+    table.check_disabled(disabled)?;
+    Ok(table)
+}
+
+/// How reloads are triggered.
+#[derive(Clone, Copy, Debug)]
+pub struct ReloadSettings {
+    /// Quiet time after the last file event before reading the file.
+    pub debounce: Duration,
+    /// Periodic re-read for filesystems that send no events; `None` disables it.
+    pub periodic: Option<Duration>,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        ReloadSettings { debounce: Duration::from_millis(100), periodic: Some(Duration::from_secs(30)) }
+    }
+}
+
+/// Watches for reasons to reload until `stop` resolves. The watcher is on
+/// the file's directory (and the symlink target's directory), because
+/// editors and Kubernetes replace files by rename and by swapping a `..data`
+/// symlink, which a watch on the file itself would miss.
+pub async fn watch(
+    state: Arc<PolicyState>,
+    settings: ReloadSettings,
+    mut sighup: mpsc::Receiver<()>,
+    stop: impl Future<Output = ()>,
+) {
+    let (events_tx, mut events) = mpsc::channel::<()>(64);
+    let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            // A full channel already means "something changed".
+            let _ = events_tx.try_send(());
+        }
+    }) {
+        Ok(watcher) => Some(watcher),
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch the policy file; relying on SIGHUP and the periodic check");
+            None
+        }
+    };
+    let mut watched: Vec<PathBuf> = Vec::new();
+    if let Some(w) = watcher.as_mut() {
+        rewatch(w, state.path(), &mut watched);
+    }
+    let periodic = settings.periodic;
+    let mut ticker = tokio::time::interval(periodic.unwrap_or(Duration::from_secs(3600)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    tokio::pin!(stop);
+    // File events restart a quiet-period timer; the reload happens when it
+    // runs out. SIGHUP and the periodic check do not wait for it.
+    let mut quiet_until: Option<tokio::time::Instant> = None;
+    loop {
+        let debounce_done = async {
+            match quiet_until {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let trigger = tokio::select! {
+            () = &mut stop => return,
+            Some(()) = sighup.recv() => "SIGHUP",
+            _ = ticker.tick(), if periodic.is_some() => "periodic check",
+            Some(()) = events.recv() => {
+                quiet_until = Some(tokio::time::Instant::now() + settings.debounce);
+                continue;
+            }
+            () = debounce_done => "file event",
+        };
+        if trigger == "file event" {
+            quiet_until = None;
+        }
+        let reloaded = {
+            let state = Arc::clone(&state);
+            tokio::task::spawn_blocking(move || state.reload(trigger)).await
+        };
+        if reloaded.is_err() {
+            tracing::error!("policy reload task failed");
+        }
+        // A symlink may now point into a new directory (Kubernetes `..data`).
+        if let Some(w) = watcher.as_mut() {
+            rewatch(w, state.path(), &mut watched);
+        }
+    }
+}
+
+/// Watches the directory of `path` and, if `path` is a symlink, the
+/// directory of what it resolves to.
+fn rewatch(watcher: &mut notify::RecommendedWatcher, path: &Path, watched: &mut Vec<PathBuf>) {
+    let mut wanted: Vec<PathBuf> = Vec::new();
+    let parent = |p: &Path| match p.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    wanted.push(parent(path));
+    if let Ok(resolved) = std::fs::canonicalize(path) {
+        let dir = parent(&resolved);
+        if !wanted.contains(&dir) {
+            wanted.push(dir);
+        }
+    }
+    for dir in watched.iter() {
+        if !wanted.contains(dir) {
+            let _ = watcher.unwatch(dir);
+        }
+    }
+    let mut now_watched = Vec::with_capacity(wanted.len());
+    for dir in wanted {
+        if watched.contains(&dir) {
+            now_watched.push(dir);
+            continue;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => now_watched.push(dir),
+            // Retried after the next reload attempt (the directory may appear later).
+            Err(error) => tracing::warn!(dir = %dir.display(), %error, "cannot watch the policy directory"),
+        }
+    }
+    *watched = now_watched;
+}
