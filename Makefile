@@ -33,9 +33,12 @@ run: build
 	@echo "proxyd on 127.0.0.1:4750 -- try: curl -x http://127.0.0.1:4750 https://example.com/  (denied: curl -x 127.0.0.1:4750 --proxytunnel http://127.0.0.1:22/)"
 	$(PROXYD) --config-file deploy/dev.yaml --policy target/policy/default.bin --log-format text
 
-## bench: criterion benchmarks of decide, compile and load-and-verify, with same-run ratios.
+## bench: every benchmark, each reporting ratios against a baseline measured in the same run:
+## decide/compile/load (criterion), the daemon under load, and reload latency.
 bench:
 	$(CARGO) bench --locked -p policyc --bench decide
+	$(CARGO) bench --locked -p proxyd --bench load
+	$(CARGO) bench --locked -p proxyd --bench reload
 
 clean:
 	$(CARGO) clean
