@@ -274,3 +274,55 @@ fn rewatch(watcher: &mut notify::RecommendedWatcher, path: &Path, watched: &mut 
     }
     *watched = now_watched;
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
+
+    use super::*;
+    use policyc::acl;
+
+    fn table(action: &str) -> Vec<u8> {
+        let yaml = format!("version: v1\nservices: []\ndefault:\n  project: p\n  action: {action}\n");
+        let policy = acl::check_source("t.yaml", &yaml, ActionSet::default()).policy.unwrap();
+        table::encode(&policy, &table::Metadata::for_source(Path::new("t.yaml"), yaml.as_bytes(), ActionSet::default()))
+    }
+
+    #[test]
+    fn outcomes_and_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.bin");
+        std::fs::write(&path, table("enforce")).unwrap();
+        let disabled: ActionSet = [policyc::policy::Action::Open].into_iter().collect();
+        let state = PolicyState::load(&path, disabled).unwrap();
+        let first = state.current().table.revision().to_owned();
+
+        assert_eq!(state.reload("test"), ReloadOutcome::Unchanged);
+        std::fs::write(&path, table("report")).unwrap();
+        let ReloadOutcome::Swapped { old, new } = state.reload("test") else { panic!("expected a swap") };
+        assert_eq!(old, first);
+        assert_eq!(new, state.current().table.revision());
+
+        std::fs::write(&path, table("open")).unwrap();
+        let ReloadOutcome::Refused(reason) = state.reload("test") else { panic!("disabled action must be refused") };
+        assert!(reason.contains("open"), "{reason}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(state.reload("test"), ReloadOutcome::Refused(_)));
+        assert_eq!(state.current().table.revision(), new, "the active table keeps serving");
+
+        let status = state.status();
+        assert_eq!((status.successes, status.failures, status.unchanged), (1, 2, 1));
+        assert!(status.last_success.is_some() && status.last_failure.is_some());
+    }
+
+    #[test]
+    fn a_bad_table_at_start_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.bin");
+        std::fs::write(&path, b"").unwrap();
+        assert!(PolicyState::load(&path, ActionSet::default()).is_err());
+        std::fs::write(&path, "version: v1\nservices: []\n").unwrap();
+        let err = PolicyState::load(&path, ActionSet::default()).unwrap_err();
+        assert!(err.to_string().contains("policyc compile"), "{err}");
+    }
+}
