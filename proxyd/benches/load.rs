@@ -1,2 +1,1000 @@
-//! (being written)
-fn main() {}
+// benchmark harness: a panic is a failed run
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+//! The loopback load tool behind `make bench`: runs the real `proxyd` binary
+//! as a child process and measures, in one run and each against a direct
+//! baseline measured in the same run (the machines are noisy, so only ratios
+//! mean anything):
+//!
+//! - **setup**: 64 concurrent clients, each looping CONNECT, `200`, a 64-byte
+//!   echo, close; rate and p50/p99 latency, against the same loop straight to
+//!   the echo server. Phases are interleaved (direct, proxy, direct, ...).
+//! - **bulk**: one tunnel streaming ≥ 1 GiB one way to a sink that discards
+//!   and counts, timed until the sink has everything; against the same
+//!   stream sent directly. Interleaved too.
+//! - **idle memory**: a fresh proxy's VmRSS before and after opening 5,000
+//!   idle tunnels (and again after one echo through each), per tunnel.
+//!
+//! `cargo bench -p proxyd --bench load -- bulk` runs only the named parts
+//! (`setup`, `bulk`, `idle`); `PROXYD_BIN=path` measures another build of
+//! `proxyd` (to compare before and after a change).
+//!
+//! It ends with a summary block: each number, its target and `OK`/`MISSED`.
+//! Under `cargo test` (no `--bench` argument) it runs a small smoke version
+//! of every path that checks correctness (echo content, byte counts, close
+//! log lines) but not performance.
+//!
+//! It never sends a byte outside 127.0.0.0/8: every server it starts listens
+//! on a 127.0.x.y address, the proxy is allowed exactly those `IP:PORT`s, and
+//! every CONNECT target is one of them as an IP literal (no DNS). Every loop
+//! is bounded in time, every operation by a timeout. The idle part needs
+//! about 10,000 descriptors in each process (`ulimit -n`).
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use policyc::acl;
+use policyc::policy::ActionSet;
+use policyc::table::{self, Metadata};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The CONNECT target's rule: everything is open; the address stage still
+/// refuses every loopback address except the `--allow-address` entries.
+const ACL: &str = "\
+version: v1
+services: []
+default:
+  project: bench
+  action: open
+";
+
+/// Echo servers the proxy reaches (127.0.2.x) and ones direct clients reach
+/// (127.0.3.x): several of each, and every setup client on its own source
+/// address (127.0.1.x), so that tens of thousands of short connections a
+/// second spread over many address pairs, as real traffic does. On one pair
+/// every connect must hunt for a port not in TIME_WAIT, which halved the
+/// direct baseline and stretched its p99 to ~90 ms.
+const ECHO_TARGETS: u8 = 8;
+const SINK: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
+const PROXY_IP: &str = "127.0.0.1";
+
+const ECHO_BYTES: usize = 64;
+const CLIENTS: usize = 64;
+/// Sent through the echo server in both modes: a correctness check of both directions at once.
+const BULK_ECHO_BYTES: u64 = 16 << 20;
+/// Bulk writes and sink reads use this size on both paths.
+const BULK_CHUNK: usize = 256 * 1024;
+/// Every single operation (connect, echo, read) gives up after this.
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How much of everything to do.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    full: bool,
+    /// Interleaved (direct, proxy) pairs of setup phases.
+    rounds: usize,
+    /// Interleaved (direct, proxy) pairs of bulk transfers (short, so more of them).
+    bulk_rounds: usize,
+    setup_phase: Duration,
+    bulk_bytes: u64,
+    idle_tunnels: usize,
+    settle_max: Duration,
+    parts: Parts,
+}
+
+/// Which measurements to run (all by default).
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    setup: bool,
+    bulk: bool,
+    idle: bool,
+}
+
+const ALL_PARTS: Parts = Parts { setup: true, bulk: true, idle: true };
+
+impl Plan {
+    fn full() -> Plan {
+        Plan {
+            full: true,
+            rounds: 3,
+            bulk_rounds: 5,
+            setup_phase: Duration::from_secs(5),
+            bulk_bytes: 2 << 30,
+            idle_tunnels: 5_000,
+            settle_max: Duration::from_secs(10),
+            parts: ALL_PARTS,
+        }
+    }
+
+    fn smoke() -> Plan {
+        Plan {
+            full: false,
+            rounds: 1,
+            bulk_rounds: 1,
+            setup_phase: Duration::from_millis(250),
+            bulk_bytes: 16 << 20,
+            idle_tunnels: 100,
+            settle_max: Duration::from_secs(1),
+            parts: ALL_PARTS,
+        }
+    }
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let mut plan = if full { Plan::full() } else { Plan::smoke() };
+    // `cargo bench -p proxyd --bench load -- bulk` runs only the named parts (setup, bulk, idle).
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    if let Some(unknown) = only.iter().find(|a| !["setup", "bulk", "idle"].contains(&a.as_str())) {
+        eprintln!("load: unknown part {unknown:?} (parts: setup, bulk, idle)");
+        std::process::exit(2);
+    }
+    if !only.is_empty() {
+        plan.parts = Parts {
+            setup: only.iter().any(|a| a == "setup"),
+            bulk: only.iter().any(|a| a == "bulk"),
+            idle: only.iter().any(|a| a == "idle"),
+        };
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    if let Err(error) = runtime.block_on(run(plan)) {
+        eprintln!("load: {error}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(plan: Plan) -> Result<()> {
+    let started = Instant::now();
+    let mut echo_proxy = Vec::new();
+    let mut echo_direct = Vec::new();
+    for n in 1..=ECHO_TARGETS {
+        echo_proxy.push(spawn_echo(IpAddr::V4(Ipv4Addr::new(127, 0, 2, n))).await?);
+        echo_direct.push(spawn_echo(IpAddr::V4(Ipv4Addr::new(127, 0, 3, n))).await?);
+    }
+    let (sink, mut sink_reports) = spawn_sink(SINK, !plan.full).await?;
+    let dir = tempfile::tempdir()?;
+    let policy = compile(dir.path())?;
+    // The proxy may reach exactly these IP:PORTs, nothing else.
+    let allowed: Vec<SocketAddr> = echo_proxy.iter().copied().chain([sink]).collect();
+    let echo = echo_proxy.first().copied().ok_or("no echo server")?;
+
+    println!(
+        "proxyd load ({} mode): {} echo servers via the proxy ({echo}, ...), {} direct, sink {sink}",
+        if plan.full { "bench" } else { "smoke" },
+        echo_proxy.len(),
+        echo_direct.len(),
+    );
+
+    let mut proxy = Daemon::start(&policy, &allowed, !plan.full)?;
+
+    let mut noise = Noise::default();
+
+    // Setup: interleaved direct and proxied phases.
+    let mut setup_direct = Vec::new();
+    let mut setup_proxy = Vec::new();
+    for round in (1..=plan.rounds).filter(|_| plan.parts.setup) {
+        let cpu = CpuMeter::start(proxy.pid());
+        let routes: Vec<Route> = echo_direct.iter().map(|echo| Route::Direct(*echo)).collect();
+        let direct = setup_phase(&routes, plan.setup_phase).await?;
+        let cpu = cpu.stop();
+        noise.record(&cpu);
+        println!("setup round {round}: direct {} ({cpu})", direct.describe());
+        let cpu = CpuMeter::start(proxy.pid());
+        let routes: Vec<Route> =
+            echo_proxy.iter().map(|echo| Route::Proxy { proxy: proxy.addr, target: *echo }).collect();
+        let proxied = setup_phase(&routes, plan.setup_phase).await?;
+        let cpu = cpu.stop();
+        noise.record(&cpu);
+        println!(
+            "setup round {round}: proxy  {} ({cpu}, {} µs proxy CPU per op)",
+            proxied.describe(),
+            cpu.proxy_per(proxied.ops as f64, 1e6)
+        );
+        setup_direct.push(direct);
+        setup_proxy.push(proxied);
+    }
+
+    // Bulk: interleaved too.
+    let chunk: Arc<[u8]> = (0..BULK_CHUNK).map(pattern_byte).collect();
+    let mut bulk_direct = Vec::new();
+    let mut bulk_proxy = Vec::new();
+    for round in (1..=plan.bulk_rounds).filter(|_| plan.parts.bulk) {
+        let cpu = CpuMeter::start(proxy.pid());
+        let direct = bulk(Route::Direct(sink), plan.bulk_bytes, &chunk, &mut sink_reports).await?;
+        let cpu = cpu.stop();
+        noise.record(&cpu);
+        println!("bulk round {round}: direct {direct:.0} MiB/s ({cpu})");
+        let cpu = CpuMeter::start(proxy.pid());
+        let proxied =
+            bulk(Route::Proxy { proxy: proxy.addr, target: sink }, plan.bulk_bytes, &chunk, &mut sink_reports).await?;
+        let cpu = cpu.stop();
+        noise.record(&cpu);
+        println!(
+            "bulk round {round}: proxy  {proxied:.0} MiB/s ({cpu}, {} s proxy CPU per GiB)",
+            cpu.proxy_per(plan.bulk_bytes as f64 / f64::from(1u32 << 30), 1.0)
+        );
+        bulk_direct.push(direct);
+        bulk_proxy.push(proxied);
+    }
+    if plan.parts.bulk {
+        // Both directions at once (so both splice), with the half-close passed on each way.
+        bulk_echo(Route::Proxy { proxy: proxy.addr, target: echo }, BULK_ECHO_BYTES, &chunk).await?;
+        println!(
+            "bulk echo: {} MiB each way through one tunnel, content and end of stream checked",
+            BULK_ECHO_BYTES >> 20
+        );
+    }
+    if !plan.full && plan.parts.setup && plan.parts.bulk {
+        // The proxy counted every byte: the setup tunnels' close lines come first, then the bulk ones.
+        let echo_close = proxy.wait_for(|v| v["message"] == "CANONICAL-PROXY-CN-CLOSE")?;
+        assert_eq!(echo_close["bytes_out"].as_u64(), Some(ECHO_BYTES as u64), "echo close line: {echo_close}");
+        assert_eq!(echo_close["bytes_in"].as_u64(), Some(ECHO_BYTES as u64), "echo close line: {echo_close}");
+        let close = proxy.wait_for(|v| {
+            v["message"] == "CANONICAL-PROXY-CN-CLOSE" && v["bytes_out"].as_u64() == Some(plan.bulk_bytes)
+        })?;
+        assert_eq!(close["bytes_in"].as_u64(), Some(0), "bulk close line: {close}");
+        assert!(close["error"].is_null() || close["error"] == "", "bulk close line: {close}");
+        let close = proxy.wait_for(|v| {
+            v["message"] == "CANONICAL-PROXY-CN-CLOSE" && v["bytes_out"].as_u64() == Some(BULK_ECHO_BYTES)
+        })?;
+        assert_eq!(close["bytes_in"].as_u64(), Some(BULK_ECHO_BYTES), "bulk echo close line: {close}");
+    }
+    drop(proxy);
+
+    // Idle memory, on a fresh proxy so earlier phases' freed heap cannot hide growth.
+    let memory = if plan.parts.idle { Some(idle_memory(&plan, &policy, &allowed, echo).await?) } else { None };
+
+    // Summary.
+    let verdict = |ok: bool| if ok { "OK" } else { "MISSED" };
+    println!();
+    println!(
+        "== proxyd load summary ({}; medians of {} setup and {} bulk interleaved rounds) ==",
+        plan_name(&plan),
+        plan.rounds,
+        plan.bulk_rounds
+    );
+    if plan.parts.setup {
+        let direct_rate = median(setup_direct.iter().map(SetupPhase::rate));
+        let proxy_rate = median(setup_proxy.iter().map(SetupPhase::rate));
+        let ratio = proxy_rate / direct_rate;
+        let direct_lat = Latencies::merge(&setup_direct);
+        let proxy_lat = Latencies::merge(&setup_proxy);
+        println!(
+            "setup rate: proxy {proxy_rate:.0}/s, direct {direct_rate:.0}/s, ratio {ratio:.2} (target >= 0.5) {}",
+            verdict(ratio >= 0.5)
+        );
+        println!(
+            "setup latency: proxy p50 {} p99 {}, direct p50 {} p99 {} (p50 ratio {:.2})",
+            ms(proxy_lat.quantile(0.50)),
+            ms(proxy_lat.quantile(0.99)),
+            ms(direct_lat.quantile(0.50)),
+            ms(direct_lat.quantile(0.99)),
+            proxy_lat.quantile(0.50).as_secs_f64() / direct_lat.quantile(0.50).as_secs_f64().max(1e-9),
+        );
+    }
+    if plan.parts.bulk {
+        let direct_mibs = median(bulk_direct.iter().copied());
+        let proxy_mibs = median(bulk_proxy.iter().copied());
+        let ratio = proxy_mibs / direct_mibs;
+        println!(
+            "bulk throughput ({} MiB): proxy {proxy_mibs:.0} MiB/s, direct {direct_mibs:.0} MiB/s, ratio {ratio:.2} \
+             (target >= 0.9) {}",
+            plan.bulk_bytes >> 20,
+            verdict(ratio >= 0.9)
+        );
+    }
+    if let Some(memory) = memory {
+        println!(
+            "idle tunnel memory: {:.2} KiB RSS per tunnel ({} tunnels, {} KiB -> {} KiB) (target <= 8 KiB) {}",
+            memory.idle_kib_per_tunnel(),
+            memory.tunnels,
+            memory.before_kib,
+            memory.idle_kib,
+            verdict(memory.idle_kib_per_tunnel() <= 8.0)
+        );
+        println!(
+            "  after one {ECHO_BYTES}-byte echo through each: {:.2} KiB RSS per tunnel; proxy fds per tunnel: \
+             idle {:.2}, after echo {:.2}",
+            memory.used_kib_per_tunnel(),
+            memory.fds_per_tunnel(memory.idle_fds),
+            memory.fds_per_tunnel(memory.used_fds),
+        );
+    }
+    println!(
+        "other load on the machine during the phases: up to {:.2} cores of {} (numbers are only comparable within a run)",
+        noise.worst_cores,
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    println!("command: cargo bench -p proxyd --bench load   (or: make bench); took {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn plan_name(plan: &Plan) -> &'static str {
+    if plan.full { "cargo bench" } else { "smoke test, numbers not meaningful" }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn pattern_byte(offset: usize) -> u8 {
+    (offset % 251) as u8
+}
+
+/// Compiles [`ACL`] in-process (as `policyc compile` would) into `dir`.
+fn compile(dir: &Path) -> Result<std::path::PathBuf> {
+    let checked = acl::check_source("bench.yaml", ACL, ActionSet::default());
+    let policy = checked.policy.ok_or_else(|| format!("bench ACL does not compile: {:?}", checked.diagnostics))?;
+    let bytes =
+        table::encode(&policy, &Metadata::for_source(Path::new("bench.yaml"), ACL.as_bytes(), ActionSet::default()));
+    let path = dir.join("bench.table");
+    std::fs::write(&path, bytes)?;
+    Ok(path)
+}
+
+/// The real `proxyd` binary, started as a child, with its stderr drained.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    /// Log lines (parsed) when kept; otherwise only the listening line arrives here.
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    fn start(policy: &Path, allowed: &[SocketAddr], keep_lines: bool) -> Result<Daemon> {
+        // `PROXYD_BIN` runs another build of proxyd instead, to compare before and after a change.
+        let binary = std::env::var_os("PROXYD_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_proxyd").into());
+        let mut command = Command::new(binary);
+        command
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .arg("--policy")
+            .arg(policy)
+            .args(["--listen-ip", PROXY_IP, "--listen-port", "0", "--allow-missing-role", "--log-format", "json"])
+            .args(["--shutdown-grace", "1s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for addr in allowed {
+            command.arg("--allow-address").arg(addr.to_string());
+        }
+        let mut child = command.spawn()?;
+        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        // Drained for the whole life of the child: a full pipe would stall the proxy.
+        std::thread::spawn(move || {
+            let mut reader = BufReader::with_capacity(64 * 1024, stderr);
+            let mut line = Vec::new();
+            let mut forward = true;
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                if forward {
+                    let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                    let listening = text.contains("proxyd listening");
+                    if tx.send(text).is_err() {
+                        forward = false;
+                    }
+                    if listening && !keep_lines {
+                        forward = false;
+                    }
+                }
+            }
+        });
+        let mut daemon = Daemon { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), lines };
+        let listening = daemon.wait_for(|v| v["message"] == "proxyd listening")?;
+        daemon.addr = listening["listen"].as_str().ok_or("listening line without `listen`")?.parse()?;
+        Ok(daemon)
+    }
+
+    /// The next JSON log line matching `pred`, within 10 s.
+    fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).map_err(|_| "expected proxyd log line did not arrive")?;
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                return Err(format!("proxyd wrote a line that is not JSON: {line}").into());
+            };
+            if pred(&value) {
+                return Ok(value);
+            }
+        }
+    }
+
+    /// Forgets the log lines received so far.
+    fn skip_pending(&mut self) {
+        while self.lines.try_recv().is_ok() {}
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    /// SIGTERM (as operators stop it), SIGKILL if it is still running 5 s later.
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Echo server: echoes until EOF, then closes.
+async fn spawn_echo(ip: IpAddr) -> Result<SocketAddr> {
+    let listener = TcpListener::bind((ip, 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let mut buf = [0u8; 1024];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// What the sink saw on one connection.
+#[derive(Debug)]
+struct SinkReport {
+    bytes: u64,
+    last_byte_at: Instant,
+    /// Every byte matched [`pattern_byte`] (checked only when asked).
+    pattern_ok: bool,
+}
+
+/// Bulk sink: reads and discards until EOF, then reports.
+async fn spawn_sink(ip: IpAddr, check: bool) -> Result<(SocketAddr, mpsc::UnboundedReceiver<SinkReport>)> {
+    let listener = TcpListener::bind((ip, 0)).await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; BULK_CHUNK];
+                let mut report = SinkReport { bytes: 0, last_byte_at: Instant::now(), pattern_ok: true };
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if check {
+                                let start = report.bytes as usize;
+                                report.pattern_ok &= buf[..n]
+                                    .iter()
+                                    .enumerate()
+                                    .all(|(i, b)| *b == pattern_byte((start + i) % BULK_CHUNK));
+                            }
+                            report.bytes += n as u64;
+                            report.last_byte_at = Instant::now();
+                        }
+                    }
+                }
+                let _ = tx.send(report);
+            });
+        }
+    });
+    Ok((addr, rx))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Direct(SocketAddr),
+    Proxy { proxy: SocketAddr, target: SocketAddr },
+}
+
+impl Route {
+    /// A connection to `target`, through a CONNECT tunnel when proxied.
+    async fn open(self) -> Result<TcpStream> {
+        self.open_from(None).await
+    }
+
+    /// The same from a chosen loopback source address: each setup client has
+    /// its own, so tens of thousands of connections a second do not exhaust
+    /// one address's ephemeral ports (TIME_WAIT) and stretch the tail.
+    async fn open_from(self, source: Option<IpAddr>) -> Result<TcpStream> {
+        let connect = |to: SocketAddr| async move {
+            let stream = match source {
+                None => TcpStream::connect(to).await?,
+                Some(ip) => {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.set_reuseaddr(true)?;
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(to).await?
+                }
+            };
+            stream.set_nodelay(true)?;
+            Ok::<_, Error>(stream)
+        };
+        match self {
+            Route::Direct(target) => connect(target).await,
+            Route::Proxy { proxy, target } => {
+                let mut stream = connect(proxy).await?;
+                let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+                stream.write_all(request.as_bytes()).await?;
+                let mut head = [0u8; 512];
+                let mut len = 0;
+                while !head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                    if len == head.len() {
+                        return Err("CONNECT response head too long".into());
+                    }
+                    let n = stream.read(&mut head[len..]).await?;
+                    if n == 0 {
+                        return Err("proxy closed before answering CONNECT".into());
+                    }
+                    len += n;
+                }
+                let head = &head[..len];
+                if !head.starts_with(b"HTTP/1.1 200 ") {
+                    return Err(format!("CONNECT refused: {}", String::from_utf8_lossy(head)).into());
+                }
+                if !head.ends_with(b"\r\n\r\n") {
+                    return Err("bytes after the CONNECT response before anything was sent".into());
+                }
+                Ok(stream)
+            }
+        }
+    }
+}
+
+async fn echo_once(stream: &mut TcpStream, message: &[u8; ECHO_BYTES]) -> Result<()> {
+    stream.write_all(message).await?;
+    let mut back = [0u8; ECHO_BYTES];
+    stream.read_exact(&mut back).await?;
+    if &back != message {
+        return Err("echo came back different".into());
+    }
+    Ok(())
+}
+
+/// One setup phase's samples.
+#[derive(Debug)]
+struct SetupPhase {
+    ops: usize,
+    elapsed: Duration,
+    latencies: Latencies,
+}
+
+impl SetupPhase {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{:.0}/s ({} ops), p50 {}, p99 {}",
+            self.rate(),
+            self.ops,
+            ms(self.latencies.quantile(0.5)),
+            ms(self.latencies.quantile(0.99))
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn merge(phases: &[SetupPhase]) -> Latencies {
+        let mut all: Vec<Duration> = phases.iter().flat_map(|p| p.latencies.0.iter().copied()).collect();
+        all.sort_unstable();
+        Latencies(all)
+    }
+
+    /// Nearest-rank quantile of sorted samples.
+    fn quantile(&self, q: f64) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((q * self.0.len() as f64).ceil() as usize).clamp(1, self.0.len());
+        self.0[rank - 1]
+    }
+}
+
+/// [`CLIENTS`] tasks loop connect (+ CONNECT), 64-byte echo, close, until the phase ends; client
+/// `i` uses `routes[i % len]`.
+async fn setup_phase(routes: &[Route], length: Duration) -> Result<SetupPhase> {
+    let started = Instant::now();
+    let deadline = started + length;
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 1, client as u8 + 1));
+        let route = *routes.get(client % routes.len().max(1)).ok_or("no route")?;
+        tasks.spawn(async move {
+            let mut message = [0u8; ECHO_BYTES];
+            let mut samples = Vec::with_capacity(64 * 1024);
+            let mut op = 0u64;
+            while Instant::now() < deadline {
+                message[..8].copy_from_slice(&op.to_le_bytes());
+                message[8] = client as u8;
+                let began = Instant::now();
+                let one = async {
+                    let mut stream = route.open_from(Some(source)).await?;
+                    echo_once(&mut stream, &message).await
+                };
+                match tokio::time::timeout(OP_TIMEOUT, one).await {
+                    Ok(Ok(())) => samples.push(began.elapsed()),
+                    Ok(Err(error)) => return Err(format!("setup op {op} via {route:?}: {error}")),
+                    Err(_) => return Err(format!("setup op {op} via {route:?} timed out")),
+                }
+                op += 1;
+            }
+            Ok(samples)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        all.extend(joined??);
+    }
+    let elapsed = started.elapsed();
+    all.sort_unstable();
+    Ok(SetupPhase { ops: all.len(), elapsed, latencies: Latencies(all) })
+}
+
+/// Streams `bytes` one way to the sink; MiB/s from the first write until the sink has the last byte.
+async fn bulk(
+    route: Route,
+    bytes: u64,
+    chunk: &Arc<[u8]>,
+    reports: &mut mpsc::UnboundedReceiver<SinkReport>,
+) -> Result<f64> {
+    let mut stream = route.open().await?;
+    let began = Instant::now();
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = (bytes - sent).min(chunk.len() as u64) as usize;
+        tokio::time::timeout(OP_TIMEOUT, stream.write_all(&chunk[..n])).await.map_err(|_| "bulk write stalled")??;
+        sent += n as u64;
+    }
+    stream.shutdown().await?;
+    let report = tokio::time::timeout(Duration::from_secs(60), reports.recv())
+        .await
+        .map_err(|_| "sink did not report")?
+        .ok_or("sink stopped")?;
+    if report.bytes != bytes {
+        return Err(format!("sink received {} bytes via {route:?}, {bytes} were sent", report.bytes).into());
+    }
+    if !report.pattern_ok {
+        return Err(format!("sink received corrupted bytes via {route:?}").into());
+    }
+    let elapsed = report.last_byte_at.saturating_duration_since(began);
+    Ok(bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64())
+}
+
+/// CPU use while a phase runs: how busy the whole machine was, and how
+/// many cores the proxy process used (from /proc, in USER_HZ ticks).
+#[derive(Debug)]
+struct CpuMeter {
+    pid: u32,
+    began: Instant,
+    machine: Option<(u64, u64)>,
+    proxy: Option<u64>,
+    this: Option<u64>,
+}
+
+impl CpuMeter {
+    /// /proc's tick rate (USER_HZ), fixed at 100 on Linux.
+    const TICKS_PER_SECOND: f64 = 100.0;
+
+    fn start(pid: u32) -> CpuMeter {
+        CpuMeter {
+            pid,
+            began: Instant::now(),
+            machine: Self::machine(),
+            proxy: Self::process(pid),
+            this: Self::process(std::process::id()),
+        }
+    }
+
+    /// (busy, total) ticks over all CPUs.
+    fn machine() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+        let total: u64 = ticks.iter().take(8).sum();
+        let idle = ticks.get(3)? + ticks.get(4)?;
+        Some((total - idle, total))
+    }
+
+    /// User plus system ticks of a process.
+    fn process(pid: u32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    }
+
+    fn stop(&self) -> CpuUse {
+        let seconds = self.began.elapsed().as_secs_f64();
+        let machine = self.machine.zip(Self::machine());
+        let machine_busy = match machine {
+            Some(((busy0, total0), (busy1, total1))) if total1 > total0 => {
+                Some((busy1 - busy0) as f64 / (total1 - total0) as f64)
+            }
+            _ => None,
+        };
+        let ticks = |before: Option<u64>, pid: u32| match (before, Self::process(pid)) {
+            (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+            _ => None,
+        };
+        let proxy = ticks(self.proxy, self.pid);
+        let this = ticks(self.this, std::process::id());
+        // Whatever else kept the machine busy: other jobs on a shared machine.
+        let others_seconds = match (machine, proxy, this) {
+            (Some(((busy0, _), (busy1, _))), Some(proxy), Some(this)) => {
+                Some((busy1 - busy0).saturating_sub(proxy + this) as f64 / Self::TICKS_PER_SECOND)
+            }
+            _ => None,
+        };
+        let proxy_seconds = proxy.map(|t| t as f64 / Self::TICKS_PER_SECOND);
+        CpuUse { seconds, machine_busy, proxy_seconds, others_seconds }
+    }
+}
+
+/// The most CPU that other processes took during any phase.
+#[derive(Debug, Default)]
+struct Noise {
+    worst_cores: f64,
+}
+
+impl Noise {
+    fn record(&mut self, cpu: &CpuUse) {
+        if let Some(others) = cpu.others_seconds {
+            self.worst_cores = self.worst_cores.max(others / cpu.seconds);
+        }
+    }
+}
+
+/// What a [`CpuMeter`] saw.
+#[derive(Debug, Clone, Copy)]
+struct CpuUse {
+    seconds: f64,
+    machine_busy: Option<f64>,
+    /// CPU time the proxy process used (user plus system).
+    proxy_seconds: Option<f64>,
+    /// CPU time used by neither the proxy nor this process (kernel threads, other jobs).
+    others_seconds: Option<f64>,
+}
+
+impl CpuUse {
+    /// The proxy's CPU time per unit of work, scaled (e.g. µs per op).
+    fn proxy_per(&self, units: f64, scale: f64) -> String {
+        match self.proxy_seconds {
+            Some(cpu) if units > 0.0 => format!("{:.1}", cpu * scale / units),
+            _ => "?".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for CpuUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.machine_busy {
+            Some(busy) => write!(f, "machine busy {:.0}%", busy * 100.0)?,
+            None => f.write_str("machine busy ?")?,
+        }
+        if let Some(cpu) = self.proxy_seconds.filter(|c| *c > 0.0) {
+            write!(f, ", proxy {:.2} cores", cpu / self.seconds)?;
+        }
+        if let Some(cpu) = self.others_seconds {
+            write!(f, ", others {:.2} cores", cpu / self.seconds)?;
+        }
+        Ok(())
+    }
+}
+
+/// Streams `bytes` through the echo server while reading them back
+/// concurrently, checks every byte, then half-closes and expects the end of
+/// stream to come back once everything has.
+async fn bulk_echo(route: Route, bytes: u64, chunk: &Arc<[u8]>) -> Result<()> {
+    let (mut read, mut write) = route.open().await?.into_split();
+    let chunk = Arc::clone(chunk);
+    let writer = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = (bytes - sent).min(chunk.len() as u64) as usize;
+            tokio::time::timeout(OP_TIMEOUT, write.write_all(&chunk[..n]))
+                .await
+                .map_err(|_| "echo write stalled")??;
+            sent += n as u64;
+        }
+        write.shutdown().await?;
+        Ok::<_, Error>(())
+    });
+    let mut buffer = vec![0u8; BULK_CHUNK];
+    let mut received = 0u64;
+    loop {
+        let n = tokio::time::timeout(OP_TIMEOUT, read.read(&mut buffer)).await.map_err(|_| "echo read stalled")??;
+        if n == 0 {
+            break;
+        }
+        let start = received as usize;
+        if !buffer[..n].iter().enumerate().all(|(i, b)| *b == pattern_byte((start + i) % BULK_CHUNK)) {
+            return Err(format!("bulk echo via {route:?}: corrupted bytes after {received}").into());
+        }
+        received += n as u64;
+    }
+    writer.await??;
+    if received != bytes {
+        return Err(format!("bulk echo via {route:?}: {received} bytes came back, {bytes} were sent").into());
+    }
+    Ok(())
+}
+
+/// Resident memory and descriptors of the proxy around many idle tunnels.
+#[derive(Debug)]
+struct Memory {
+    tunnels: usize,
+    before_kib: u64,
+    idle_kib: u64,
+    used_kib: u64,
+    before_fds: usize,
+    idle_fds: usize,
+    used_fds: usize,
+}
+
+impl Memory {
+    fn idle_kib_per_tunnel(&self) -> f64 {
+        self.idle_kib.saturating_sub(self.before_kib) as f64 / self.tunnels as f64
+    }
+
+    fn used_kib_per_tunnel(&self) -> f64 {
+        self.used_kib.saturating_sub(self.before_kib) as f64 / self.tunnels as f64
+    }
+
+    fn fds_per_tunnel(&self, fds: usize) -> f64 {
+        fds.saturating_sub(self.before_fds) as f64 / self.tunnels as f64
+    }
+}
+
+fn vm_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or("no VmRSS in /proc/<pid>/status")?;
+    Ok(line.split_whitespace().nth(1).ok_or("malformed VmRSS")?.parse()?)
+}
+
+fn fd_count(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// Waits until the proxy's RSS stops moving (three equal-ish readings) or `max` passes.
+async fn settled_rss(pid: u32, max: Duration) -> Result<u64> {
+    let deadline = Instant::now() + max;
+    let mut last = vm_rss_kib(pid)?;
+    let mut steady = 0;
+    while Instant::now() < deadline && steady < 3 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = vm_rss_kib(pid)?;
+        steady = if now.abs_diff(last) <= 16 { steady + 1 } else { 0 };
+        last = now;
+    }
+    Ok(last)
+}
+
+/// The soft limit on open files, from /proc (no libc here).
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+async fn idle_memory(plan: &Plan, policy: &Path, allowed: &[SocketAddr], echo: SocketAddr) -> Result<Memory> {
+    // Each idle tunnel holds two descriptors here (client, echo side) and two in the proxy.
+    let needed = 2 * plan.idle_tunnels as u64 + 1_000;
+    if let Some(limit) = open_files_limit().filter(|limit| *limit < needed) {
+        return Err(format!("{} idle tunnels need `ulimit -n` >= {needed} (it is {limit})", plan.idle_tunnels).into());
+    }
+    let mut proxy = Daemon::start(policy, allowed, !plan.full)?;
+    let route = Route::Proxy { proxy: proxy.addr, target: echo };
+    // Warm up (lazy initialisation, worker threads, allocator arenas), then measure.
+    let warm = setup_phase(&[route], Duration::from_millis(200)).await?;
+    if warm.ops == 0 {
+        return Err("no warm-up tunnel completed".into());
+    }
+    let pid = proxy.pid();
+    let before_kib = settled_rss(pid, plan.settle_max).await?;
+    let before_fds = fd_count(pid)?;
+    proxy.skip_pending();
+
+    // Open the idle tunnels, CLIENTS at a time.
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let next = Arc::clone(&next);
+        let total = plan.idle_tunnels;
+        tasks.spawn(async move {
+            let mut mine = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let stream = tokio::time::timeout(OP_TIMEOUT, route.open()).await.map_err(|_| "open timed out")??;
+                mine.push(stream);
+            }
+            Ok::<_, Error>(mine)
+        });
+    }
+    let mut groups = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        groups.push(joined??);
+    }
+    let tunnels: usize = groups.iter().map(Vec::len).sum();
+    if tunnels != plan.idle_tunnels {
+        return Err(format!("opened {tunnels} tunnels, wanted {}", plan.idle_tunnels).into());
+    }
+    let idle_kib = settled_rss(pid, plan.settle_max).await?;
+    let idle_fds = fd_count(pid)?;
+    println!(
+        "idle: {tunnels} tunnels, RSS {before_kib} KiB -> {idle_kib} KiB, fds {before_fds} -> {idle_fds}, \
+         {:.2} KiB per tunnel",
+        idle_kib.saturating_sub(before_kib) as f64 / tunnels as f64
+    );
+
+    // One echo through every tunnel, then idle again: nothing from the burst may stay behind.
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut group in groups {
+        tasks.spawn(async move {
+            let message = [7u8; ECHO_BYTES];
+            for stream in &mut group {
+                tokio::time::timeout(OP_TIMEOUT, echo_once(stream, &message)).await.map_err(|_| "echo timed out")??;
+            }
+            Ok::<_, Error>(group)
+        });
+    }
+    let mut groups = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        groups.push(joined??);
+    }
+    let used_kib = settled_rss(pid, plan.settle_max).await?;
+    let used_fds = fd_count(pid)?;
+    println!("idle after one echo each: RSS {used_kib} KiB, fds {used_fds}");
+
+    drop(groups);
+    if !plan.full {
+        // Every tunnel is counted: closing them gives one close line each with the echo's bytes.
+        for _ in 0..tunnels {
+            let close = proxy.wait_for(|v| v["message"] == "CANONICAL-PROXY-CN-CLOSE")?;
+            assert_eq!(close["bytes_out"].as_u64(), Some(ECHO_BYTES as u64), "idle tunnel close line: {close}");
+            assert_eq!(close["bytes_in"].as_u64(), Some(ECHO_BYTES as u64), "idle tunnel close line: {close}");
+        }
+    }
+    Ok(Memory { tunnels, before_kib, idle_kib, used_kib, before_fds, idle_fds, used_fds })
+}

@@ -262,7 +262,11 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: Conne
                 let stats = match on_upgrade.await {
                     Ok(upgraded) => match upgraded.downcast::<TokioIo<ClientStream>>() {
                         Ok(parts) => {
-                            tunnel::run(parts.io.into_inner(), &parts.read_buf, opened.upstream, idle, stop).await
+                            // Copy out the (usually empty) pipelined bytes so hyper's
+                            // 8 KiB read buffer is not kept alive by an idle tunnel.
+                            let pipelined = parts.read_buf.to_vec();
+                            drop(parts.read_buf);
+                            tunnel::run(parts.io.into_inner(), &pipelined, opened.upstream, idle, stop).await
                         }
                         Err(_) => TunnelStats {
                             error: Some("internal error: upgraded connection of unexpected type".into()),
