@@ -8,6 +8,7 @@ mod address;
 mod cli;
 mod conformance;
 mod schema;
+mod ssrf;
 
 use std::path::{Path, PathBuf};
 
