@@ -236,19 +236,20 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
 async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: ConnectionInfo) -> Response<Full<Bytes>> {
     // One table for the whole request, even if a reload swaps it meanwhile.
     let policy = shared.policy.current();
-    let mut line = DecisionLine {
+    // Written exactly once: below, or by the guard if the client goes away mid-request.
+    let mut pending = PendingLine::new(DecisionLine {
         id: log::request_id(),
         requested_host: request.uri().to_string(),
         inbound_remote_addr: Some(info.client),
         policy_revision: policy.table.revision().to_owned(),
         ..DecisionLine::default()
-    };
-    match decide_and_connect(&shared, &policy.table, &request, &info, &mut line).await {
+    });
+    match decide_and_connect(&shared, &policy.table, &request, &info, &mut pending.line).await {
         Ok(opened) => {
-            line.emit();
+            pending.emit();
             let on_upgrade = hyper::upgrade::on(&mut request);
-            let id = line.id;
-            let revision = line.policy_revision;
+            let id = pending.line.id.clone();
+            let revision = pending.line.policy_revision.clone();
             let idle = shared.config.idle_timeout;
             let mut stop = shared.stop_tunnels.clone();
             let alive = info.alive.clone();
@@ -286,13 +287,42 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: Conne
             response
         }
         Err(refusal) => {
-            line.refusal = Some(refusal.kind());
-            line.error = Some(refusal.to_string());
-            if line.allow.is_none() {
-                line.allow = Some(false);
+            pending.line.refusal = Some(refusal.kind());
+            pending.line.error = Some(refusal.to_string());
+            if pending.line.allow.is_none() {
+                pending.line.allow = Some(false);
             }
-            line.emit();
+            pending.emit();
             answer::response(&refusal, shared.config.deny_message_extra.as_deref())
+        }
+    }
+}
+
+/// A decision line that is written even if the request future is dropped
+/// (hyper drops it when the client disconnects during DNS or connect): one
+/// line per request, always.
+struct PendingLine {
+    line: DecisionLine,
+    emitted: bool,
+}
+
+impl PendingLine {
+    fn new(line: DecisionLine) -> Self {
+        PendingLine { line, emitted: false }
+    }
+
+    fn emit(&mut self) {
+        self.line.emit();
+        self.emitted = true;
+    }
+}
+
+impl Drop for PendingLine {
+    fn drop(&mut self) {
+        if !self.emitted {
+            self.line.refusal = Some("client_gone");
+            self.line.error = Some("the client went away before the request completed".to_owned());
+            self.line.emit();
         }
     }
 }
@@ -322,8 +352,6 @@ async fn decide_and_connect(
     let role = role(shared, request, info, &host)?;
     line.role = role.clone();
 
-    let permit = Arc::clone(&shared.tunnels).try_acquire_owned().map_err(|_| Refusal::TunnelCap)?;
-
     // Name stage: a denied name is refused before any DNS query.
     let decision = policy.table.decide(role.as_deref(), &destination.host);
     line.project = Some(decision.project.to_owned());
@@ -334,6 +362,10 @@ async fn decide_and_connect(
     if !decision.verdict.is_allowed() {
         return Err(Refusal::Denied { host, reason: decision.reason.as_str().to_owned() });
     }
+
+    // The cap bounds tunnels and the DNS and connect work that leads to them;
+    // a denied name needs no slot and gets its 403 even when the cap is full.
+    let permit = Arc::clone(&shared.tunnels).try_acquire_owned().map_err(|_| Refusal::TunnelCap)?;
 
     // Address stage.
     let ips = match destination.host.ip() {

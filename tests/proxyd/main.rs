@@ -7,11 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a test failure
 
+mod abuse;
 mod address;
 mod binary;
 mod connect;
 mod harness;
 mod lifecycle;
 mod reload;
+mod ssrf;
 mod support;
 mod tls;
