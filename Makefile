@@ -4,7 +4,7 @@ POLICYC := target/release/policyc
 PROXYD := target/release/proxyd
 POLICIES := $(wildcard policies/*.yaml)
 
-.PHONY: all build test lint lint-policies fmt-check clippy run bench clean
+.PHONY: all build test lint lint-policies fmt-check clippy run bench clean fuzz-smoke
 
 all: build
 
@@ -39,6 +39,19 @@ bench:
 	$(CARGO) bench --locked -p policyc --bench decide
 	$(CARGO) bench --locked -p proxyd --bench load
 	$(CARGO) bench --locked -p proxyd --bench reload
+
+## fuzz-smoke: build every fuzz target in fuzz/ (its own workspace, outside the main one)
+## with ASAN on the stable toolchain, then run each for FUZZ_SECONDS (default 20) from the
+## checked-in seeds in fuzz/corpus/<target>; new inputs go to fuzz/scratch/ (ignored).
+fuzz-smoke:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build
+	@set -e; for t in acl_check table_decode authority host_canonical proxy_protocol address_classify; do \
+		mkdir -p fuzz/scratch/$$t; \
+		echo "fuzz-smoke: $$t for $${FUZZ_SECONDS:-20}s"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t fuzz/scratch/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$${FUZZ_SECONDS:-20} -print_final_stats=0; \
+	done
 
 clean:
 	$(CARGO) clean
