@@ -68,6 +68,20 @@ fn invalid_inputs_exit_1_with_one_line_before_listening() {
     std::fs::write(&corrupt, bytes).unwrap();
     let e = refused(&["--policy", corrupt.to_str().unwrap()], &[]);
     assert!(e.contains("checksum"), "{e}");
+    type Damage = fn(&mut Vec<u8>);
+    let faults: [(&str, Damage, &str); 3] = [
+        ("truncated", |b| b.truncate(b.len() / 2), "truncated"),
+        ("oversized", |b| b[12..20].copy_from_slice(&u64::MAX.to_le_bytes()), "exceeds"),
+        ("wrong version", |b| b[8] = 9, "unsupported table format version 9"),
+    ];
+    for (name, damage, expected) in faults {
+        let mut bytes = std::fs::read(table).unwrap();
+        damage(&mut bytes);
+        let path = dir.path().join(format!("{name}.bin"));
+        std::fs::write(&path, bytes).unwrap();
+        let e = refused(&["--policy", path.to_str().unwrap()], &[]);
+        assert!(e.contains(expected), "{name}: {e}");
+    }
 }
 
 /// A running proxyd process with its stderr lines.

@@ -199,8 +199,11 @@ async fn bad_files_are_refused_and_the_old_table_keeps_serving() {
     flipped[last] ^= 0x10;
     let mut wrong_version = good.clone();
     wrong_version[8] = 7;
+    let mut oversized = good.clone();
+    oversized[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", Vec::new()),
+        ("declares an oversized body", oversized),
         ("truncated", good[..good.len() / 2].to_vec()),
         ("header only", good[..table::HEADER_LEN].to_vec()),
         ("bit-flipped", flipped),
