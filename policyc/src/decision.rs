@@ -155,6 +155,15 @@ pub struct Decision<'t> {
 }
 
 impl Decision<'_> {
+    /// No rule applies: unknown or missing role and no default rule.
+    pub const NO_RULE: Decision<'static> = Decision {
+        verdict: Verdict::Deny,
+        reason: Reason::NoRuleMatched,
+        project: "",
+        rule: RuleRef::None,
+        matched: None,
+    };
+
     /// Whether the default rule was used (Smokescreen's `Default` flag).
     pub fn default_rule(&self) -> bool {
         matches!(self.rule, RuleRef::Default)
@@ -238,28 +247,12 @@ impl PolicyTable {
         let (index, rule_ref) = match (service, self.default) {
             (Some(i), _) => (i, None),
             (None, Some(i)) => (i, Some(RuleRef::Default)),
-            (None, None) => {
-                return Decision {
-                    verdict: Verdict::Deny,
-                    reason: Reason::NoRuleMatched,
-                    project: "",
-                    rule: RuleRef::None,
-                    matched: None,
-                };
-            }
+            (None, None) => return Decision::NO_RULE,
         };
         // Rule i owns list i (see `new`): the list's filter and the rule
         // record are fetched in parallel, not one after the other.
         let list = ListId(index as u32);
-        let Some(rule) = self.rules.get(index) else {
-            return Decision {
-                verdict: Verdict::Deny,
-                reason: Reason::NoRuleMatched,
-                project: "",
-                rule: RuleRef::None,
-                matched: None,
-            };
-        };
+        let Some(rule) = self.rules.get(index) else { return Decision::NO_RULE };
         let rule_ref = rule_ref.unwrap_or(RuleRef::Service(&rule.name));
         let decided =
             |verdict, reason, matched| Decision { verdict, reason, project: &rule.project, rule: rule_ref, matched };

@@ -206,7 +206,8 @@ pub struct Index {
 impl Index {
     /// The value stored for `name` by [`IndexBuilder::add_name`].
     pub fn name(&self, name: &str) -> Option<u32> {
-        self.probe(hash_str(name), KIND_NAME, name).map(|meta| meta >> KIND_BITS)
+        self.probe(hash_str(name), KIND_NAME, name, |meta| meta & ((1 << KIND_BITS) - 1) == KIND_NAME)
+            .map(|slot| slot.meta >> KIND_BITS)
     }
 
     /// The entry of list `list` that matches the host: the exact entry if
@@ -248,25 +249,10 @@ impl Index {
         self.arena.get(start as usize..start as usize + len).unwrap_or_default()
     }
 
-    fn probe(&self, text_hash: u64, kind: u32, text: &str) -> Option<u32> {
-        let hash = slot_hash(text_hash, kind);
-        let mut i = home(hash, self.shift);
-        let mask = self.slots.len() - 1;
-        for _ in 0..=self.max_probe {
-            let slot = self.slots.get(i)?;
-            if slot.meta == EMPTY {
-                return None;
-            }
-            if slot.tag == hash as u32 && slot.meta & ((1 << KIND_BITS) - 1) == kind && self.key_is(slot, text) {
-                return Some(slot.meta);
-            }
-            i = (i + 1) & mask;
-        }
-        None
-    }
-
-    /// Probes for an exact `(meta, text)` key; returns the arena offset.
-    fn probe_at(&self, text_hash: u64, meta: u32, text: &str) -> Option<u32> {
+    /// Walks the probe sequence of `(text, meta)` and returns the slot
+    /// holding that key. `same_key` says whether a slot's `meta` is the key's
+    /// (names match on their kind alone: their value is not part of the key).
+    fn probe(&self, text_hash: u64, meta: u32, text: &str, same_key: impl Fn(u32) -> bool) -> Option<&Slot> {
         let hash = slot_hash(text_hash, meta);
         let mut i = home(hash, self.shift);
         let mask = self.slots.len() - 1;
@@ -275,12 +261,17 @@ impl Index {
             if slot.meta == EMPTY {
                 return None;
             }
-            if slot.tag == hash as u32 && slot.meta == meta && self.key_is(slot, text) {
-                return Some(slot.start);
+            if slot.tag == hash as u32 && same_key(slot.meta) && self.key_is(slot, text) {
+                return Some(slot);
             }
             i = (i + 1) & mask;
         }
         None
+    }
+
+    /// Probes for an exact `(meta, text)` pattern key; returns its arena offset.
+    fn probe_at(&self, text_hash: u64, meta: u32, text: &str) -> Option<u32> {
+        self.probe(text_hash, meta, text, |m| m == meta).map(|slot| slot.start)
     }
 
     fn key_is(&self, slot: &Slot, text: &str) -> bool {
