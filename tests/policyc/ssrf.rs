@@ -3,85 +3,15 @@
 //! the address classifier with the built-in rules. The same file is run end
 //! to end through the daemon by `tests/proxyd/ssrf.rs`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use policyc::address::{AddressPolicy, AddressRules};
 use policyc::authority;
 
-use crate::fixture;
+#[path = "../common/ssrf_corpus.rs"]
+mod ssrf_corpus;
 
-/// What a row expects.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Expected {
-    Allow,
-    Deny(String),
-    Reject,
-}
-
-/// One corpus row.
-#[derive(Clone, Debug)]
-struct Row {
-    line: usize,
-    /// What the client sends after `CONNECT`.
-    authority: String,
-    /// For `name=>IP` rows: what the test DNS server answers.
-    resolves_to: Option<IpAddr>,
-    expected: Expected,
-}
-
-/// Parses the corpus; every malformed line is an error naming its line.
-fn parse_corpus(text: &str) -> Result<Vec<Row>, Vec<String>> {
-    let mut rows = Vec::new();
-    let mut errors = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
-        let line = index + 1;
-        if raw.is_empty() || raw.starts_with('#') {
-            continue;
-        }
-        let fields: Vec<&str> = raw.split('\t').collect();
-        let [destination, expected, note] = fields.as_slice() else {
-            errors.push(format!("line {line}: expected 3 tab-separated fields, found {}: {raw:?}", fields.len()));
-            continue;
-        };
-        if destination.is_empty() || note.trim().is_empty() {
-            errors.push(format!("line {line}: empty destination or note: {raw:?}"));
-            continue;
-        }
-        let expected = match *expected {
-            "allow" => Expected::Allow,
-            "reject" => Expected::Reject,
-            other => match other.strip_prefix("deny:") {
-                Some(code)
-                    if !code.is_empty()
-                        && code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') =>
-                {
-                    Expected::Deny(code.to_owned())
-                }
-                _ => {
-                    errors.push(format!("line {line}: expected must be allow, deny:<rule_code> or reject: {other:?}"));
-                    continue;
-                }
-            },
-        };
-        let (authority, resolves_to) = match destination.split_once("=>") {
-            Some((name, ip)) => match ip.parse::<IpAddr>() {
-                Ok(ip) => (name.to_owned(), Some(ip)),
-                Err(e) => {
-                    errors.push(format!("line {line}: {ip:?} after => is not an IP address: {e}"));
-                    continue;
-                }
-            },
-            None => ((*destination).to_owned(), None),
-        };
-        rows.push(Row { line, authority, resolves_to, expected });
-    }
-    if errors.is_empty() { Ok(rows) } else { Err(errors) }
-}
-
-fn corpus() -> Vec<Row> {
-    parse_corpus(&fixture("ssrf-corpus.tsv"))
-        .unwrap_or_else(|errors| panic!("malformed ssrf-corpus.tsv:\n{}", errors.join("\n")))
-}
+use ssrf_corpus::{Expected, Row, corpus, parse_corpus};
 
 /// What the parser, canonicaliser and classifier say about a row.
 fn actual(policy: &AddressPolicy, row: &Row) -> Result<Expected, String> {

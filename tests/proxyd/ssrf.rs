@@ -11,13 +11,17 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 
 use policyc::authority;
 use policyc::special_purpose::SPECIAL_PURPOSE;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+
+#[path = "../common/ssrf_corpus.rs"]
+mod ssrf_corpus;
+
+use ssrf_corpus::{Expected, Row, corpus};
 
 use crate::harness::{Proxy, connect};
 use crate::support::dns::{Answer, TestDns};
@@ -34,60 +38,10 @@ default:
 /// How many CONNECTs are in flight at once.
 const CONCURRENCY: usize = 8;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Expected {
-    Allow,
-    Deny(String),
-    Reject,
-}
-
-#[derive(Clone, Debug)]
-struct Row {
-    line: usize,
-    /// The CONNECT target, verbatim.
-    target: String,
-    /// For `name=>IP` rows: the test DNS server's answer.
-    resolves_to: Option<IpAddr>,
-    expected: Expected,
-}
-
-fn corpus() -> Vec<Row> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/ssrf-corpus.tsv");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let mut rows = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
-        let line = index + 1;
-        if raw.is_empty() || raw.starts_with('#') {
-            continue;
-        }
-        let fields: Vec<&str> = raw.split('\t').collect();
-        let [destination, expected, _note] = fields.as_slice() else {
-            panic!("ssrf-corpus.tsv line {line}: expected 3 tab-separated fields: {raw:?}");
-        };
-        let expected = match *expected {
-            "allow" => Expected::Allow,
-            "reject" => Expected::Reject,
-            other => match other.strip_prefix("deny:") {
-                Some(code) if !code.is_empty() => Expected::Deny(code.to_owned()),
-                _ => panic!("ssrf-corpus.tsv line {line}: bad expected verdict {other:?}"),
-            },
-        };
-        let (target, resolves_to) = match destination.split_once("=>") {
-            Some((name, ip)) => {
-                let ip = ip.parse().unwrap_or_else(|e| panic!("ssrf-corpus.tsv line {line}: {ip:?}: {e}"));
-                (name.to_owned(), Some(ip))
-            }
-            None => ((*destination).to_owned(), None),
-        };
-        rows.push(Row { line, target, resolves_to, expected });
-    }
-    rows
-}
-
 /// The address a permitted or denied row is about: the literal's canonical
 /// address, or the DNS answer.
 fn address_of(row: &Row) -> Option<SocketAddr> {
-    let parsed = authority::parse(&row.target).ok()?;
+    let parsed = authority::parse(&row.authority).ok()?;
     let ip = parsed.host.ip().or(row.resolves_to)?;
     Some(SocketAddr::new(ip, parsed.port))
 }
@@ -99,12 +53,12 @@ fn same_address(a: SocketAddr, b: SocketAddr) -> bool {
 
 /// What went wrong with one row, if anything.
 async fn check(proxy: SocketAddr, row: Row, attempts: Arc<std::sync::Mutex<Vec<SocketAddr>>>) -> Option<String> {
-    let reply = connect(proxy, &row.target, "").await;
+    let reply = connect(proxy, &row.authority, "").await;
     let (status, body) = (reply.status, reply.body.clone());
     let fail =
-        |what: String| Some(format!("line {}: CONNECT {:?}: {what}; got {status}: {body}", row.line, row.target));
+        |what: String| Some(format!("line {}: CONNECT {:?}: {what}; got {status}: {body}", row.line, row.authority));
     // HTTP/1.1 request targets are ASCII; the HTTP parser may refuse others first.
-    if !row.target.is_ascii() && status == 400 {
+    if !row.authority.is_ascii() && status == 400 {
         return None;
     }
     match &row.expected {
@@ -146,7 +100,7 @@ async fn every_corpus_row_gets_its_expected_answer_end_to_end() {
     let dns = TestDns::start().await;
     let mut registered: HashMap<String, IpAddr> = HashMap::new();
     for row in &rows {
-        let (Some(ip), Ok(parsed)) = (row.resolves_to, authority::parse(&row.target)) else { continue };
+        let (Some(ip), Ok(parsed)) = (row.resolves_to, authority::parse(&row.authority)) else { continue };
         let name = parsed.host.as_str().to_owned();
         if let Some(earlier) = registered.insert(name.clone(), ip) {
             assert_eq!(earlier, ip, "line {}: {name} is given two different answers in the corpus", row.line);
