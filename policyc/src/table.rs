@@ -295,13 +295,22 @@ fn validate_patterns(patterns: &[String], list: &str) -> Result<Vec<HostPattern>
 /// Reads and verifies a table file, refusing files over the size limit
 /// before reading them whole.
 pub fn read_file(path: &Path) -> Result<CompiledTable, TableError> {
-    let file = fs::File::open(path)?;
-    let mut bytes = Vec::new();
-    file.take(HEADER_LEN as u64 + MAX_BODY_LEN + 1).read_to_end(&mut bytes)?;
-    decode(&bytes).map_err(|e| match e {
+    decode(&read_bytes(path)?).map_err(|e| match e {
         TableError::LooksLikeYaml(_) => TableError::LooksLikeYaml(path.display().to_string()),
         other => other,
     })
+}
+
+/// Reads a table file whole, but never more than a valid table can be: a
+/// larger file is refused without being read into memory.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>, TableError> {
+    let limit = HEADER_LEN as u64 + MAX_BODY_LEN;
+    let mut bytes = Vec::new();
+    fs::File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(TableError::TooLarge(bytes.len() as u64 - HEADER_LEN as u64));
+    }
+    Ok(bytes)
 }
 
 /// Writes `bytes` so that a reader sees the old file or the new one, never

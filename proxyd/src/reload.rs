@@ -91,8 +91,8 @@ impl PolicyState {
     pub fn reload(&self, trigger: &str) -> ReloadOutcome {
         let _serial = self.reloading.lock();
         let old = self.current();
-        let outcome = match read_bounded(&self.path) {
-            Err(e) => ReloadOutcome::Refused(format!("cannot read: {e}")),
+        let outcome = match table::read_bytes(&self.path) {
+            Err(e) => ReloadOutcome::Refused(e.to_string()),
             Ok(bytes) if <[u8; 32]>::from(Sha256::digest(&bytes)) == old.file_sha256 => ReloadOutcome::Unchanged,
             Ok(bytes) => match verify(&bytes, self.disabled) {
                 Err(e) => ReloadOutcome::Refused(e.to_string()),
@@ -138,24 +138,8 @@ impl PolicyState {
     }
 }
 
-/// Reads a candidate whole, but never more than a valid table can be: a
-/// huge file is refused without being read into memory.
-fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let limit = table::HEADER_LEN as u64 + table::MAX_BODY_LEN;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("file is larger than the {limit}-byte limit for a policy table"),
-        ));
-    }
-    Ok(bytes)
-}
-
 fn read_candidate(path: &Path, disabled: ActionSet) -> Result<ActivePolicy, table::TableError> {
-    let bytes = read_bounded(path)?;
+    let bytes = table::read_bytes(path)?;
     let table = verify(&bytes, disabled).map_err(|e| match e {
         table::TableError::LooksLikeYaml(_) => table::TableError::LooksLikeYaml(path.display().to_string()),
         other => other,
