@@ -1,9 +1,11 @@
-//! Diagnostics: what `policyc check` reports, each with a stable code, a
-//! `file:line:col`, a one-line message and, when a fix is known, a `help:`.
+//! Diagnostics: what `policyc check` and `policyc test` report, each with a
+//! stable code, a `file:line:col`, a one-line message and, when a fix is
+//! known, a `help:`.
 //!
 //! Codes never change meaning once published: CI systems and editors match
 //! on them. Errors are `P0xx`, warnings `P1xx`. This module only describes
-//! and renders; deciding what is wrong is `acl`'s job.
+//! and renders (rustc-style text, GitHub workflow commands); deciding what is
+//! wrong is `acl`'s and `policytest`'s job, and SARIF is `sarif`'s.
 
 use std::fmt::{self, Write as _};
 
@@ -45,6 +47,14 @@ pub enum Code {
     DisabledAction,
     /// A `mitm_domains` entry that is not in the rule's `allowed_domains`.
     MitmDomainNotAllowed,
+    /// A policy test case's `destination` is not a valid host or host:port.
+    InvalidDestination,
+    /// A policy test case's `decision` is not allow, report or deny.
+    UnknownDecision,
+    /// A policy test case's `reason` is not a known reason code or text.
+    UnknownReason,
+    /// A policy test case whose actual decision or reason differs from the expected one.
+    TestFailed,
     /// No `default` rule: unknown roles are denied.
     NoDefaultRule,
     /// The same entry twice in one list.
@@ -62,7 +72,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 20] = [
+    pub const ALL: [Code; 24] = [
         Code::YamlSyntax,
         Code::UnknownKey,
         Code::DuplicateKey,
@@ -76,6 +86,10 @@ impl Code {
         Code::NonCanonicalPattern,
         Code::DisabledAction,
         Code::MitmDomainNotAllowed,
+        Code::InvalidDestination,
+        Code::UnknownDecision,
+        Code::UnknownReason,
+        Code::TestFailed,
         Code::NoDefaultRule,
         Code::DuplicateEntry,
         Code::ShadowedEntry,
@@ -100,6 +114,10 @@ impl Code {
             Code::NonCanonicalPattern => "P011",
             Code::DisabledAction => "P012",
             Code::MitmDomainNotAllowed => "P013",
+            Code::InvalidDestination => "P014",
+            Code::UnknownDecision => "P015",
+            Code::UnknownReason => "P016",
+            Code::TestFailed => "P017",
             Code::NoDefaultRule => "P101",
             Code::DuplicateEntry => "P102",
             Code::ShadowedEntry => "P103",
@@ -107,6 +125,68 @@ impl Code {
             Code::AllowedDomainsOnOpenRule => "P105",
             Code::TrailingDot => "P106",
             Code::IgnoredKey => "P107",
+        }
+    }
+
+    /// A short PascalCase name (SARIF `reportingDescriptor.name`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::YamlSyntax => "YamlSyntax",
+            Code::UnknownKey => "UnknownKey",
+            Code::DuplicateKey => "DuplicateKey",
+            Code::WrongType => "WrongType",
+            Code::MissingKey => "MissingKey",
+            Code::UnsupportedVersion => "UnsupportedVersion",
+            Code::EmptyName => "EmptyName",
+            Code::DuplicateService => "DuplicateService",
+            Code::UnknownAction => "UnknownAction",
+            Code::InvalidPattern => "InvalidPattern",
+            Code::NonCanonicalPattern => "NonCanonicalPattern",
+            Code::DisabledAction => "DisabledAction",
+            Code::MitmDomainNotAllowed => "MitmDomainNotAllowed",
+            Code::InvalidDestination => "InvalidDestination",
+            Code::UnknownDecision => "UnknownDecision",
+            Code::UnknownReason => "UnknownReason",
+            Code::TestFailed => "PolicyTestFailed",
+            Code::NoDefaultRule => "NoDefaultRule",
+            Code::DuplicateEntry => "DuplicateEntry",
+            Code::ShadowedEntry => "ShadowedEntry",
+            Code::InBothGlobalLists => "InBothGlobalLists",
+            Code::AllowedDomainsOnOpenRule => "AllowedDomainsOnOpenRule",
+            Code::TrailingDot => "TrailingDot",
+            Code::IgnoredKey => "IgnoredKey",
+        }
+    }
+
+    /// One sentence saying what the code means (SARIF `shortDescription`).
+    pub fn summary(self) -> &'static str {
+        match self {
+            Code::YamlSyntax => "The file is not valid YAML or not UTF-8.",
+            Code::UnknownKey => "A key that the format does not have (a typo silently drops what it configures).",
+            Code::DuplicateKey => "The same key twice in one mapping.",
+            Code::WrongType => "A value of the wrong type.",
+            Code::MissingKey => "A required key is absent, null or empty.",
+            Code::UnsupportedVersion => "The ACL version is not v1.",
+            Code::EmptyName => "A service rule has an empty name.",
+            Code::DuplicateService => "Two service rules have the same name.",
+            Code::UnknownAction => "An action that is not open, report or enforce.",
+            Code::InvalidPattern => "A host pattern that Smokescreen refuses.",
+            Code::NonCanonicalPattern => "A host pattern that is not written canonically.",
+            Code::DisabledAction => "A rule uses an action disabled with --disable-acl-policy-action.",
+            Code::MitmDomainNotAllowed => "A mitm_domains entry missing from the rule's allowed_domains.",
+            Code::InvalidDestination => "A policy test destination that is not a valid host or host:port.",
+            Code::UnknownDecision => "A policy test decision that is not allow, report or deny.",
+            Code::UnknownReason => "A policy test reason that is not a known reason code or text.",
+            Code::TestFailed => "A policy test case decided differently from what it expects.",
+            Code::NoDefaultRule => "No default rule: roles without a rule of their own are denied.",
+            Code::DuplicateEntry => "The same entry twice in one list.",
+            Code::ShadowedEntry => "An entry already matched by a wildcard in the same list.",
+            Code::InBothGlobalLists => "A global_allow_list entry overridden by global_deny_list.",
+            Code::AllowedDomainsOnOpenRule => {
+                "allowed_domains on an open rule only matters against the global deny list."
+            }
+            Code::TrailingDot => "A trailing dot in an entry (accepted, normalised away).",
+            Code::IgnoredKey => "A key that has no effect in a CONNECT-only proxy.",
         }
     }
 
@@ -200,6 +280,43 @@ impl Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// A GitHub Actions workflow command (`::error file=F,line=L,col=C,title=CODE::message`),
+    /// which the runner turns into an annotation on that line of a pull request.
+    /// `file` is the path as the runner should see it (relative to the workspace).
+    pub fn render_github(&self, file: &str) -> String {
+        let command = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let mut message = self.message.clone();
+        if let Some(help) = &self.help {
+            message.push_str("\nhelp: ");
+            message.push_str(help);
+        }
+        format!(
+            "::{command} file={},line={},col={},title={}::{}\n",
+            escape_github_property(file),
+            self.line,
+            self.column,
+            escape_github_property(self.code.as_str()),
+            escape_github_data(&message)
+        )
+    }
+}
+
+/// Escapes a workflow command's message (`%`, CR and LF), as the runner's
+/// `CommandStringEscape` expects.
+pub fn escape_github_data(text: &str) -> String {
+    text.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+}
+
+/// Escapes a workflow command property value: the message escapes plus `:`
+/// and `,`, which would otherwise end the value.
+pub fn escape_github_property(text: &str) -> String {
+    escape_github_data(text).replace(':', "%3A").replace(',', "%2C")
+}
+
 /// Diagnostics in the order a reader wants them: by file, line, column.
 pub fn sort(diagnostics: &mut [Diagnostic]) {
     diagnostics.sort_by(|a, b| {
@@ -218,6 +335,27 @@ mod tests {
         assert_eq!(codes.len(), Code::ALL.len());
         assert_eq!(Code::UnknownKey.severity(), Severity::Error);
         assert_eq!(Code::TrailingDot.severity(), Severity::Warning);
+    }
+
+    #[test]
+    fn every_code_has_a_name_and_summary() {
+        let names: HashSet<&str> = Code::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names.len(), Code::ALL.len());
+        assert!(Code::ALL.iter().all(|c| c.summary().ends_with('.')));
+        assert_eq!(Code::TestFailed.as_str(), "P017");
+        assert_eq!(Code::TestFailed.severity(), Severity::Error);
+    }
+
+    #[test]
+    fn github_commands_escape_data_and_properties() {
+        let d = Diagnostic::new(Code::InvalidPattern, "x", Position { line: 3, column: 7 }, "50% of\r\nit: a,b")
+            .with_help("use \"a.com\"");
+        assert_eq!(
+            d.render_github("dir/a,b:c%.yaml"),
+            "::error file=dir/a%2Cb%3Ac%25.yaml,line=3,col=7,title=P010::50%25 of%0D%0Ait: a,b%0Ahelp: use \"a.com\"\n"
+        );
+        let w = Diagnostic::new(Code::TrailingDot, "x", Position { line: 1, column: 1 }, "m");
+        assert_eq!(w.render_github("a.yaml"), "::warning file=a.yaml,line=1,col=1,title=P106::m\n");
     }
 
     #[test]

@@ -15,11 +15,13 @@ use serde::Serialize;
 
 use policyc::acl::{self, Checked};
 use policyc::address::{AddressPolicy, AddressRules};
-use policyc::authority;
 use policyc::decision::{Decision, PolicyTable};
-use policyc::diagnostic::Diagnostic;
-use policyc::host::{self, CanonicalHost, HostError};
+use policyc::destination;
+use policyc::diagnostic::{self, Diagnostic};
+use policyc::host::CanonicalHost;
 use policyc::policy::{Action, ActionSet};
+use policyc::policytest::{self, CaseReport, TestFile};
+use policyc::sarif;
 use policyc::table::{self, CompiledTable, Metadata};
 use policyc::yaml::MAX_SOURCE_BYTES;
 
@@ -45,8 +47,20 @@ enum Command {
         /// Treat warnings as errors (exit 1).
         #[arg(long)]
         deny_warnings: bool,
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Human)]
+        format: ReportFormat,
+    },
+    /// Run policy test files against a policy; report every failing case.
+    Test {
+        /// An ACL (YAML) or a compiled table.
+        policy: PathBuf,
+        /// Policy test files (YAML, see schema/policy-tests.schema.json).
+        #[arg(required = true)]
+        tests: Vec<PathBuf>,
+        #[command(flatten)]
+        disabled: Disabled,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Human)]
+        format: ReportFormat,
     },
     /// Check an ACL, then write its compiled table atomically.
     Compile {
@@ -54,6 +68,9 @@ enum Command {
         /// Where to write the table (temp file + fsync + rename).
         #[arg(short, long)]
         output: PathBuf,
+        /// A policy test file that must pass before the table is written (repeatable).
+        #[arg(long = "test", value_name = "TESTFILE")]
+        tests: Vec<PathBuf>,
         #[command(flatten)]
         disabled: Disabled,
     },
@@ -105,6 +122,20 @@ enum Format {
     Json,
 }
 
+/// How `check` and `test` report: for people, for scripts, for GitHub
+/// Actions annotations, or for code scanning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    /// rustc-style messages on stderr.
+    Human,
+    /// One JSON document on stdout (shape in schema/policyc-report.schema.json).
+    Json,
+    /// GitHub Actions workflow commands (`::error file=...`) on stdout.
+    Github,
+    /// A SARIF 2.1.0 log on stdout.
+    Sarif,
+}
+
 /// A failure that ends the command, with its exit code.
 enum Failure {
     /// Policy errors: already reported.
@@ -121,7 +152,8 @@ fn main() -> ExitCode {
         Command::Check { files, disabled, deny_warnings, format } => {
             check(&files, disabled.set(), deny_warnings, format)
         }
-        Command::Compile { file, output, disabled } => compile(&file, &output, disabled.set()),
+        Command::Test { policy, tests, disabled, format } => test(&policy, &tests, disabled.set(), format),
+        Command::Compile { file, output, tests, disabled } => compile(&file, &output, &tests, disabled.set()),
         Command::Explain { policy, role, destination, ip, disabled, format } => {
             explain(&policy, &role, &destination, ip, disabled.set(), format)
         }
@@ -181,7 +213,7 @@ struct FileSummary {
     warnings: usize,
 }
 
-fn check(files: &[PathBuf], disabled: ActionSet, deny_warnings: bool, format: Format) -> Result<(), Failure> {
+fn check(files: &[PathBuf], disabled: ActionSet, deny_warnings: bool, format: ReportFormat) -> Result<(), Failure> {
     let mut results: Vec<(String, Vec<u8>, Checked)> = Vec::new();
     for path in files {
         let bytes = read_source(path)?;
@@ -191,21 +223,24 @@ fn check(files: &[PathBuf], disabled: ActionSet, deny_warnings: bool, format: Fo
     }
     let errors: usize = results.iter().map(|(_, _, c)| c.error_count()).sum();
     let warnings: usize = results.iter().map(|(_, _, c)| c.warning_count()).sum();
+    let failed = errors > 0 || (deny_warnings && warnings > 0);
+    let verdict = if failed { "failed" } else { "ok" };
+    let summary = format!(
+        "{verdict}: {} file{} checked, {errors} error{}, {warnings} warning{}",
+        results.len(),
+        plural(results.len()),
+        plural(errors),
+        plural(warnings)
+    );
+    let all: Vec<&Diagnostic> = results.iter().flat_map(|(_, _, c)| c.diagnostics.iter()).collect();
     match format {
-        Format::Human => {
+        ReportFormat::Human => {
             for (_, bytes, checked) in &results {
                 print_human(&checked.diagnostics, bytes);
             }
-            let verdict = if errors > 0 || (deny_warnings && warnings > 0) { "failed" } else { "ok" };
-            eprintln!(
-                "{verdict}: {} file{} checked, {errors} error{}, {warnings} warning{}",
-                results.len(),
-                plural(results.len()),
-                plural(errors),
-                plural(warnings)
-            );
+            eprintln!("{summary}");
         }
-        Format::Json => {
+        ReportFormat::Json => {
             let report = CheckReport {
                 format_version: 1,
                 files: results
@@ -216,17 +251,45 @@ fn check(files: &[PathBuf], disabled: ActionSet, deny_warnings: bool, format: Fo
                         warnings: c.warning_count(),
                     })
                     .collect(),
-                diagnostics: results.iter().flat_map(|(_, _, c)| c.diagnostics.iter()).collect(),
+                diagnostics: all,
                 errors,
                 warnings,
             };
             println!("{}", to_json(&report));
         }
+        ReportFormat::Github | ReportFormat::Sarif => {
+            print_machine(format, all.into_iter().cloned().collect());
+            eprintln!("{summary}");
+        }
     }
-    if errors > 0 || (deny_warnings && warnings > 0) {
+    if failed {
         return Err(Failure::Policy);
     }
     Ok(())
+}
+
+/// Prints diagnostics as GitHub workflow commands or as a SARIF log, on stdout.
+fn print_machine(format: ReportFormat, diagnostics: Vec<Diagnostic>) {
+    let cwd = std::env::current_dir().ok();
+    let path_of = |file: &str| relative_to(cwd.as_deref(), file);
+    match format {
+        ReportFormat::Sarif => println!("{}", to_json(&sarif::log(&diagnostics, path_of))),
+        _ => {
+            let mut out = String::new();
+            for d in &diagnostics {
+                out.push_str(&d.render_github(&path_of(&d.file)));
+            }
+            print!("{out}");
+        }
+    }
+}
+
+/// `file` relative to the working directory when it lies inside it; else as given.
+fn relative_to(cwd: Option<&Path>, file: &str) -> String {
+    let path = Path::new(file);
+    let relative = cwd.filter(|_| path.is_absolute()).and_then(|cwd| path.strip_prefix(cwd).ok());
+    let shown = relative.unwrap_or(path).display().to_string();
+    shown.strip_prefix("./").map(str::to_owned).unwrap_or(shown)
 }
 
 fn plural(n: usize) -> &'static str {
@@ -237,14 +300,24 @@ fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"cannot serialise output: {e}\"}}"))
 }
 
-fn compile(file: &Path, output: &Path, disabled: ActionSet) -> Result<(), Failure> {
+fn compile(file: &Path, output: &Path, tests: &[PathBuf], disabled: ActionSet) -> Result<(), Failure> {
     let bytes = read_source(file)?;
+    // Read every test file first: an unreadable one is a usage error, before any work.
+    let test_files = read_test_files(tests)?;
     let checked = acl::check_bytes(&file.display().to_string(), &bytes, disabled);
     print_human(&checked.diagnostics, &bytes);
     let Some(policy) = checked.policy else {
         eprintln!("failed: {} error{}; no table written", checked.error_count(), plural(checked.error_count()));
         return Err(Failure::Policy);
     };
+    if !test_files.is_empty() {
+        let summary = run_tests(&PolicyTable::new(&policy), &test_files);
+        summary.print_human(&test_files);
+        if summary.failed() {
+            eprintln!("failed: policy tests did not pass; no table written");
+            return Err(Failure::Policy);
+        }
+    }
     let encoded = table::encode(&policy, &Metadata::for_source(file, &bytes, disabled));
     // Verify what we are about to ship with the same reader proxyd uses.
     let loaded = table::decode(&encoded)
@@ -271,37 +344,202 @@ struct Loaded {
     revision: Option<String>,
 }
 
-fn load_policy(path: &Path, disabled: ActionSet) -> Result<Loaded, Failure> {
+/// A YAML policy's errors, with its text for human rendering.
+struct PolicyErrors {
+    diagnostics: Vec<Diagnostic>,
+    source: Vec<u8>,
+}
+
+/// Loads YAML or a compiled table. `Ok(Err(..))` is a YAML policy with errors,
+/// returned (not printed) so each command reports them in its own format.
+fn try_load_policy(path: &Path, disabled: ActionSet) -> Result<Result<Loaded, PolicyErrors>, Failure> {
     let bytes = read_source(path)?;
     if bytes.starts_with(&table::MAGIC) {
         let compiled = table::decode(&bytes).map_err(|e| Failure::Refused(format!("{}: {e}", path.display())))?;
         compiled.check_disabled(disabled).map_err(|e| Failure::Refused(format!("{}: {e}", path.display())))?;
         let revision = Some(compiled.revision().to_owned());
-        return Ok(Loaded { table: compiled.table, revision });
+        return Ok(Ok(Loaded { table: compiled.table, revision }));
     }
     let checked = acl::check_bytes(&path.display().to_string(), &bytes, disabled);
-    let errors: Vec<Diagnostic> = checked.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
-    print_human(&errors, &bytes);
-    match checked.policy {
+    Ok(match checked.policy {
         Some(policy) => Ok(Loaded { table: PolicyTable::new(&policy), revision: None }),
-        None => Err(Failure::Policy),
-    }
+        None => Err(PolicyErrors {
+            diagnostics: checked.diagnostics.into_iter().filter(Diagnostic::is_error).collect(),
+            source: bytes,
+        }),
+    })
+}
+
+fn load_policy(path: &Path, disabled: ActionSet) -> Result<Loaded, Failure> {
+    try_load_policy(path, disabled)?.map_err(|errors| {
+        print_human(&errors.diagnostics, &errors.source);
+        Failure::Policy
+    })
 }
 
 fn parse_destination(input: &str) -> Result<(CanonicalHost, Option<u16>), Failure> {
-    let usage = |e: &dyn std::fmt::Display| Failure::Usage(format!("invalid destination {input:?}: {e}"));
-    if input.starts_with('[') {
-        let a = authority::parse(input).map_err(|e| usage(&e))?;
-        return Ok((a.host, Some(a.port)));
+    destination::parse(input).map(|d| (d.host, d.port)).map_err(|e| Failure::Usage(e.to_string()))
+}
+
+fn read_test_files(paths: &[PathBuf]) -> Result<Vec<(TestFile, Vec<u8>)>, Failure> {
+    paths
+        .iter()
+        .map(|path| {
+            let bytes = read_source(path)?;
+            Ok((policytest::parse_bytes(&path.display().to_string(), &bytes), bytes))
+        })
+        .collect()
+}
+
+/// Every test file's cases run against one table.
+struct TestRun {
+    reports: Vec<CaseReport>,
+    /// Problems in the test files, then one `P017` per failing case, in file order.
+    diagnostics: Vec<Diagnostic>,
+    /// Human renderings of the failures, per file.
+    failures: Vec<Vec<String>>,
+}
+
+impl TestRun {
+    fn cases(&self) -> usize {
+        self.reports.len()
     }
-    match host::canonical(input) {
-        Ok(host) => Ok((host, None)),
-        Err(HostError::HasPort { .. }) => {
-            let a = authority::parse(input).map_err(|e| usage(&e))?;
-            Ok((a.host, Some(a.port)))
+    fn failed_cases(&self) -> usize {
+        self.reports.iter().filter(|r| !r.passed).count()
+    }
+    fn file_errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error() && d.code != diagnostic::Code::TestFailed).count()
+    }
+    fn failed(&self) -> bool {
+        self.failed_cases() > 0 || self.file_errors() > 0
+    }
+
+    fn summary(&self, files: usize) -> String {
+        let (cases, failed, errors) = (self.cases(), self.failed_cases(), self.file_errors());
+        let verdict = if self.failed() { "failed" } else { "ok" };
+        let mut line = format!(
+            "{verdict}: {} of {cases} case{} passed in {files} test file{}",
+            cases - failed,
+            plural(cases),
+            plural(files)
+        );
+        if failed > 0 {
+            line.push_str(&format!(", {failed} failed"));
         }
-        Err(e) => Err(usage(&e)),
+        if errors > 0 {
+            line.push_str(&format!(", {errors} error{} in test files", plural(errors)));
+        }
+        line
     }
+
+    fn print_human(&self, files: &[(TestFile, Vec<u8>)]) {
+        for ((file, bytes), failures) in files.iter().zip(&self.failures) {
+            print_human(&file.diagnostics, bytes);
+            for failure in failures {
+                eprint!("{failure}");
+            }
+        }
+        eprintln!("{}", self.summary(files.len()));
+    }
+}
+
+fn run_tests(table: &PolicyTable, files: &[(TestFile, Vec<u8>)]) -> TestRun {
+    let mut run = TestRun { reports: Vec::new(), diagnostics: Vec::new(), failures: Vec::new() };
+    for (file, _) in files {
+        let outcomes = policytest::run(table, file);
+        run.diagnostics.extend(file.diagnostics.iter().cloned());
+        run.diagnostics.extend(outcomes.iter().filter_map(|o| o.failure(&file.file)));
+        run.failures.push(outcomes.iter().filter(|o| !o.passed()).map(|o| o.render_human(&file.file)).collect());
+        run.reports.extend(outcomes.iter().map(|o| CaseReport::new(&file.file, o)));
+    }
+    diagnostic::sort(&mut run.diagnostics);
+    run
+}
+
+#[derive(Serialize)]
+struct TestReport<'a> {
+    /// Version of this JSON shape.
+    format_version: u32,
+    policy: String,
+    policy_revision: Option<&'a str>,
+    files: Vec<TestFileSummary>,
+    cases: &'a [CaseReport],
+    diagnostics: &'a [Diagnostic],
+    passed: usize,
+    failed: usize,
+    errors: usize,
+}
+
+#[derive(Serialize)]
+struct TestFileSummary {
+    file: String,
+    cases: usize,
+    failed: usize,
+    errors: usize,
+}
+
+fn test(policy: &Path, tests: &[PathBuf], disabled: ActionSet, format: ReportFormat) -> Result<(), Failure> {
+    let files = read_test_files(tests)?;
+    let loaded = match try_load_policy(policy, disabled)? {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            // The policy itself is broken: report that, in the format asked for.
+            match format {
+                ReportFormat::Human => print_human(&errors.diagnostics, &errors.source),
+                ReportFormat::Json => {
+                    let report = TestReport {
+                        format_version: 1,
+                        policy: policy.display().to_string(),
+                        policy_revision: None,
+                        files: Vec::new(),
+                        cases: &[],
+                        diagnostics: &errors.diagnostics,
+                        passed: 0,
+                        failed: 0,
+                        errors: errors.diagnostics.len(),
+                    };
+                    println!("{}", to_json(&report));
+                }
+                ReportFormat::Github | ReportFormat::Sarif => print_machine(format, errors.diagnostics),
+            }
+            eprintln!("failed: {} has errors; no test was run", policy.display());
+            return Err(Failure::Policy);
+        }
+    };
+    let run = run_tests(&loaded.table, &files);
+    match format {
+        ReportFormat::Human => run.print_human(&files),
+        ReportFormat::Json => {
+            let report = TestReport {
+                format_version: 1,
+                policy: policy.display().to_string(),
+                policy_revision: loaded.revision.as_deref(),
+                files: files
+                    .iter()
+                    .map(|(f, _)| TestFileSummary {
+                        file: f.file.clone(),
+                        cases: f.cases.len(),
+                        failed: run.reports.iter().filter(|r| r.file == f.file && !r.passed).count(),
+                        errors: f.error_count(),
+                    })
+                    .collect(),
+                cases: &run.reports,
+                diagnostics: &run.diagnostics,
+                passed: run.cases() - run.failed_cases(),
+                failed: run.failed_cases(),
+                errors: run.file_errors(),
+            };
+            println!("{}", to_json(&report));
+        }
+        ReportFormat::Github | ReportFormat::Sarif => {
+            print_machine(format, run.diagnostics.clone());
+            eprintln!("{}", run.summary(files.len()));
+        }
+    }
+    if run.failed() {
+        return Err(Failure::Policy);
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
