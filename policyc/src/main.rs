@@ -19,7 +19,7 @@ use policyc::decision::{Decision, PolicyTable};
 use policyc::destination;
 use policyc::diagnostic::{self, Diagnostic};
 use policyc::host::CanonicalHost;
-use policyc::policy::{Action, ActionSet};
+use policyc::policy::{Action, ActionSet, Policy};
 use policyc::policytest::{self, CaseReport, TestFile};
 use policyc::sarif;
 use policyc::table::{self, CompiledTable, Metadata};
@@ -97,6 +97,29 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Show which role/host decisions change between two policies (YAML or tables).
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Exit 1 when any decision (verdict or reason) changes.
+        #[arg(long)]
+        exit_code: bool,
+        #[command(flatten)]
+        disabled: Disabled,
+        #[arg(long, value_enum, default_value_t = DiffFormat::Human)]
+        format: DiffFormat,
+    },
+}
+
+/// How `diff` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DiffFormat {
+    /// Plain text on stdout.
+    Human,
+    /// One JSON document on stdout (shape in the README).
+    Json,
+    /// Markdown for a pull-request comment.
+    Markdown,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +181,7 @@ fn main() -> ExitCode {
             explain(&policy, &role, &destination, ip, disabled.set(), format)
         }
         Command::Inspect { table, format } => inspect(&table, format),
+        Command::Diff { old, new, exit_code, disabled, format } => diff(&old, &new, exit_code, disabled.set(), format),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -342,6 +366,7 @@ fn compile(file: &Path, output: &Path, tests: &[PathBuf], disabled: ActionSet) -
 struct Loaded {
     table: PolicyTable,
     revision: Option<String>,
+    policy: Policy,
 }
 
 /// A YAML policy's errors, with its text for human rendering.
@@ -358,11 +383,11 @@ fn try_load_policy(path: &Path, disabled: ActionSet) -> Result<Result<Loaded, Po
         let compiled = table::decode(&bytes).map_err(|e| Failure::Refused(format!("{}: {e}", path.display())))?;
         compiled.check_disabled(disabled).map_err(|e| Failure::Refused(format!("{}: {e}", path.display())))?;
         let revision = Some(compiled.revision().to_owned());
-        return Ok(Ok(Loaded { table: compiled.table, revision }));
+        return Ok(Ok(Loaded { table: compiled.table, revision, policy: compiled.policy }));
     }
     let checked = acl::check_bytes(&path.display().to_string(), &bytes, disabled);
     Ok(match checked.policy {
-        Some(policy) => Ok(Loaded { table: PolicyTable::new(&policy), revision: None }),
+        Some(policy) => Ok(Loaded { table: PolicyTable::new(&policy), revision: None, policy }),
         None => Err(PolicyErrors {
             diagnostics: checked.diagnostics.into_iter().filter(Diagnostic::is_error).collect(),
             source: bytes,
@@ -718,6 +743,24 @@ fn inspect(path: &Path, format: Format) -> Result<(), Failure> {
                 i.patterns, i.global_allow_list, i.global_deny_list
             );
         }
+    }
+    Ok(())
+}
+
+fn diff(old: &Path, new: &Path, exit_code: bool, disabled: ActionSet, format: DiffFormat) -> Result<(), Failure> {
+    let (before, after) = (load_policy(old, disabled)?, load_policy(new, disabled)?);
+    let changes = policyc::diff::diff(&before.policy, &after.policy);
+    let (old, new) = (old.display().to_string(), new.display().to_string());
+    print!(
+        "{}",
+        match format {
+            DiffFormat::Human => changes.render_human(&old, &new),
+            DiffFormat::Json => changes.render_json(&old, &new) + "\n",
+            DiffFormat::Markdown => changes.render_markdown(&old, &new),
+        }
+    );
+    if exit_code && changes.has_decision_changes() {
+        return Err(Failure::Policy);
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 mod address;
 mod cli;
 mod conformance;
+mod diff;
 mod schema;
 mod ssrf;
 
