@@ -11,6 +11,9 @@
 //!   trailing-dot host, then decide (what the proxy pays per request);
 //! - `compile/100k`: `acl::check_source` + `table::encode` of the 100k YAML;
 //! - `load_and_verify/100k`: `table::decode` of the encoded table.
+//! - `diff/100k-*`: `diff::diff` of the 100k policy against itself, against
+//!   a copy with one role edited, and against a copy with a global deny
+//!   entry added (every role is re-decided).
 //!
 //! Under `cargo bench` (criterion gets `--bench`), a final pass re-measures
 //! with plain loops, interleaving small and large in several rounds, and
@@ -26,9 +29,10 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, SamplingMode};
 use policyc::acl;
 use policyc::decision::{ListKind, PolicyTable, Reason};
+use policyc::diff;
 use policyc::host::{self, CanonicalHost};
-use policyc::pattern::PatternMatch;
-use policyc::policy::{ActionSet, Policy};
+use policyc::pattern::{self, PatternMatch};
+use policyc::policy::{Action, ActionSet, Policy};
 use policyc::table::{self, Metadata};
 
 const LARGE_ROLES: usize = 5_000;
@@ -505,11 +509,35 @@ fn benchmark_mode() -> bool {
         && !args.iter().any(|a| a == "--test" || a == "--list" || a.starts_with("--profile-time"))
 }
 
+fn bench_diff(c: &mut Criterion, fx: &Fixtures) {
+    let old = table::decode(&fx.large_bytes).expect("decodes").policy;
+    let mut one_role = old.clone();
+    one_role.services[42].action = Action::Open;
+    one_role.services[42].allowed_domains.pop();
+    let mut global_deny = old.clone();
+    global_deny.global_deny_list.push(pattern::parse("*.new-tracker.example").unwrap().pattern);
+    assert!(diff::diff(&old, &old).is_empty());
+    assert_eq!(diff::diff(&old, &one_role).decisions.len(), 1);
+    // Every role and the role-less case lose the new tracker's subdomains.
+    assert_eq!(diff::diff(&old, &global_deny).decisions.len(), LARGE_ROLES + 1);
+
+    let mut group = c.benchmark_group("diff");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(4));
+    for (name, new) in [("100k-same", &old), ("100k-one-role", &one_role), ("100k-global-deny", &global_deny)] {
+        group.bench_function(name, |b| b.iter(|| diff::diff(black_box(&old), black_box(new)).changed_decisions));
+    }
+    group.finish();
+}
+
 fn main() {
     let fx = Fixtures::build();
     let mut c = Criterion::default().configure_from_args();
     bench_decide(&mut c, &fx);
     bench_tables(&mut c, &fx);
+    bench_diff(&mut c, &fx);
     c.final_summary();
     if benchmark_mode() {
         print_ratios(&fx);
