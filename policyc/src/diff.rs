@@ -113,6 +113,8 @@ pub struct RoleDecisions {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DecisionChange {
     pub host: String,
+    /// Which hosts decide the same way as this one.
+    pub stands_for: StandsFor,
     pub old: DecisionSummary,
     pub new: DecisionSummary,
 }
@@ -121,6 +123,29 @@ impl DecisionChange {
     /// Whether allow/report/deny differs (otherwise only the reason does).
     pub fn verdict_changed(&self) -> bool {
         self.old.verdict != self.new.verdict
+    }
+}
+
+/// What an example host stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StandsFor {
+    /// The host is an entry of one of the lists.
+    Entry,
+    /// A made-up subdomain of a `*.suffix` entry: it stands for every name
+    /// under that entry that no entry names more precisely.
+    Subdomain { pattern: String },
+    /// A made-up name that no entry matches: it stands for every such host.
+    Unlisted,
+}
+
+impl fmt::Display for StandsFor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StandsFor::Entry => Ok(()),
+            StandsFor::Subdomain { pattern } => write!(f, "any {pattern}"),
+            StandsFor::Unlisted => f.write_str("any unlisted host"),
+        }
     }
 }
 
@@ -247,6 +272,7 @@ pub fn diff_with_limit(old: &Policy, new: &Policy, max_examples: usize) -> Polic
                 let (o, n) = (old_table.decide(role, host), new_table.decide(role, host));
                 (o.verdict != n.verdict || o.reason != n.reason).then(|| DecisionChange {
                     host: host.to_string(),
+                    stands_for: candidates.stands_for(host),
                     old: DecisionSummary::new(&o),
                     new: DecisionSummary::new(&n),
                 })
@@ -341,6 +367,8 @@ struct Candidates {
     /// `*.suffix` → a subdomain of suffix that is no exact entry anywhere
     /// (`None` when no subdomain fits in a DNS name).
     subdomains: HashMap<Box<str>, Option<CanonicalHost>>,
+    /// The chosen subdomains → their suffix.
+    suffix_of: HashMap<CanonicalHost, Box<str>>,
     /// A name that no entry of either policy matches.
     unmatched: Option<CanonicalHost>,
     /// Both policies' global entries, as candidates.
@@ -379,7 +407,7 @@ impl Candidates {
         }
         // Each suffix needs at most |exact| + 1 tries to find a free label;
         // a suffix too long for any label tries only the short ones.
-        let mut subdomains = HashMap::with_capacity(wildcard.len());
+        let mut subdomains: HashMap<Box<str>, Option<CanonicalHost>> = HashMap::with_capacity(wildcard.len());
         for &suffix in &wildcard {
             let found = subdomain_labels(suffix)
                 .take(exact.len() + 4)
@@ -388,8 +416,9 @@ impl Candidates {
                 .find_map(|name| host::canonical(&name).ok());
             subdomains.insert(suffix.into(), found);
         }
+        let suffix_of = subdomains.iter().filter_map(|(s, h)| Some((h.clone()?, s.clone()))).collect();
         let unmatched = unmatched_name(&exact, &wildcard);
-        let mut candidates = Candidates { subdomains, unmatched, globals: Vec::new() };
+        let mut candidates = Candidates { subdomains, suffix_of, unmatched, globals: Vec::new() };
         let globals: Vec<CanonicalHost> = [old, new]
             .iter()
             .flat_map(|p| p.global_allow_list.iter().chain(&p.global_deny_list))
@@ -397,6 +426,15 @@ impl Candidates {
             .collect();
         candidates.globals = globals;
         candidates
+    }
+
+    /// Made-up hosts are never entries, so each host is of one kind.
+    fn stands_for(&self, host: &CanonicalHost) -> StandsFor {
+        match self.suffix_of.get(host) {
+            Some(suffix) => StandsFor::Subdomain { pattern: format!("*.{suffix}") },
+            None if self.unmatched.as_ref() == Some(host) => StandsFor::Unlisted,
+            None => StandsFor::Entry,
+        }
     }
 
     fn for_pattern(&self, pattern: &HostPattern) -> Option<CanonicalHost> {
@@ -548,8 +586,13 @@ impl PolicyDiff {
             for c in &role.changes {
                 let _ = writeln!(
                     o,
-                    "  {label}: {} {} → {} ({} → {})",
-                    c.host, c.old.verdict, c.new.verdict, c.old.reason, c.new.reason
+                    "  {label}: {}{} {} → {} ({} → {})",
+                    c.host,
+                    stands_for_note(&c.stands_for),
+                    c.old.verdict,
+                    c.new.verdict,
+                    c.old.reason,
+                    c.new.reason
                 );
             }
             if role.omitted > 0 {
@@ -588,8 +631,9 @@ impl PolicyDiff {
                 for c in &role.changes {
                     let _ = writeln!(
                         o,
-                        "| {label} | {} | {} | {} | {} |",
+                        "| {label} | {}{} | {} | {} | {} |",
                         md_code(&c.host),
+                        stands_for_note(&c.stands_for),
                         c.old.verdict,
                         if c.verdict_changed() { format!("**{}**", c.new.verdict) } else { c.new.verdict.to_string() },
                         c.new.reason
@@ -647,6 +691,14 @@ impl RuleDiff {
             RuleChange::Removed => "removed",
             RuleChange::Changed => "changed",
         }
+    }
+}
+
+/// ` (any *.x.com)` after a made-up host; nothing after an entry.
+fn stands_for_note(s: &StandsFor) -> String {
+    match s {
+        StandsFor::Entry => String::new(),
+        other => format!(" ({other})"),
     }
 }
 

@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 use policyc::acl;
 use policyc::decision::{PolicyTable, Reason, Verdict};
 use policyc::diff::{
-    self, DecisionChange, DecisionSummary, ListDiff, PolicyDiff, RoleDecisions, RuleChange, RuleDiff, ValueChange,
+    self, DecisionChange, DecisionSummary, ListDiff, PolicyDiff, RoleDecisions, RuleChange, RuleDiff, StandsFor,
+    ValueChange,
 };
 use policyc::host;
 use policyc::pattern::{self, HostPattern};
@@ -52,8 +53,12 @@ fn d(verdict: Verdict, reason: Reason, rule: Option<&str>, pattern: Option<&str>
     DecisionSummary { verdict, reason, rule: rule.map(str::to_owned), pattern: pattern.map(str::to_owned) }
 }
 
-fn change(host: &str, old: DecisionSummary, new: DecisionSummary) -> DecisionChange {
-    DecisionChange { host: host.to_owned(), old, new }
+fn change(host: &str, stands_for: StandsFor, old: DecisionSummary, new: DecisionSummary) -> DecisionChange {
+    DecisionChange { host: host.to_owned(), stands_for, old, new }
+}
+
+fn sub(pattern: &str) -> StandsFor {
+    StandsFor::Subdomain { pattern: pattern.to_owned() }
 }
 
 fn role(role: Option<&str>, changes: Vec<DecisionChange>) -> RoleDecisions {
@@ -85,12 +90,14 @@ fn role_added() {
             vec![
                 change(
                     "api.search.example",
+                    StandsFor::Entry,
                     d(Deny, DefaultRulePolicy, Some("default"), None),
                     d(Allow, AllowedDomain, Some("search"), Some("api.search.example")),
                 ),
                 // The verdict stays, but logs now name the role's own rule.
                 change(
                     "unlisted.invalid",
+                    StandsFor::Unlisted,
                     d(Deny, DefaultRulePolicy, Some("default"), None),
                     d(Deny, EnforcePolicy, Some("search"), None),
                 ),
@@ -118,11 +125,13 @@ fn role_removed() {
             vec![
                 change(
                     "api.search.example",
+                    StandsFor::Entry,
                     d(Allow, AllowedDomain, Some("search"), Some("api.search.example")),
                     d(Deny, DefaultRulePolicy, Some("default"), None),
                 ),
                 change(
                     "unlisted.invalid",
+                    StandsFor::Unlisted,
                     d(Deny, EnforcePolicy, Some("search"), None),
                     d(Deny, DefaultRulePolicy, Some("default"), None),
                 ),
@@ -151,11 +160,13 @@ fn action_open_to_enforce() {
             vec![
                 change(
                     "unlisted.invalid",
+                    StandsFor::Unlisted,
                     d(Allow, OpenPolicy, Some("billing"), None),
                     d(Deny, EnforcePolicy, Some("billing"), None),
                 ),
                 change(
                     "api.stripe.com",
+                    StandsFor::Entry,
                     d(Allow, OpenPolicy, Some("billing"), None),
                     d(Allow, AllowedDomain, Some("billing"), Some("api.stripe.com")),
                 ),
@@ -181,6 +192,7 @@ fn pattern_added_allows_a_host() {
             Some("billing"),
             vec![change(
                 "api.new.com",
+                StandsFor::Entry,
                 d(Deny, EnforcePolicy, Some("billing"), None),
                 d(Allow, AllowedDomain, Some("billing"), Some("api.new.com")),
             )],
@@ -207,6 +219,7 @@ fn wildcard_narrowed() {
             Some("billing"),
             vec![change(
                 "example.hooks.example.com",
+                sub("*.hooks.example.com"),
                 d(Allow, AllowedDomain, Some("billing"), Some("*.hooks.example.com")),
                 d(Deny, EnforcePolicy, Some("billing"), None),
             )],
@@ -229,6 +242,7 @@ fn global_deny_added() {
                 Some("billing"),
                 vec![change(
                     "tracker.example.net",
+                    StandsFor::Entry,
                     d(Deny, EnforcePolicy, Some("billing"), None),
                     d(Deny, GlobalDenyList, Some("billing"), Some("tracker.example.net")),
                 )],
@@ -238,11 +252,13 @@ fn global_deny_added() {
                 vec![
                     change(
                         "api.stripe.com",
+                        StandsFor::Entry,
                         d(Allow, DefaultRulePolicy, Some("default"), None),
                         d(Deny, GlobalDenyList, Some("default"), Some("api.stripe.com")),
                     ),
                     change(
                         "tracker.example.net",
+                        StandsFor::Entry,
                         d(Allow, DefaultRulePolicy, Some("default"), None),
                         d(Deny, GlobalDenyList, Some("default"), Some("tracker.example.net")),
                     ),
@@ -272,11 +288,13 @@ fn default_rule_removed() {
             vec![
                 change(
                     "example.bad.example",
+                    sub("*.bad.example"),
                     d(Deny, GlobalDenyList, Some("default"), Some("*.bad.example")),
                     d(Deny, NoRuleMatched, None, None),
                 ),
                 change(
                     "unlisted.invalid",
+                    StandsFor::Unlisted,
                     d(Deny, DefaultRulePolicy, Some("default"), None),
                     d(Deny, NoRuleMatched, None, None),
                 ),
@@ -410,6 +428,17 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
         })
 }
 
+fn all_entries<'p>(old: &'p Policy, new: &'p Policy) -> impl Iterator<Item = &'p HostPattern> {
+    [old, new].into_iter().flat_map(|p| {
+        p.services
+            .iter()
+            .chain(&p.default)
+            .flat_map(|r| &r.allowed_domains)
+            .chain(&p.global_allow_list)
+            .chain(&p.global_deny_list)
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -433,6 +462,15 @@ proptest! {
                 prop_assert_eq!((before.verdict, before.reason), (c.old.verdict, c.old.reason));
                 prop_assert_eq!((after.verdict, after.reason), (c.new.verdict, c.new.reason));
                 prop_assert!(before.verdict != after.verdict || before.reason != after.reason);
+                let is_entry = all_entries(&old, &new).any(|e| *e == HostPattern::Exact(host.clone()));
+                match &c.stands_for {
+                    StandsFor::Entry => prop_assert!(is_entry, "{} is no entry", c.host),
+                    StandsFor::Subdomain { pattern } => {
+                        let suffix = pattern.strip_prefix("*.").expect("a wildcard");
+                        prop_assert!(!is_entry && c.host.ends_with(&format!(".{suffix}")), "{} under {}", c.host, pattern);
+                    }
+                    StandsFor::Unlisted => prop_assert!(!is_entry, "{} is an entry", c.host),
+                }
             }
         }
         // Completeness: whenever a probe host's decision changes, for any role
@@ -492,7 +530,7 @@ role billing: changed
   + *.eu.hooks.example.com
   - *.hooks.example.com
 decision changes: 1
-  billing: example.hooks.example.com allow → deny (host matched allowed domain in rule → rule has enforce policy)
+  billing: example.hooks.example.com (any *.hooks.example.com) allow → deny (host matched allowed domain in rule → rule has enforce policy)
 "
     );
     assert_eq!(run.stdout, expected);
@@ -531,11 +569,13 @@ fn cli_json_has_the_documented_shape() {
             "changes": [
                 {
                     "host": "api.search.example",
+                    "stands_for": {"kind": "entry"},
                     "old": {"decision": "deny", "reason": "default rule policy used", "reason_code": "default_rule_policy", "rule": "default", "pattern": null},
                     "new": {"decision": "allow", "reason": "host matched allowed domain in rule", "reason_code": "allowed_domain", "rule": "search", "pattern": "api.search.example"}
                 },
                 {
                     "host": "unlisted.invalid",
+                    "stands_for": {"kind": "unlisted"},
                     "old": {"decision": "deny", "reason": "default rule policy used", "reason_code": "default_rule_policy", "rule": "default", "pattern": null},
                     "new": {"decision": "deny", "reason": "rule has enforce policy", "reason_code": "enforce_policy", "rule": "search", "pattern": null}
                 }
