@@ -1,5 +1,6 @@
 //! End-to-end tests of `policyc`: the real binary on good and broken files,
-//! Smokescreen's decision conformance cases, and the editor JSON Schema.
+//! Smokescreen's decision conformance cases, the editor JSON Schemas, policy
+//! tests, and the machine-readable output formats.
 //! One test binary with a module per area, so the suite links once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a test failure
