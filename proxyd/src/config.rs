@@ -124,6 +124,12 @@ pub struct Args {
     /// Log format [default: json].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Serve /healthz, /readyz, /policy and /metrics on this `IP:PORT` (never the proxy's port) [default: off].
+    #[arg(long, value_name = "IP:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Send Smokescreen-named metrics as DogStatsD over UDP to this `HOST:PORT` [default: off].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub statsd_address: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -185,6 +191,9 @@ pub struct FileConfig {
     proxy_password_env: Option<String>,
     proxy_auth_role: Option<String>,
     log_format: Option<LogFormat>,
+    admin_listen: Option<SocketAddr>,
+    statsd_address: Option<String>,
+    time_connect: Option<bool>,
     // Smokescreen keys for features a CONNECT-only proxy does not have:
     // accepted by the parser only to refuse them with a reason.
     acl_file: Option<IgnoredAny>,
@@ -194,8 +203,6 @@ pub struct FileConfig {
     write_timeout: Option<IgnoredAny>,
     transport_max_idle_conns: Option<IgnoredAny>,
     transport_max_idle_conns_per_host: Option<IgnoredAny>,
-    statsd_address: Option<IgnoredAny>,
-    time_connect: Option<IgnoredAny>,
     stats_socket_dir: Option<IgnoredAny>,
     stats_socket_file_mode: Option<IgnoredAny>,
     max_concurrent_requests: Option<IgnoredAny>,
@@ -268,6 +275,12 @@ pub struct Config {
     /// How policy reloads are triggered.
     pub reload: ReloadSettings,
     pub egress_guard: Option<EgressGuard>,
+    /// Where the admin endpoints listen; `None`: no admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// statsd `HOST:PORT` (resolved once at start); `None`: no statsd.
+    pub statsd_address: Option<String>,
+    /// Send `cn.atpt.connect.time` to statsd.
+    pub time_connect: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -305,6 +318,9 @@ impl Config {
             log_format: LogFormat::Json,
             reload: ReloadSettings::default(),
             egress_guard: None,
+            admin_listen: None,
+            statsd_address: None,
+            time_connect: false,
         }
     }
 
@@ -422,8 +438,35 @@ impl Config {
             });
         }
 
+        let listen = SocketAddr::new(listen_ip, listen_port);
+        let admin_listen = args.admin_listen.or(file.admin_listen);
+        if let Some(admin) = admin_listen
+            && admin.port() != 0
+            && admin.port() == listen.port()
+            && (admin.ip() == listen.ip() || admin.ip().is_unspecified() || listen.ip().is_unspecified())
+        {
+            return Err(ConfigError::Invalid {
+                input: "--admin-listen".into(),
+                message: format!(
+                    "{admin} is the proxy's own address ({listen}); give the admin endpoints another port"
+                ),
+            });
+        }
+        let statsd_address = args.statsd_address.clone().or(file.statsd_address.clone());
+        if let Some(address) = &statsd_address {
+            check_host_port(address)
+                .map_err(|message| ConfigError::Invalid { input: "statsd address".into(), message })?;
+        }
+        let time_connect = file.time_connect.unwrap_or(false);
+        if time_connect && statsd_address.is_none() {
+            return Err(ConfigError::Invalid {
+                input: from_file("time_connect"),
+                message: "only adds cn.atpt.connect.time to statsd: set statsd_address (Prometheus always has proxyd_connect_duration_seconds)".into(),
+            });
+        }
+
         Ok(Config {
-            listen: SocketAddr::new(listen_ip, listen_port),
+            listen,
             policy,
             disabled_actions: disabled,
             connect_timeout,
@@ -443,13 +486,30 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             reload: ReloadSettings { debounce, periodic: (!check_interval.is_zero()).then_some(check_interval) },
             egress_guard: None,
+            admin_listen,
+            statsd_address,
+            time_connect,
         })
+    }
+}
+
+/// `HOST:PORT` with a non-empty host and a port from 1 to 65535.
+fn check_host_port(address: &str) -> Result<(), String> {
+    let bad = |why: &str| format!("{address:?}: {why}; expected HOST:PORT, such as 127.0.0.1:8125");
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+        return Err(bad("invalid host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(bad("invalid port")),
     }
 }
 
 impl FileConfig {
     fn refuse_unsupported(&self) -> Result<(), ConfigError> {
-        let refusals: [(&str, bool, &str); 14] = [
+        let refusals: [(&str, bool, &str); 12] = [
             (
                 "acl_file",
                 self.acl_file.is_some(),
@@ -473,8 +533,6 @@ impl FileConfig {
                 self.transport_max_idle_conns_per_host.is_some(),
                 "proxyd has no HTTP forward path and keeps no upstream connection pool",
             ),
-            ("statsd_address", self.statsd_address.is_some(), "statsd export is not available in this version"),
-            ("time_connect", self.time_connect.is_some(), "statsd export is not available in this version"),
             ("stats_socket_dir", self.stats_socket_dir.is_some(), "the stats socket is not supported"),
             ("stats_socket_file_mode", self.stats_socket_file_mode.is_some(), "the stats socket is not supported"),
             (
@@ -691,6 +749,42 @@ mod tests {
         assert!(err.to_string().contains("--tls-server-bundle-file"), "{err}");
         let err = load(&["--policy", "p.bin", "--max-concurrent-connect-tunnels", "0"], None).unwrap_err();
         assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn admin_and_statsd_settings() {
+        let c = load(
+            &["--policy", "p.bin", "--admin-listen", "127.0.0.1:9090"],
+            Some("statsd_address: localhost:8125\ntime_connect: true\n"),
+        )
+        .unwrap();
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(c.statsd_address.as_deref(), Some("localhost:8125"));
+        assert!(c.time_connect);
+        let c = load(&["--policy", "p.bin", "--statsd-address", "[::1]:8125"], Some("admin_listen: 0.0.0.0:9090\n"))
+            .unwrap();
+        assert_eq!(c.admin_listen, Some("0.0.0.0:9090".parse().unwrap()));
+        assert!(!c.time_connect);
+        for clash in [
+            &["--admin-listen", "127.0.0.1:4750"][..],
+            &["--admin-listen", "0.0.0.0:4750"],
+            &["--listen-ip", "0.0.0.0", "--admin-listen", "127.0.0.1:4750"],
+        ] {
+            let mut args = vec!["--policy", "p.bin"];
+            args.extend_from_slice(clash);
+            let err = load(&args, None).unwrap_err();
+            assert!(err.to_string().contains("the proxy's own address"), "{clash:?}: {err}");
+        }
+        assert!(load(&["--policy", "p.bin", "--admin-listen", "127.0.0.2:4750"], None).is_ok(), "another IP");
+        assert!(load(&["--policy", "p.bin", "--listen-port", "0", "--admin-listen", "127.0.0.1:0"], None).is_ok());
+        for bad in ["8125", "host:", ":8125", "host:0", "host:99999", "ho st:1"] {
+            let err = load(&["--policy", "p.bin", "--statsd-address", bad], None).unwrap_err();
+            assert!(err.to_string().contains("statsd address"), "{bad}: {err}");
+        }
+        let err = load(&["--policy", "p.bin"], Some("time_connect: true\n")).unwrap_err();
+        assert!(err.to_string().contains("statsd_address"), "{err}");
+        let err = load(&["--policy", "p.bin"], Some("statsd_address: \"\"\n")).unwrap_err();
+        assert!(err.to_string().contains("statsd address"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use policyc::address::{AddressPolicy, AddressRule};
 use tokio::net::TcpStream;
 
 use crate::config::EgressGuard;
+use crate::metrics::{ConnectErrorKind, Metrics};
 
 /// An address the address stage permitted. No public constructor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,11 +62,13 @@ pub enum ConnectFailure {
 }
 
 /// Connects to the first permitted address that answers, each attempt
-/// bounded by `timeout`; on failure tries the next.
+/// bounded by `timeout`; on failure tries the next. Each attempt is
+/// reported to `metrics`.
 pub async fn connect(
     candidates: &[CheckedAddr],
     timeout: Duration,
     guard: Option<&EgressGuard>,
+    metrics: &Metrics,
 ) -> Result<(TcpStream, CheckedAddr), ConnectFailure> {
     let mut last = None;
     for candidate in candidates {
@@ -79,13 +82,21 @@ pub async fn connect(
             });
             continue;
         }
+        let started = std::time::Instant::now();
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
+                metrics.connect_attempt(started.elapsed(), None);
                 let _ = stream.set_nodelay(true);
                 return Ok((stream, *candidate));
             }
-            Ok(Err(error)) => last = Some(ConnectFailure::Io { addr, error }),
-            Err(_) => last = Some(ConnectFailure::Timeout { addr, after: timeout }),
+            Ok(Err(error)) => {
+                metrics.connect_attempt(started.elapsed(), Some(ConnectErrorKind::of(&error)));
+                last = Some(ConnectFailure::Io { addr, error });
+            }
+            Err(_) => {
+                metrics.connect_attempt(started.elapsed(), Some(ConnectErrorKind::Timeout));
+                last = Some(ConnectFailure::Timeout { addr, after: timeout });
+            }
         }
     }
     Err(last.unwrap_or_else(|| ConnectFailure::Io {

@@ -10,18 +10,23 @@
 //! request path), [`tls`] and [`proxy_protocol`] (what arrives before the
 //! request), [`resolver`] (DNS), [`egress`] (address stage and connect),
 //! [`tunnel`] (moving bytes), [`answer`] (failures to HTTP answers), [`log`],
-//! [`reload`] (the active table and live reload).
+//! [`reload`] (the active table and live reload), [`metrics`] (the one
+//! instrumentation facade) with [`statsd`] (its UDP export), and [`admin`]
+//! (health, readiness, policy and metrics endpoints).
 
+pub mod admin;
 pub mod answer;
 pub mod config;
 pub mod egress;
 pub mod log;
+pub mod metrics;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod resolver;
 pub mod server;
+pub mod statsd;
 pub mod tls;
 pub mod tunnel;
 
 pub use config::{Args, Config};
-pub use server::{StartError, run};
+pub use server::{StartError, run, serve};

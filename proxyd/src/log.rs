@@ -3,6 +3,10 @@
 //! so it carries the address decision) and one `CANONICAL-PROXY-CN-CLOSE`
 //! per tunnel, with Smokescreen's field names and numbers as numbers.
 //!
+//! A client may tag its request with `X-Smokescreen-Trace-ID`; a valid one
+//! ([`trace_id`]) is copied into both lines as `trace_id` and nowhere else
+//! (never the role, the destination or a metric label).
+//!
 //! Secrets never reach this module: it is handed roles, hosts and reasons,
 //! never credentials.
 
@@ -54,6 +58,10 @@ pub struct DecisionLine {
     pub dst_port: Option<u16>,
     pub dns_lookup_time_ms: Option<u64>,
     pub policy_revision: String,
+    /// The client's `X-Smokescreen-Trace-ID`, when valid.
+    pub trace_id: Option<String>,
+    /// Why the client's trace id was dropped.
+    pub trace_id_error: Option<&'static str>,
     /// Short stable label of the refusal, when the request was refused.
     pub refusal: Option<&'static str>,
     pub error: Option<String>,
@@ -76,6 +84,8 @@ impl DecisionLine {
             dst_port = self.dst_port,
             dns_lookup_time_ms = self.dns_lookup_time_ms,
             policy_revision = %self.policy_revision,
+            trace_id = self.trace_id.as_deref(),
+            trace_id_error = self.trace_id_error,
             refusal = self.refusal,
             error = self.error.as_deref(),
             "CANONICAL-PROXY-DECISION"
@@ -83,8 +93,34 @@ impl DecisionLine {
     }
 }
 
+/// The request header a client may tag its request with.
+pub const TRACE_ID_HEADER: &str = "x-smokescreen-trace-id";
+/// Longest trace id kept.
+pub const MAX_TRACE_ID: usize = 128;
+
+/// The client's trace id: one header of 1 to [`MAX_TRACE_ID`] visible ASCII
+/// characters (`!` to `~`). Anything else is dropped, and the reason says why.
+pub fn trace_id(headers: &http::HeaderMap) -> Result<Option<String>, &'static str> {
+    let mut values = headers.get_all(TRACE_ID_HEADER).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err("more than one X-Smokescreen-Trace-ID header");
+    }
+    let bytes = value.as_bytes();
+    if bytes.is_empty() {
+        return Err("empty X-Smokescreen-Trace-ID");
+    }
+    if bytes.len() > MAX_TRACE_ID {
+        return Err("X-Smokescreen-Trace-ID longer than 128 bytes");
+    }
+    if !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        return Err("X-Smokescreen-Trace-ID has characters other than visible ASCII");
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
 /// The close line of a tunnel.
-pub fn close(id: &str, stats: &TunnelStats, duration: Duration, policy_revision: &str) {
+pub fn close(id: &str, stats: &TunnelStats, duration: Duration, policy_revision: &str, trace_id: Option<&str>) {
     tracing::info!(
         id = %id,
         bytes_in = stats.bytes_in,
@@ -92,17 +128,40 @@ pub fn close(id: &str, stats: &TunnelStats, duration: Duration, policy_revision:
         duration = duration.as_secs_f64(),
         error = stats.error.as_deref(),
         policy_revision = %policy_revision,
+        trace_id,
         "CANONICAL-PROXY-CN-CLOSE"
     );
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
+
     use super::*;
 
     #[test]
     fn ids_are_unique() {
         let ids: std::collections::HashSet<String> = (0..1000).map(|_| request_id()).collect();
         assert_eq!(ids.len(), 1000);
+    }
+
+    #[test]
+    fn trace_ids_are_bounded_visible_ascii() {
+        let with = |values: &[&[u8]]| {
+            let mut headers = http::HeaderMap::new();
+            for v in values {
+                headers.append(TRACE_ID_HEADER, http::HeaderValue::from_bytes(v).unwrap());
+            }
+            trace_id(&headers)
+        };
+        assert_eq!(with(&[]), Ok(None));
+        assert_eq!(with(&[b"6c4aa514e3da13ef"]), Ok(Some("6c4aa514e3da13ef".into())));
+        assert_eq!(with(&[&[b'a'; 128]]), Ok(Some("a".repeat(128))));
+        assert!(with(&[&[b'a'; 129]]).unwrap_err().contains("128"));
+        assert!(with(&[b"has space"]).unwrap_err().contains("visible ASCII"));
+        assert!(with(&["café".as_bytes()]).unwrap_err().contains("visible ASCII"));
+        assert!(with(&[b"tab\there"]).unwrap_err().contains("visible ASCII"));
+        assert!(with(&[b"a", b"b"]).unwrap_err().contains("more than one"));
+        assert!(with(&[b""]).unwrap_err().contains("empty"));
     }
 }

@@ -23,6 +23,8 @@ use policyc::table::{self, CompiledTable};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::metrics::Metrics;
+
 /// The table in service and where it came from.
 #[derive(Debug)]
 pub struct ActivePolicy {
@@ -40,6 +42,8 @@ pub struct ReloadStatus {
     pub unchanged: u64,
     pub last_success: Option<SystemTime>,
     pub last_failure: Option<(SystemTime, String)>,
+    /// The latest attempt of any kind: when, its result, and the error if refused.
+    pub last_attempt: Option<(SystemTime, &'static str, Option<String>)>,
 }
 
 /// What one reload attempt did.
@@ -48,6 +52,17 @@ pub enum ReloadOutcome {
     Swapped { old: String, new: String },
     Unchanged,
     Refused(String),
+}
+
+impl ReloadOutcome {
+    /// `swapped`, `unchanged` or `refused`: for `/policy` and metrics.
+    pub fn result(&self) -> &'static str {
+        match self {
+            ReloadOutcome::Swapped { .. } => "swapped",
+            ReloadOutcome::Unchanged => "unchanged",
+            ReloadOutcome::Refused(_) => "refused",
+        }
+    }
 }
 
 /// The active policy, swappable while requests read it.
@@ -59,24 +74,33 @@ pub struct PolicyState {
     status: Mutex<ReloadStatus>,
     /// Serialises reload attempts (events, SIGHUP and the timer may coincide).
     reloading: Mutex<()>,
+    metrics: Arc<Metrics>,
 }
 
 impl PolicyState {
-    /// Loads the initial table; failure here stops start-up.
-    pub fn load(path: &Path, disabled: ActionSet) -> Result<Self, table::TableError> {
+    /// Loads the initial table; failure here stops start-up. `metrics`
+    /// hears of every reload and of every table that becomes active.
+    pub fn load(path: &Path, disabled: ActionSet, metrics: Arc<Metrics>) -> Result<Self, table::TableError> {
         let active = read_candidate(path, disabled)?;
+        metrics.policy_activated(&active.table);
         Ok(PolicyState {
             path: path.to_path_buf(),
             disabled,
             active: ArcSwap::from_pointee(active),
             status: Mutex::new(ReloadStatus::default()),
             reloading: Mutex::new(()),
+            metrics,
         })
     }
 
     /// The table in service now. Cheap; hold it for one request.
     pub fn current(&self) -> Arc<ActivePolicy> {
         self.active.load_full()
+    }
+
+    /// Operator-disabled actions every table is checked against.
+    pub fn disabled(&self) -> ActionSet {
+        self.disabled
     }
 
     pub fn path(&self) -> &Path {
@@ -99,13 +123,20 @@ impl PolicyState {
                 Ok(table) => {
                     let new = table.revision().to_owned();
                     let file_sha256 = Sha256::digest(&bytes).into();
+                    self.metrics.policy_activated(&table);
                     self.active.store(Arc::new(ActivePolicy { table, file_sha256, loaded_at: SystemTime::now() }));
                     ReloadOutcome::Swapped { old: old.table.revision().to_owned(), new }
                 }
             },
         };
+        self.metrics.reload(&outcome);
         let now = SystemTime::now();
         if let Ok(mut status) = self.status.lock() {
+            let error = match &outcome {
+                ReloadOutcome::Refused(reason) => Some(reason.clone()),
+                _ => None,
+            };
+            status.last_attempt = Some((now, outcome.result(), error));
             match &outcome {
                 ReloadOutcome::Swapped { .. } => {
                     status.successes += 1;
@@ -294,7 +325,7 @@ mod tests {
         let path = dir.path().join("p.bin");
         std::fs::write(&path, table("enforce")).unwrap();
         let disabled: ActionSet = [policyc::policy::Action::Open].into_iter().collect();
-        let state = PolicyState::load(&path, disabled).unwrap();
+        let state = PolicyState::load(&path, disabled, Arc::new(Metrics::new(None, false))).unwrap();
         let first = state.current().table.revision().to_owned();
 
         assert_eq!(state.reload("test"), ReloadOutcome::Unchanged);
@@ -320,9 +351,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.bin");
         std::fs::write(&path, b"").unwrap();
-        assert!(PolicyState::load(&path, ActionSet::default()).is_err());
+        assert!(PolicyState::load(&path, ActionSet::default(), Arc::new(Metrics::new(None, false))).is_err());
         std::fs::write(&path, "version: v1\nservices: []\n").unwrap();
-        let err = PolicyState::load(&path, ActionSet::default()).unwrap_err();
+        let err = PolicyState::load(&path, ActionSet::default(), Arc::new(Metrics::new(None, false))).unwrap_err();
         assert!(err.to_string().contains("policyc compile"), "{err}");
     }
 }

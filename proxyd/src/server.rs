@@ -5,7 +5,8 @@
 //! The decision itself is `policyc`'s pure functions; failures become HTTP
 //! answers only in `answer`; bytes move only in `tunnel`. This module wires
 //! them together and owns concurrency: the tunnel cap, draining and the
-//! shutdown grace period.
+//! shutdown grace period, and the admin listener's lifetime. Every event
+//! worth counting goes to [`Metrics`] once, where it happens.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,13 +32,16 @@ use policyc::address::AddressPolicy;
 use policyc::authority::{self, Authority};
 use policyc::table;
 
+use crate::admin::{self, AdminState};
 use crate::answer::{self, Refusal};
 use crate::config::Config;
 use crate::egress::{self, AddressStage, ConnectFailure};
 use crate::log::{self, DecisionLine};
+use crate::metrics::{DnsResult, Metrics, RoleTags};
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::reload::{self, PolicyState};
 use crate::resolver::{ResolveError, Resolver};
+use crate::statsd::StatsdSink;
 use crate::tls::{self, ClientIdentity};
 use crate::tunnel::{self, ClientStream, TunnelStats};
 
@@ -55,6 +59,10 @@ pub enum StartError {
     Resolver(#[from] crate::resolver::ResolverInitError),
     #[error("listener: {0}")]
     Listener(std::io::Error),
+    #[error("cannot listen on {addr} for the admin endpoints: {error}")]
+    Admin { addr: SocketAddr, error: std::io::Error },
+    #[error("statsd address {address}: {message}")]
+    Statsd { address: String, message: String },
 }
 
 /// Everything a request needs, shared by all connections.
@@ -67,17 +75,53 @@ struct Shared {
     tunnels: Arc<Semaphore>,
     draining: AtomicBool,
     stop_tunnels: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+}
+
+/// Binds the admin listener if `config` names one, then [`serve`]s.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let admin = match config.admin_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|error| StartError::Admin { addr, error })?),
+        None => None,
+    };
+    serve(listener, admin, config, shutdown).await
 }
 
 /// Loads the policy and everything else `config` names, then serves
-/// `listener` until `shutdown` resolves; then stops accepting, lets open
-/// tunnels finish for up to the grace period, closes the rest and returns.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+/// `listener` (and the admin endpoints on `admin`) until `shutdown`
+/// resolves; then stops accepting, lets open tunnels finish for up to the
+/// grace period, closes the rest and returns. The admin endpoints answer
+/// from before the policy is loaded until the drain is over.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let local = listener.local_addr().map_err(StartError::Listener)?;
-    let policy = Arc::new(
-        PolicyState::load(&config.policy, config.disabled_actions)
-            .map_err(|error| StartError::Policy { path: config.policy.display().to_string(), error })?,
-    );
+    let statsd = match &config.statsd_address {
+        Some(address) => Some(start_statsd(address).await?),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new(statsd, config.time_connect));
+    let admin_state = Arc::new(AdminState::new(Arc::clone(&metrics)));
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
+    let admin_task = admin.map(|admin| {
+        tokio::spawn(admin::serve(admin, Arc::clone(&admin_state), config.header_timeout, async move {
+            let _ = admin_stopped.await;
+        }))
+    });
+    let policy = match PolicyState::load(&config.policy, config.disabled_actions, Arc::clone(&metrics)) {
+        Ok(policy) => Arc::new(policy),
+        Err(error) => {
+            if let Some(task) = admin_task {
+                task.abort();
+            }
+            return Err(StartError::Policy { path: config.policy.display().to_string(), error });
+        }
+    };
+    admin_state.policy_loaded(Arc::clone(&policy));
     let tls = match &config.tls {
         Some(settings) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(settings)?)),
         None => None,
@@ -96,9 +140,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         tls,
         draining: AtomicBool::new(false),
         stop_tunnels,
+        metrics,
     });
     tracing::info!(
         listen = %local,
+        admin = admin_addr.map(|a| a.to_string()),
+        statsd = shared.config.statsd_address.as_deref(),
         policy = %shared.config.policy.display(),
         policy_revision = %shared.policy.current().table.revision(),
         tls = shared.tls.is_some(),
@@ -119,6 +166,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
+    admin_state.accepting();
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -141,6 +189,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
 
     drop(listener);
     shared.draining.store(true, Ordering::SeqCst);
+    admin_state.draining();
     let _ = stop_watching.send(());
     sighup.abort();
     let _ = watcher.await;
@@ -153,8 +202,23 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         // Give the closed tunnels a moment to write their close lines.
         let _ = tokio::time::timeout(Duration::from_secs(2), all_done.recv()).await;
     }
+    let _ = stop_admin.send(());
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves the statsd `HOST:PORT` once and starts the sink.
+async fn start_statsd(address: &str) -> Result<StatsdSink, StartError> {
+    let error = |message: String| StartError::Statsd { address: address.to_owned(), message };
+    let target = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| error(e.to_string()))?
+        .next()
+        .ok_or_else(|| error("the name has no addresses".into()))?;
+    StatsdSink::start(target).await.map_err(|e| error(e.to_string()))
 }
 
 /// Turns SIGHUP into reload requests (a burst of signals is one request).
@@ -236,23 +300,34 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
 async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: ConnectionInfo) -> Response<Full<Bytes>> {
     // One table for the whole request, even if a reload swaps it meanwhile.
     let policy = shared.policy.current();
+    let (trace_id, trace_id_error) = match log::trace_id(request.headers()) {
+        Ok(trace_id) => (trace_id, None),
+        Err(why) => (None, Some(why)),
+    };
     // Written exactly once: below, or by the guard if the client goes away mid-request.
-    let mut pending = PendingLine::new(DecisionLine {
-        id: log::request_id(),
-        requested_host: request.uri().to_string(),
-        inbound_remote_addr: Some(info.client),
-        policy_revision: policy.table.revision().to_owned(),
-        ..DecisionLine::default()
-    });
+    let mut pending = PendingLine::new(
+        DecisionLine {
+            id: log::request_id(),
+            requested_host: request.uri().to_string(),
+            inbound_remote_addr: Some(info.client),
+            policy_revision: policy.table.revision().to_owned(),
+            trace_id,
+            trace_id_error,
+            ..DecisionLine::default()
+        },
+        &shared.metrics,
+    );
     match decide_and_connect(&shared, &policy.table, &request, &info, &mut pending.line).await {
         Ok(opened) => {
             pending.emit();
             let on_upgrade = hyper::upgrade::on(&mut request);
             let id = pending.line.id.clone();
             let revision = pending.line.policy_revision.clone();
+            let trace_id = pending.line.trace_id.take();
             let idle = shared.config.idle_timeout;
             let mut stop = shared.stop_tunnels.clone();
             let alive = info.alive.clone();
+            let open = shared.metrics.tunnel_opened();
             tokio::spawn(async move {
                 let _alive = alive;
                 let _permit = opened.permit;
@@ -279,7 +354,9 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: Conne
                         ..TunnelStats::default()
                     },
                 };
-                log::close(&id, &stats, started.elapsed(), &revision);
+                let duration = started.elapsed();
+                log::close(&id, &stats, duration, &revision, trace_id.as_deref());
+                open.closed(opened.tags, duration, stats.bytes_in, stats.bytes_out);
             });
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::OK;
@@ -301,36 +378,41 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: Conne
 /// A decision line that is written even if the request future is dropped
 /// (hyper drops it when the client disconnects during DNS or connect): one
 /// line per request, always.
-struct PendingLine {
+/// Emitting it also counts the request's outcome.
+struct PendingLine<'m> {
     line: DecisionLine,
     emitted: bool,
+    metrics: &'m Metrics,
 }
 
-impl PendingLine {
-    fn new(line: DecisionLine) -> Self {
-        PendingLine { line, emitted: false }
+impl<'m> PendingLine<'m> {
+    fn new(line: DecisionLine, metrics: &'m Metrics) -> Self {
+        PendingLine { line, emitted: false, metrics }
     }
 
     fn emit(&mut self) {
         self.line.emit();
+        self.metrics.request(self.line.refusal.unwrap_or("tunnel"));
         self.emitted = true;
     }
 }
 
-impl Drop for PendingLine {
+impl Drop for PendingLine<'_> {
     fn drop(&mut self) {
         if !self.emitted {
             self.line.refusal = Some("client_gone");
             self.line.error = Some("the client went away before the request completed".to_owned());
-            self.line.emit();
+            self.emit();
         }
     }
 }
 
-/// A tunnel ready to run: the upstream connection and the cap permit it holds.
+/// A tunnel ready to run: the upstream connection, the cap permit it holds,
+/// and the role's metric tags for its close.
 struct Opened {
     upstream: TcpStream,
     permit: tokio::sync::OwnedSemaphorePermit,
+    tags: Arc<RoleTags>,
 }
 
 async fn decide_and_connect(
@@ -359,6 +441,7 @@ async fn decide_and_connect(
     line.decision_reason = Some(decision.reason.as_str().to_owned());
     line.enforce_would_deny = Some(decision.verdict.enforce_would_deny());
     line.default_rule = Some(decision.default_rule());
+    let tags = shared.metrics.decision(role.as_deref(), &decision);
     if !decision.verdict.is_allowed() {
         return Err(Refusal::Denied { host, reason: decision.reason.as_str().to_owned() });
     }
@@ -373,7 +456,14 @@ async fn decide_and_connect(
         None => {
             let started = Instant::now();
             let resolved = shared.resolver.lookup(destination.host.as_str()).await;
-            line.dns_lookup_time_ms = Some(started.elapsed().as_millis() as u64);
+            let elapsed = started.elapsed();
+            line.dns_lookup_time_ms = Some(elapsed.as_millis() as u64);
+            let result = match &resolved {
+                Ok(_) => DnsResult::Ok,
+                Err(ResolveError::Timeout { .. }) => DnsResult::Timeout,
+                Err(_) => DnsResult::Error,
+            };
+            shared.metrics.dns_lookup(elapsed, result);
             let ips = resolved.map_err(|error| Refusal::Dns { host: host.clone(), error })?;
             let usable: Vec<_> = ips.into_iter().filter(|ip| shared.config.network.permits(*ip)).collect();
             if usable.is_empty() {
@@ -388,6 +478,7 @@ async fn decide_and_connect(
     let candidates = match egress::check(&shared.addresses, &ips, destination.port) {
         AddressStage::Permitted(candidates) => candidates,
         AddressStage::Denied { ip, rule } => {
+            shared.metrics.address_denied(&rule);
             let reason = format!("address {ip} denied by rule '{rule}'");
             line.allow = Some(false);
             line.enforce_would_deny = Some(true);
@@ -398,11 +489,12 @@ async fn decide_and_connect(
         }
     };
 
-    match egress::connect(&candidates, shared.config.connect_timeout, shared.config.egress_guard.as_ref()).await {
+    let guard = shared.config.egress_guard.as_ref();
+    match egress::connect(&candidates, shared.config.connect_timeout, guard, &shared.metrics).await {
         Ok((upstream, checked)) => {
             line.dst_ip = Some(checked.addr().ip().to_string());
             line.dst_port = Some(checked.addr().port());
-            Ok(Opened { upstream, permit })
+            Ok(Opened { upstream, permit, tags })
         }
         Err(ConnectFailure::Io { addr, error }) => {
             line.dst_ip = Some(addr.ip().to_string());

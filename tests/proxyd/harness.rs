@@ -54,6 +54,8 @@ pub fn compile(dir: &Path, yaml: &str) -> PathBuf {
 /// A proxy running in this process.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The admin listener, when the config asked for one (`admin_listen`).
+    pub admin: Option<SocketAddr>,
     /// Every address the proxy tried to connect to.
     pub attempts: Arc<Mutex<Vec<SocketAddr>>>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -87,11 +89,16 @@ impl Proxy {
     pub async fn start_with(config: Config, dir: tempfile::TempDir, attempts: Arc<Mutex<Vec<SocketAddr>>>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let admin_listener = match config.admin_listen {
+            Some(admin) => Some(TcpListener::bind(admin).await.expect("bind admin")),
+            None => None,
+        };
+        let admin = admin_listener.as_ref().map(|l| l.local_addr().expect("admin local addr"));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(proxyd::run(listener, config, async move {
+        let task = tokio::spawn(proxyd::serve(listener, admin_listener, config, async move {
             let _ = rx.await;
         }));
-        Proxy { addr, attempts, shutdown: Some(tx), task: Some(task), _dir: dir }
+        Proxy { addr, admin, attempts, shutdown: Some(tx), task: Some(task), _dir: dir }
     }
 
     /// Asks the proxy to stop (as SIGTERM does) without waiting.

@@ -9,11 +9,14 @@
 
 mod abuse;
 mod address;
+mod admin;
 mod binary;
 mod connect;
 mod harness;
 mod lifecycle;
+mod metrics;
 mod reload;
 mod ssrf;
+mod statsd;
 mod support;
 mod tls;

@@ -2,4 +2,5 @@
 
 pub mod dns;
 pub mod pki;
+pub mod scrape;
 pub mod upstream;

@@ -1,0 +1,239 @@
+//! The admin listener (`--admin-listen`, off by default): `/healthz`,
+//! `/readyz`, `/policy` and `/metrics` over plain HTTP/1.
+//!
+//! It only reads: GET and HEAD, no request bodies, one request per
+//! connection, headers within the header timeout and 8 KiB, at most
+//! [`MAX_CONNECTIONS`] connections at once and each for at most
+//! [`CONNECTION_DEADLINE`]. Everything else gets 404, 405 or 413 (or the
+//! connection is closed). It never touches proxy traffic or the policy.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::metrics::Metrics;
+use crate::reload::PolicyState;
+
+/// Admin connections served at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Largest request head read.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// The most one admin connection may last, slow readers included.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
+
+/// What the admin endpoints report on.
+#[derive(Debug)]
+pub struct AdminState {
+    metrics: Arc<Metrics>,
+    policy: OnceLock<Arc<PolicyState>>,
+    phase: AtomicU8,
+}
+
+impl AdminState {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        AdminState { metrics, policy: OnceLock::new(), phase: AtomicU8::new(STARTING) }
+    }
+
+    /// The policy is loaded.
+    pub fn policy_loaded(&self, policy: Arc<PolicyState>) {
+        let _ = self.policy.set(policy);
+    }
+
+    /// The proxy listener is accepting.
+    pub fn accepting(&self) {
+        self.phase.store(READY, Ordering::SeqCst);
+    }
+
+    /// Shutdown began: no longer ready.
+    pub fn draining(&self) {
+        self.phase.store(DRAINING, Ordering::SeqCst);
+    }
+
+    /// `None` when ready, else why not.
+    fn not_ready(&self) -> Option<&'static str> {
+        match (self.policy.get(), self.phase.load(Ordering::SeqCst)) {
+            (None, _) => Some("no policy is loaded"),
+            (_, DRAINING) => Some("draining: shutting down"),
+            (_, READY) => None,
+            _ => Some("the proxy listener is not accepting yet"),
+        }
+    }
+}
+
+/// Serves admin requests on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    header_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%peer, "admin connection refused: too many at once");
+            continue;
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(respond(&state, &request)) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_DEADLINE, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "admin connection ended with an error"),
+                Err(_) => tracing::debug!(%peer, "admin connection closed: deadline"),
+            }
+        });
+    }
+}
+
+fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
+        response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
+        || request.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "request bodies are not accepted\n".into());
+    }
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => match state.not_ready() {
+            None => text(StatusCode::OK, "ready\n".into()),
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        },
+        "/policy" => match state.policy.get() {
+            Some(policy) => {
+                let mut body = serde_json::to_string_pretty(&policy_json(policy)).unwrap_or_default();
+                body.push('\n');
+                with_type(StatusCode::OK, body, "application/json")
+            }
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "no policy is loaded\n".into()),
+        },
+        "/metrics" => {
+            let active = state.policy.get().map(|p| p.current());
+            let body = state.metrics.render(active.as_deref());
+            with_type(StatusCode::OK, body, "text/plain; version=0.0.4; charset=utf-8")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /policy or /metrics\n".into()),
+    }
+}
+
+/// The `/policy` document.
+pub fn policy_json(state: &PolicyState) -> serde_json::Value {
+    let active = state.current();
+    let table = &active.table;
+    let status = state.status();
+    let last_reload = status
+        .last_attempt
+        .as_ref()
+        .map(|(at, result, error)| serde_json::json!({ "time": rfc3339(*at), "result": result, "error": error }));
+    serde_json::json!({
+        "revision": table.revision(),
+        "policy_file": state.path().display().to_string(),
+        "file_sha256": hex(&active.file_sha256),
+        "source_file": table.metadata.source_name,
+        "source_sha256": table.metadata.source_sha256,
+        "compiler": table.metadata.compiler,
+        "loaded_at": rfc3339(active.loaded_at),
+        "roles": table.policy.services.len(),
+        "has_default_rule": table.policy.default.is_some(),
+        "patterns": table.policy.pattern_count(),
+        "disabled_actions": state.disabled().iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+        "compiled_with_disabled_actions": table.metadata.disabled_actions.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+        "reloads": { "swapped": status.successes, "unchanged": status.unchanged, "refused": status.failures },
+        "last_reload": last_reload,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    with_type(status, body, "text/plain; charset=utf-8")
+}
+
+fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `2026-11-21T13:05:09Z` (UTC, seconds).
+pub fn rfc3339(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (hour, minute, second) = (rest / 3600, rest % 3600 / 60, rest % 60);
+    // Howard Hinnant's days-to-civil, for days since 1970-01-01 (non-negative here).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        let at = |secs: u64| rfc3339(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_709_251_199), "2024-02-29T23:59:59Z");
+        assert_eq!(at(1_795_267_509), "2026-11-21T13:25:09Z");
+        assert_eq!(at(4_102_444_800), "2100-01-01T00:00:00Z");
+    }
+}
