@@ -9,6 +9,8 @@ mod address;
 mod cli;
 mod conformance;
 mod diff;
+mod formats;
+mod policy_tests;
 mod schema;
 mod ssrf;
 
