@@ -3,8 +3,12 @@ CARGO ?= cargo
 POLICYC := target/release/policyc
 PROXYD := target/release/proxyd
 POLICIES := $(wildcard policies/*.yaml)
+POLICYC_RUN = $(CARGO) run --quiet --locked -p policyc --
+# policy-ci: the ref whose policies the diff compares against, and where outputs go.
+BASE ?= origin/main
+POLICY_CI := target/policy-ci
 
-.PHONY: all build test lint lint-policies fmt-check clippy run bench clean fuzz-smoke
+.PHONY: all build test lint lint-policies policy-ci fmt-check clippy run bench clean fuzz-smoke
 
 all: build
 
@@ -15,9 +19,38 @@ build:
 test: lint-policies
 	$(CARGO) test --workspace --all-targets --locked
 
-## lint-policies: every shipped policy must be clean, warnings included.
+## lint-policies: every shipped policy must be clean, warnings included, and pass its
+## policy tests (policies/tests/NAME.yaml for policies/NAME.yaml; a policy without one fails).
 lint-policies:
-	$(CARGO) run --quiet --locked -p policyc -- check --deny-warnings $(POLICIES)
+	$(POLICYC_RUN) check --deny-warnings $(POLICIES)
+	@set -e; for p in $(POLICIES); do \
+		t=policies/tests/$$(basename $$p); \
+		test -f $$t || { echo "lint-policies: $$p has no policy tests ($$t)" >&2; exit 1; }; \
+		echo "policyc test $$p $$t"; \
+		$(POLICYC_RUN) test $$p $$t; \
+	done
+
+## policy-ci: what examples/ci/policy.yml runs in GitHub Actions, locally: lint (GitHub annotations
+## on stdout, SARIF to $(POLICY_CI)/check.sarif), policy tests, a markdown diff of each policy against
+## its version at BASE (default origin/main; skipped when BASE or the file there does not exist),
+## and the compiled tables (written only when their tests pass) in $(POLICY_CI)/.
+policy-ci:
+	@mkdir -p $(POLICY_CI)/base
+	$(POLICYC_RUN) check --deny-warnings --format github $(POLICIES)
+	$(POLICYC_RUN) check --deny-warnings --format sarif $(POLICIES) > $(POLICY_CI)/check.sarif
+	@set -e; for p in $(POLICIES); do \
+		name=$$(basename $$p .yaml); t=policies/tests/$$name.yaml; \
+		echo "policyc test $$p $$t"; \
+		$(POLICYC_RUN) test $$p $$t --format github; \
+		if git rev-parse --verify --quiet "$(BASE)^{commit}" >/dev/null && git cat-file -e "$(BASE):$$p" 2>/dev/null; then \
+			git show "$(BASE):$$p" > $(POLICY_CI)/base/$$name.yaml; \
+			$(POLICYC_RUN) diff $(POLICY_CI)/base/$$name.yaml $$p --format markdown > $(POLICY_CI)/$$name.diff.md; \
+			echo "policyc diff $(BASE):$$p $$p -> $(POLICY_CI)/$$name.diff.md"; \
+		else \
+			echo "policy-ci: no $(BASE):$$p to diff against (no such ref, or a new policy); diff skipped"; \
+		fi; \
+		$(POLICYC_RUN) compile $$p -o $(POLICY_CI)/$$name.table --test $$t; \
+	done
 
 ## lint: formatting and clippy with warnings denied.
 lint: fmt-check clippy
