@@ -676,3 +676,37 @@ fn cli_yaml_and_compiled_tables_mix() {
     let run = policyc(&["diff", "--exit-code", &old_bin, &old]);
     assert_eq!((run.code, run.stdout.ends_with("no changes\n")), (0, true), "{}", run.stdout);
 }
+
+#[test]
+fn hostile_role_names_cannot_break_the_output() {
+    let name = "a|b`c\n<script>| x";
+    let rule = |action| Rule {
+        name: name.to_owned(),
+        project: "p".to_owned(),
+        action,
+        allowed_domains: vec![pattern::parse("api.example.com").expect("valid").pattern],
+    };
+    let old = Policy { services: vec![rule(Action::Open)], ..Policy::default() };
+    let mut new = Policy { services: vec![rule(Action::Enforce)], ..Policy::default() };
+    new.services[0].allowed_domains.push(pattern::parse("*.cdn.example.com").expect("valid").pattern);
+    let d = diff::diff(&old, &new);
+    assert_eq!(d.changed_decisions, 2);
+
+    let md = d.render_markdown("old.yaml", "new.yaml");
+    let row = md.lines().find(|l| l.contains("unlisted.invalid")).expect("a table row");
+    // Six unescaped pipes: five cells, nothing injected.
+    let cells = row.replace("\\|", "").matches('|').count();
+    assert_eq!(cells, 6, "{row}");
+    let span = "``a\\|b`c\\n<script>\\| x``";
+    assert!(row.contains(span), "{row}");
+    // Raw HTML only inside code spans; in the <summary> it is escaped.
+    assert_eq!(md.matches("<script>").count(), md.matches(span).count(), "{md}");
+    assert!(
+        md.contains("<summary>role \"a|b`c\\n&lt;script&gt;| x\": allowed_domains: 1 added, 0 removed</summary>"),
+        "{md}"
+    );
+
+    let human = d.render_human("old.yaml", "new.yaml");
+    assert!(human.contains("role \"a|b`c\\n<script>| x\": changed, action open → enforce"), "{human}");
+    assert_eq!(human.lines().count(), 6, "one line per fact, no raw newline from the name: {human}");
+}
