@@ -142,6 +142,8 @@ pub async fn serve(
         stop_tunnels,
         metrics,
     });
+    // The listener is bound (the kernel queues connections) and the loop below accepts them.
+    admin_state.accepting();
     tracing::info!(
         listen = %local,
         admin = admin_addr.map(|a| a.to_string()),
@@ -166,7 +168,6 @@ pub async fn serve(
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
-    admin_state.accepting();
     loop {
         tokio::select! {
             () = &mut shutdown => break,

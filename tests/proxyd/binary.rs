@@ -89,6 +89,8 @@ struct Daemon {
     child: Child,
     lines: mpsc::Receiver<String>,
     addr: SocketAddr,
+    /// The `proxyd listening` line.
+    listening: Value,
 }
 
 impl Daemon {
@@ -109,10 +111,23 @@ impl Daemon {
                 }
             }
         });
-        let mut daemon = Daemon { child, lines, addr: SocketAddr::from(([127, 0, 0, 1], 0)) };
+        let mut daemon = Daemon { child, lines, addr: SocketAddr::from(([127, 0, 0, 1], 0)), listening: Value::Null };
         let listening = daemon.wait_for(|v| v["message"] == "proxyd listening");
+        daemon.listening = listening.clone();
         daemon.addr = listening["listen"].as_str().expect("listen field").parse().expect("socket address");
         daemon
+    }
+
+    /// Waits for the process to exit (after SIGTERM was sent).
+    fn terminate_wait(mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "proxyd did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The next JSON log line matching `pred` (10 s at most).
@@ -294,4 +309,109 @@ async fn sighup_reloads_and_every_attempt_is_logged() {
     let reply = connect(daemon.addr, "denied.example:443", "").await;
     assert!(reply.body.contains("default rule policy used"), "{}", reply.body);
     assert_eq!(daemon.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)] // in-test servers keep running while this thread waits on the daemon
+async fn trace_ids_reach_the_log_lines_and_nothing_else() {
+    let dns = TestDns::start().await;
+    let upstream = Upstream::echo(lo(0, 10, 1)).await;
+    dns.set("upstream.test", Answer::Records(vec![upstream.addr.ip()]));
+    let dir = tempfile::tempdir().unwrap();
+    let table = compile(dir.path(), ACL);
+    let mut daemon = Daemon::start(&[
+        "--policy",
+        table.to_str().unwrap(),
+        "--resolver-address",
+        &dns.addr().to_string(),
+        "--allow-address",
+        &upstream.addr.to_string(),
+        "--allow-missing-role",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let target = format!("upstream.test:{}", upstream.addr.port());
+    let mut reply = connect(daemon.addr, &target, "X-Smokescreen-Trace-ID: 6c4aa514e3da13ef\r\n").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(echo_through(&mut reply.stream, b"abc").await, b"abc");
+    drop(reply);
+    let decision = daemon.wait_for(|v| v["message"] == "CANONICAL-PROXY-DECISION");
+    assert_eq!(decision["trace_id"], "6c4aa514e3da13ef");
+    assert!(decision.get("trace_id_error").is_none(), "{decision}");
+    assert_eq!(decision["role"], Value::Null, "the trace id is never a role: {decision}");
+    let close = daemon.wait_for(|v| v["message"] == "CANONICAL-PROXY-CN-CLOSE");
+    assert_eq!((&close["id"], &close["trace_id"]), (&decision["id"], &decision["trace_id"]));
+
+    // Invalid ones are dropped, and the line says why.
+    let too_long = "a".repeat(129);
+    for (header, why) in [
+        (format!("X-Smokescreen-Trace-ID: {too_long}\r\n"), "longer than 128 bytes"),
+        ("X-Smokescreen-Trace-ID: two words\r\n".to_owned(), "visible ASCII"),
+        ("X-Smokescreen-Trace-ID: a\r\nX-Smokescreen-Trace-ID: b\r\n".to_owned(), "more than one"),
+    ] {
+        assert_eq!(connect(daemon.addr, "denied.example:443", &header).await.status, 403);
+        let line = daemon.wait_for(|v| v["message"] == "CANONICAL-PROXY-DECISION");
+        assert!(line.get("trace_id").is_none(), "{line}");
+        assert!(line["trace_id_error"].as_str().unwrap().contains(why), "{line}");
+    }
+    assert_eq!(daemon.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)] // in-test servers keep running while this thread waits on the daemon
+async fn readyz_is_503_from_sigterm_until_exit() {
+    let dns = TestDns::start().await;
+    let upstream = Upstream::echo(lo(0, 10, 2)).await;
+    dns.set("upstream.test", Answer::Records(vec![upstream.addr.ip()]));
+    let dir = tempfile::tempdir().unwrap();
+    let table = compile(dir.path(), ACL);
+    let mut daemon = Daemon::start(&[
+        "--policy",
+        table.to_str().unwrap(),
+        "--resolver-address",
+        &dns.addr().to_string(),
+        "--allow-address",
+        &upstream.addr.to_string(),
+        "--allow-missing-role",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--shutdown-grace",
+        "10s",
+    ]);
+    let admin: SocketAddr = daemon.listening["admin"].as_str().expect("admin field").parse().unwrap();
+    assert_ne!(admin.port(), daemon.addr.port());
+    assert_eq!(crate::support::scrape::get(admin, "/readyz").await.status, 200);
+    let s = crate::support::scrape::scrape(admin).await;
+    assert_eq!(s.value("proxyd_requests_total{outcome=\"tunnel\"}"), "0");
+
+    // An open tunnel keeps the drain going.
+    let mut tunnel = connect(daemon.addr, &format!("upstream.test:{}", upstream.addr.port()), "").await;
+    assert_eq!(tunnel.status, 200);
+    let pid = daemon.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    daemon.wait_for(|v| v["message"] == "draining: no longer accepting");
+    let draining = crate::support::scrape::get(admin, "/readyz").await;
+    assert_eq!(draining.status, 503);
+    assert!(draining.body.contains("draining"), "{}", draining.body);
+    assert_eq!(crate::support::scrape::get(admin, "/healthz").await.status, 200);
+    assert_eq!(echo_through(&mut tunnel.stream, b"bye").await, b"bye");
+    drop(tunnel);
+    daemon.wait_for(|v| v["message"] == "stopped");
+    assert_eq!(daemon.terminate_wait().code(), Some(0));
+}
+
+#[test]
+fn admin_and_statsd_settings_are_checked_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = compile(dir.path(), ACL);
+    let table = table.to_str().unwrap();
+    let e = refused(&["--policy", table, "--admin-listen", "127.0.0.1:4750"], &[]);
+    assert!(e.contains("the proxy's own address"), "{e}");
+    let e = refused(&["--policy", table, "--listen-port", "9999", "--admin-listen", "0.0.0.0:9999"], &[]);
+    assert!(e.contains("the proxy's own address"), "{e}");
+    let e = refused(&["--policy", table, "--statsd-address", "no-port"], &[]);
+    assert!(e.contains("statsd address"), "{e}");
+    // Something already listens on the admin port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let e = refused(&["--policy", table, "--listen-port", "0", "--admin-listen", &taken], &[]);
+    assert!(e.contains("admin") && e.contains(&taken), "{e}");
 }
