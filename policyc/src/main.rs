@@ -5,7 +5,7 @@
 //! output) to stdout.
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -279,10 +279,10 @@ fn check(files: &[PathBuf], disabled: ActionSet, deny_warnings: bool, format: Re
                 errors,
                 warnings,
             };
-            println!("{}", to_json(&report));
+            write_stdout(&format!("{}\n", to_json(&report)))?;
         }
         ReportFormat::Github | ReportFormat::Sarif => {
-            print_machine(format, all.into_iter().cloned().collect());
+            print_machine(format, all.into_iter().cloned().collect())?;
             eprintln!("{summary}");
         }
     }
@@ -293,19 +293,23 @@ fn check(files: &[PathBuf], disabled: ActionSet, deny_warnings: bool, format: Re
 }
 
 /// Prints diagnostics as GitHub workflow commands or as a SARIF log, on stdout.
-fn print_machine(format: ReportFormat, diagnostics: Vec<Diagnostic>) {
+fn print_machine(format: ReportFormat, diagnostics: Vec<Diagnostic>) -> Result<(), Failure> {
     let cwd = std::env::current_dir().ok();
     let path_of = |file: &str| relative_to(cwd.as_deref(), file);
-    match format {
-        ReportFormat::Sarif => println!("{}", to_json(&sarif::log(&diagnostics, path_of))),
-        _ => {
-            let mut out = String::new();
-            for d in &diagnostics {
-                out.push_str(&d.render_github(&path_of(&d.file)));
-            }
-            print!("{out}");
-        }
-    }
+    let out = match format {
+        ReportFormat::Sarif => format!("{}\n", to_json(&sarif::log(&diagnostics, path_of))),
+        _ => diagnostics.iter().map(|d| d.render_github(&path_of(&d.file))).collect(),
+    };
+    write_stdout(&out)
+}
+
+/// Writes a report to stdout; a closed pipe is an error (exit 2), never a panic.
+fn write_stdout(text: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure::Usage(format!("cannot write to stdout: {e}")))
 }
 
 /// `file` relative to the working directory when it lies inside it; else as given.
@@ -523,9 +527,9 @@ fn test(policy: &Path, tests: &[PathBuf], disabled: ActionSet, format: ReportFor
                         failed: 0,
                         errors: errors.diagnostics.len(),
                     };
-                    println!("{}", to_json(&report));
+                    write_stdout(&format!("{}\n", to_json(&report)))?;
                 }
-                ReportFormat::Github | ReportFormat::Sarif => print_machine(format, errors.diagnostics),
+                ReportFormat::Github | ReportFormat::Sarif => print_machine(format, errors.diagnostics)?,
             }
             eprintln!("failed: {} has errors; no test was run", policy.display());
             return Err(Failure::Policy);
@@ -554,10 +558,10 @@ fn test(policy: &Path, tests: &[PathBuf], disabled: ActionSet, format: ReportFor
                 failed: run.failed_cases(),
                 errors: run.file_errors(),
             };
-            println!("{}", to_json(&report));
+            write_stdout(&format!("{}\n", to_json(&report)))?;
         }
         ReportFormat::Github | ReportFormat::Sarif => {
-            print_machine(format, run.diagnostics.clone());
+            print_machine(format, run.diagnostics.clone())?;
             eprintln!("{}", run.summary(files.len()));
         }
     }
