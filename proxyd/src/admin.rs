@@ -150,7 +150,7 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
         },
         "/metrics" => {
             let active = state.policy.get().map(|p| p.current());
-            let body = state.metrics.render(active.as_deref());
+            let body = state.metrics.render(active.as_deref(), state.not_ready().is_none());
             with_type(StatusCode::OK, body, "text/plain; version=0.0.4; charset=utf-8")
         }
         _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /policy or /metrics\n".into()),

@@ -447,8 +447,8 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
-    pub fn render(&self, active: Option<&ActivePolicy>) -> String {
+    /// The Prometheus text exposition (format 0.0.4). `ready` is what `/readyz` says.
+    pub fn render(&self, active: Option<&ActivePolicy>, ready: bool) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
@@ -464,6 +464,14 @@ impl Metrics {
         if let Some(active) = active {
             let _ = writeln!(out, "proxyd_policy_info{{revision=\"{}\"}} 1", escape_label(active.table.revision()));
         }
+
+        header(
+            &mut out,
+            "proxyd_ready",
+            "gauge",
+            "1 when /readyz answers 200: a policy is loaded, accepting, not draining.",
+        );
+        let _ = writeln!(out, "proxyd_ready {}", u8::from(ready));
 
         header(
             &mut out,

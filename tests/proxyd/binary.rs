@@ -392,6 +392,7 @@ async fn readyz_is_503_from_sigterm_until_exit() {
     assert_eq!(draining.status, 503);
     assert!(draining.body.contains("draining"), "{}", draining.body);
     assert_eq!(crate::support::scrape::get(admin, "/healthz").await.status, 200);
+    assert_eq!(crate::support::scrape::scrape(admin).await.value("proxyd_ready"), "0");
     assert_eq!(echo_through(&mut tunnel.stream, b"bye").await, b"bye");
     drop(tunnel);
     daemon.wait_for(|v| v["message"] == "stopped");

@@ -112,6 +112,7 @@ async fn every_request_kind_is_counted_exactly() {
         ("proxyd_policy_reloads_total{result=\"swapped\"}", "0"),
         ("proxyd_policy_reloads_total{result=\"refused\"}", "0"),
         ("proxyd_statsd_dropped_total", "0"),
+        ("proxyd_ready", "1"),
     ];
     for (series, value) in expected {
         assert_eq!(s.value(series), value, "{series} in:\n{}", s.text);
