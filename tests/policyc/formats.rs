@@ -310,3 +310,66 @@ fn sarif_uris_of_absolute_paths_outside_the_working_directory_are_file_uris() {
         log["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].as_str().unwrap();
     assert!(uri.starts_with("file:///") && uri.ends_with("/a%20b.yaml"), "{uri}");
 }
+
+#[test]
+fn absolute_paths_inside_the_working_directory_are_written_relative() {
+    let absolute = repo_root().join(CHECK_INPUT);
+    let run = policyc(&["check", "--format", "github", absolute.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stdout.lines().all(|l| l.contains(&format!("file={CHECK_INPUT},"))), "{}", run.stdout);
+    let run = policyc(&["check", "--format", "sarif", absolute.to_str().unwrap()]);
+    let log: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        log["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
+        CHECK_INPUT
+    );
+}
+
+/// The CI recipe in `examples/ci/policy.yml` only uses subcommands and flags
+/// the real binary has, and does every step the README promises.
+#[test]
+fn the_ci_recipe_matches_the_cli() {
+    let text = fs::read_to_string(repo_root().join("examples/ci/policy.yml")).unwrap();
+    let workflow: Value = serde_saphyr::from_str(&text).unwrap();
+    let steps = workflow["jobs"]["policy"]["steps"].as_array().unwrap();
+    let scripts: Vec<&str> = steps.iter().filter_map(|s| s["run"].as_str()).collect();
+    let uses: Vec<&str> = steps.iter().filter_map(|s| s["uses"].as_str()).collect();
+    for action in ["actions/checkout@", "actions/upload-artifact@", "github/codeql-action/upload-sarif@"] {
+        assert!(uses.iter().any(|u| u.starts_with(action)), "{action} missing: {uses:?}");
+    }
+    let mut invocations = Vec::new();
+    for script in &scripts {
+        for line in script.lines() {
+            let mut rest = line;
+            while let Some(at) = rest.find("policyc ") {
+                let tail = &rest[at + "policyc ".len()..];
+                let words: Vec<&str> =
+                    tail.split_whitespace().take_while(|w| !matches!(*w, "||" | ">" | ">>")).collect();
+                invocations.push(words.iter().map(|w| w.to_string()).collect::<Vec<_>>());
+                rest = tail;
+            }
+        }
+    }
+    let used: Vec<String> = invocations.iter().map(|w| w.join(" ")).collect();
+    for expected in [
+        "check --deny-warnings --format github",
+        "test \"$policy\" \"$tests\" --format github",
+        "--format markdown $gate",
+        "--test \"policies/tests/$name.yaml\"",
+        "check --format sarif",
+        "--format sarif",
+    ] {
+        assert!(used.iter().any(|u| u.contains(expected)), "no `policyc ... {expected}` in the recipe: {used:#?}");
+    }
+    for words in &invocations {
+        let subcommand = words[0].as_str();
+        let help = policyc(&[subcommand, "--help"]);
+        assert_eq!(help.code, 0, "`policyc {subcommand}` is not a subcommand");
+        for flag in words.iter().filter(|w| w.starts_with("--")) {
+            assert!(help.stdout.contains(flag.as_str()), "`policyc {subcommand}` has no {flag}");
+        }
+        if let Some(format) = words.iter().position(|w| w == "--format").and_then(|i| words.get(i + 1)) {
+            assert!(help.stdout.contains(format.as_str()), "`policyc {subcommand}` has no --format {format}");
+        }
+    }
+}
