@@ -561,6 +561,35 @@ global_deny_list: [\"*.bad.example\"]
         assert_eq!(parse_bytes("t.yaml", b"tests:\n  - \xff\n").diagnostics[0].code, Code::YamlSyntax);
     }
 
+    /// `REASONS` and `VERDICTS` list every variant: a new variant makes these
+    /// matches non-exhaustive, so this test stops compiling until it is listed.
+    #[test]
+    fn every_reason_and_verdict_is_accepted() {
+        let position = |r: Reason| match r {
+            Reason::AllowedDomain => 0,
+            Reason::GlobalDenyList => 1,
+            Reason::GlobalAllowList => 2,
+            Reason::OpenPolicy => 3,
+            Reason::ReportPolicy => 4,
+            Reason::EnforcePolicy => 5,
+            Reason::DefaultRulePolicy => 6,
+            Reason::NoRuleMatched => 7,
+        };
+        for (i, r) in REASONS.iter().enumerate() {
+            assert_eq!(position(*r), i);
+            for text in [r.code(), r.as_str()] {
+                let source = format!("tests:\n  - {{role: a, destination: a.com, decision: deny, reason: {text:?}}}\n");
+                assert_eq!(parse_source("t.yaml", &source).cases[0].reason, Some(*r), "{text}");
+            }
+        }
+        let verdict = |v: Verdict| match v {
+            Verdict::Allow => 0,
+            Verdict::AllowAndReport => 1,
+            Verdict::Deny => 2,
+        };
+        assert!(VERDICTS.iter().enumerate().all(|(i, v)| verdict(*v) == i));
+    }
+
     #[test]
     fn valid_cases_survive_a_bad_neighbour() {
         let file = parse_source(
