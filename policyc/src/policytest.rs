@@ -590,6 +590,45 @@ global_deny_list: [\"*.bad.example\"]
         assert!(VERDICTS.iter().enumerate().all(|(i, v)| verdict(*v) == i));
     }
 
+    proptest::proptest! {
+        /// A test file written from the decisions themselves passes, in any
+        /// spelling of the destination; the same file expecting another
+        /// decision fails every case, each at its own line.
+        #[test]
+        fn files_written_from_decisions_pass_and_their_negations_fail(
+            cases in proptest::collection::vec((
+                proptest::sample::select(vec![Some("billing"), Some("other"), None]),
+                proptest::sample::select(vec!["API.Stripe.com", "x.Hooks.example.com.", "a.b.bad.example", "example.net", "203.0.113.9", "[2001:db8::1]:443"]),
+                proptest::option::of(1u16..),
+            ), 1..8)
+        ) {
+            let table = table();
+            let mut same = String::from("tests:\n");
+            let mut flipped = String::from("tests:\n");
+            for (role, host, port) in &cases {
+                let destination = match port {
+                    Some(p) if !host.contains(':') => format!("{host}:{p}"),
+                    _ => (*host).to_owned(),
+                };
+                let d = table.decide(*role, &destination::parse(&destination).unwrap().host);
+                let role = role.map_or("null".to_owned(), |r| format!("{r:?}"));
+                let other = if d.verdict == Verdict::Deny { "allow" } else { "deny" };
+                let line = |decision: &str| format!(
+                    "  - {{role: {role}, destination: {destination:?}, decision: {decision}, reason: {}}}\n",
+                    d.reason.code()
+                );
+                same.push_str(&line(d.verdict.as_str()));
+                flipped.push_str(&line(other));
+            }
+            let file = parse_source("t.yaml", &same);
+            proptest::prop_assert!(file.diagnostics.is_empty(), "{:?}", file.diagnostics);
+            proptest::prop_assert!(run(&table, &file).iter().all(Outcome::passed));
+            let file = parse_source("t.yaml", &flipped);
+            let failures: Vec<u64> = run(&table, &file).iter().filter_map(|o| o.failure("t.yaml")).map(|d| d.line).collect();
+            proptest::prop_assert_eq!(failures, (2..2 + cases.len() as u64).collect::<Vec<_>>());
+        }
+    }
+
     #[test]
     fn valid_cases_survive_a_bad_neighbour() {
         let file = parse_source(
