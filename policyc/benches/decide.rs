@@ -12,8 +12,8 @@
 //! - `compile/100k`: `acl::check_source` + `table::encode` of the 100k YAML;
 //! - `load_and_verify/100k`: `table::decode` of the encoded table.
 //! - `diff/100k-*`: `diff::diff` of the 100k policy against itself, against
-//!   a copy with one role edited, and against a copy with a global deny
-//!   entry added (every role is re-decided).
+//!   a copy with one role edited, with a global deny entry added, and with
+//!   every role's action flipped (the last two re-decide every role).
 //!
 //! Under `cargo bench` (criterion gets `--bench`), a final pass re-measures
 //! with plain loops, interleaving small and large in several rounds, and
@@ -516,17 +516,29 @@ fn bench_diff(c: &mut Criterion, fx: &Fixtures) {
     one_role.services[42].allowed_domains.pop();
     let mut global_deny = old.clone();
     global_deny.global_deny_list.push(pattern::parse("*.new-tracker.example").unwrap().pattern);
+    // Every role's action flipped: every role is re-decided with its entries and the global lists.
+    let mut every_role = old.clone();
+    for rule in &mut every_role.services {
+        rule.action = if rule.action == Action::Report { Action::Enforce } else { Action::Report };
+    }
     assert!(diff::diff(&old, &old).is_empty());
     assert_eq!(diff::diff(&old, &one_role).decisions.len(), 1);
     // Every role and the role-less case lose the new tracker's subdomains.
     assert_eq!(diff::diff(&old, &global_deny).decisions.len(), LARGE_ROLES + 1);
+    assert_eq!(diff::diff(&old, &every_role).decisions.len(), LARGE_ROLES);
 
     let mut group = c.benchmark_group("diff");
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(4));
-    for (name, new) in [("100k-same", &old), ("100k-one-role", &one_role), ("100k-global-deny", &global_deny)] {
+    let cases = [
+        ("100k-same", &old),
+        ("100k-one-role", &one_role),
+        ("100k-global-deny", &global_deny),
+        ("100k-every-role", &every_role),
+    ];
+    for (name, new) in cases {
         group.bench_function(name, |b| b.iter(|| diff::diff(black_box(&old), black_box(new)).changed_decisions));
     }
     group.finish();

@@ -253,7 +253,7 @@ pub fn diff_with_limit(old: &Policy, new: &Policy, max_examples: usize) -> Polic
     let global_changes = if globals_changed { candidates.global_outcome_changes(old, new) } else { Vec::new() };
     for role in needs_deciding {
         let rules = [old_rules.applying(role), new_rules.applying(role)];
-        let mut hosts: Vec<CanonicalHost> = Vec::new();
+        let mut hosts: Vec<&CanonicalHost> = Vec::new();
         for rule in rules.iter().flatten() {
             hosts.extend(rule.rule.allowed_domains.iter().filter_map(|p| candidates.for_pattern(p)));
         }
@@ -261,31 +261,36 @@ pub fn diff_with_limit(old: &Policy, new: &Policy, max_examples: usize) -> Polic
         // decide differently; under a changed one, any global entry may.
         let rule_unchanged = matches!(rules, [Some(o), Some(n)] if o.same_decisions(n));
         let globals = if rule_unchanged { &global_changes } else { &candidates.globals };
-        hosts.extend(globals.iter().cloned());
-        hosts.extend(candidates.unmatched.iter().cloned());
+        hosts.extend(globals);
+        hosts.extend(&candidates.unmatched);
         hosts.sort_unstable();
         hosts.dedup();
 
-        let mut changes: Vec<DecisionChange> = hosts
-            .iter()
+        // Decide everything, but own strings only for the examples kept.
+        let mut changed: Vec<(bool, &CanonicalHost, Decision<'_>, Decision<'_>)> = hosts
+            .into_iter()
             .filter_map(|host| {
                 let (o, n) = (old_table.decide(role, host), new_table.decide(role, host));
-                (o.verdict != n.verdict || o.reason != n.reason).then(|| DecisionChange {
-                    host: host.to_string(),
-                    stands_for: candidates.stands_for(host),
-                    old: DecisionSummary::new(&o),
-                    new: DecisionSummary::new(&n),
-                })
+                (o.verdict != n.verdict || o.reason != n.reason).then_some((o.verdict == n.verdict, host, o, n))
             })
             .collect();
-        if changes.is_empty() {
+        if changed.is_empty() {
             continue;
         }
-        out.changed_decisions += changes.len();
-        // Stable sort: hosts are already in order within each group.
-        changes.sort_by_key(|c| !c.verdict_changed());
-        let omitted = changes.len().saturating_sub(max_examples);
-        changes.truncate(max_examples);
+        out.changed_decisions += changed.len();
+        // Stable sort: verdict changes first, hosts already in order within each group.
+        changed.sort_by_key(|(same_verdict, ..)| *same_verdict);
+        let omitted = changed.len().saturating_sub(max_examples);
+        let changes = changed
+            .into_iter()
+            .take(max_examples)
+            .map(|(_, host, o, n)| DecisionChange {
+                host: host.to_string(),
+                stands_for: candidates.stands_for(host),
+                old: DecisionSummary::new(&o),
+                new: DecisionSummary::new(&n),
+            })
+            .collect();
         out.decisions.push(RoleDecisions { role: role.map(str::to_owned), changes, omitted });
     }
     out
@@ -419,11 +424,13 @@ impl Candidates {
         let suffix_of = subdomains.iter().filter_map(|(s, h)| Some((h.clone()?, s.clone()))).collect();
         let unmatched = unmatched_name(&exact, &wildcard);
         let mut candidates = Candidates { subdomains, suffix_of, unmatched, globals: Vec::new() };
-        let globals: Vec<CanonicalHost> = [old, new]
+        let mut globals: Vec<CanonicalHost> = [old, new]
             .iter()
             .flat_map(|p| p.global_allow_list.iter().chain(&p.global_deny_list))
-            .filter_map(|p| candidates.for_pattern(p))
+            .filter_map(|p| candidates.for_pattern(p).cloned())
             .collect();
+        globals.sort_unstable();
+        globals.dedup();
         candidates.globals = globals;
         candidates
     }
@@ -437,10 +444,10 @@ impl Candidates {
         }
     }
 
-    fn for_pattern(&self, pattern: &HostPattern) -> Option<CanonicalHost> {
+    fn for_pattern<'a>(&'a self, pattern: &'a HostPattern) -> Option<&'a CanonicalHost> {
         match pattern {
-            HostPattern::Exact(h) => Some(h.clone()),
-            HostPattern::Wildcard(suffix) => self.subdomains.get(suffix).cloned().flatten(),
+            HostPattern::Exact(h) => Some(h),
+            HostPattern::Wildcard(suffix) => self.subdomains.get(suffix).and_then(Option::as_ref),
         }
     }
 
