@@ -34,6 +34,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const DEFAULT_MAX_EXAMPLES: usize = 20;
 /// Patterns listed per list in the human and markdown renderings (JSON lists all).
 const MAX_LISTED_PATTERNS: usize = 50;
+/// Markdown table rows and rules listed: a pull-request comment stays readable
+/// and within the forge's size limit (GitHub: 65,536 characters).
+const MAX_MARKDOWN_ROWS: usize = 100;
+const MAX_MARKDOWN_RULES: usize = 25;
 
 /// Everything that differs between two policies.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -630,12 +634,15 @@ impl PolicyDiff {
                 plural(roles)
             );
             o.push_str("| role | host | old | new | new reason |\n|---|---|---|---|---|\n");
+            let (mut rows, mut shown) = (0, 0);
             for role in &self.decisions {
                 let label = match &role.role {
                     Some(r) => md_code(r),
                     None => "_(no role)_".to_owned(),
                 };
-                for c in &role.changes {
+                for c in role.changes.iter().take(MAX_MARKDOWN_ROWS.saturating_sub(rows)) {
+                    rows += 1;
+                    shown += 1;
                     let _ = writeln!(
                         o,
                         "| {label} | {}{} | {} | {} | {} |",
@@ -646,9 +653,13 @@ impl PolicyDiff {
                         c.new.reason
                     );
                 }
-                if role.omitted > 0 {
+                if role.omitted > 0 && rows < MAX_MARKDOWN_ROWS {
+                    rows += 1;
                     let _ = writeln!(o, "| {label} | … {} more | | | |", role.omitted);
                 }
+            }
+            if shown < self.changed_decisions {
+                let _ = writeln!(o, "\n_Showing {shown} of {} decision changes._", self.changed_decisions);
             }
         }
         let rules: Vec<(String, &RuleDiff)> = self
@@ -662,7 +673,9 @@ impl PolicyDiff {
             return o;
         }
         o.push_str("\n#### Rule and list changes\n\n");
-        for (name, d) in &rules {
+        let rules_not_shown = rules.len().saturating_sub(MAX_MARKDOWN_RULES);
+        let rules = rules.get(..MAX_MARKDOWN_RULES).unwrap_or(&rules);
+        for (name, d) in rules {
             let mut facts = vec![d.change_word().to_owned()];
             if let Some(a) = &d.action {
                 facts.push(format!("action {}", md_arrow(a)));
@@ -672,12 +685,15 @@ impl PolicyDiff {
             }
             let _ = writeln!(o, "- {name}: {}", facts.join(", "));
         }
+        if rules_not_shown > 0 {
+            let _ = writeln!(o, "- … {rules_not_shown} more changed rule{}", plural(rules_not_shown));
+        }
         for (name, list) in globals {
             if !list.is_empty() {
                 let _ = writeln!(o, "- `{name}`: {} added, {} removed", list.added.len(), list.removed.len());
             }
         }
-        for (_, d) in &rules {
+        for (_, d) in rules {
             let name = match &d.role {
                 Some(role) => format!("role {}: allowed_domains", printable(role)),
                 None => "default rule: allowed_domains".to_owned(),

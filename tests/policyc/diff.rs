@@ -710,3 +710,30 @@ fn hostile_role_names_cannot_break_the_output() {
     assert!(human.contains("role \"a|b`c\\n<script>| x\": changed, action open → enforce"), "{human}");
     assert_eq!(human.lines().count(), 6, "one line per fact, no raw newline from the name: {human}");
 }
+
+#[test]
+fn markdown_stays_within_a_comment() {
+    let policy = |entries: usize| {
+        let services = (0..30)
+            .map(|r| Rule {
+                name: format!("role-{r:02}"),
+                project: "p".to_owned(),
+                action: Action::Enforce,
+                allowed_domains: (0..entries)
+                    .map(|e| pattern::parse(&format!("h{e}.r{r}.example")).expect("valid").pattern)
+                    .collect(),
+            })
+            .collect();
+        Policy { services, ..Policy::default() }
+    };
+    let d = diff::diff(&policy(10), &policy(0));
+    assert_eq!((d.changed_decisions, d.decisions.len(), d.services.len()), (300, 30, 30));
+    let md = d.render_markdown("old.yaml", "new.yaml");
+    let rows = md.lines().filter(|l| l.starts_with("| `role-")).count();
+    assert_eq!(rows, 100, "{md}");
+    assert!(md.contains("\n_Showing 100 of 300 decision changes._\n"), "{md}");
+    assert_eq!(md.lines().filter(|l| l.starts_with("- role `role-")).count(), 25, "{md}");
+    assert!(md.contains("\n- … 5 more changed rules\n"), "{md}");
+    assert_eq!(md.matches("<details>").count(), 25, "{md}");
+    assert!(md.len() < 65_536, "{} bytes", md.len());
+}
