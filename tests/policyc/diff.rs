@@ -737,3 +737,16 @@ fn markdown_stays_within_a_comment() {
     assert_eq!(md.matches("<details>").count(), 25, "{md}");
     assert!(md.len() < 65_536, "{} bytes", md.len());
 }
+
+#[test]
+fn bidirectional_overrides_in_role_names_are_shown_escaped() {
+    let rule =
+        |action| Rule { name: "pay\u{202e}ments".to_owned(), project: "p".to_owned(), action, allowed_domains: vec![] };
+    let old = Policy { services: vec![rule(Action::Open)], ..Policy::default() };
+    let new = Policy { services: vec![rule(Action::Enforce)], ..Policy::default() };
+    let d = diff::diff(&old, &new);
+    for text in [d.render_human("a", "b"), d.render_markdown("a", "b")] {
+        assert!(!text.contains('\u{202e}'), "{text}");
+        assert!(text.contains("pay\\u{202e}ments"), "{text}");
+    }
+}
