@@ -4,9 +4,10 @@
 //! Prometheus renderer ([`Metrics::render`], served at `/metrics`) reads and,
 //! when statsd is configured, queues one event for [`crate::statsd`].
 //!
-//! Hot path: atomics only, no lock and no allocation per request (the
-//! per-role counters are found through a lock-free snapshot of the active
-//! policy's roles). Labels are bounded: a `role` label exists only for
+//! Hot path: atomics only and no allocation per request (the per-role
+//! counters are found through a lock-free snapshot of the active policy's
+//! roles). The one lock is a short one per address-stage denial, keyed by
+//! the classifier's bounded rule codes; nothing here runs per byte. Labels are bounded: a `role` label exists only for
 //! roles with a rule in the active policy; other roles fold into
 //! [`ROLE_OTHER`], clients without a role into [`ROLE_NONE`]. Hosts, client
 //! addresses and trace ids never become labels. This module does no I/O.
