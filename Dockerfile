@@ -26,4 +26,5 @@ USER 65532:65532
 EXPOSE 4750 9810
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/proxyd"]
-CMD ["--policy", "/etc/proxyd/policy/policy.bin", "--listen-ip", "0.0.0.0", "--admin-listen", "0.0.0.0:9810"]
+# Requires a proxy password (-e PROXY_PASSWORD=...): never an open proxy by default.
+CMD ["--policy", "/etc/proxyd/policy/policy.bin", "--listen-ip", "0.0.0.0", "--admin-listen", "0.0.0.0:9810", "--proxy-password-env", "PROXY_PASSWORD"]

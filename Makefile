@@ -8,7 +8,7 @@ POLICYC_RUN = $(CARGO) run --quiet --locked -p policyc --
 BASE ?= origin/main
 POLICY_CI := target/policy-ci
 
-.PHONY: all build test lint lint-policies policy-ci fmt-check clippy run bench clean fuzz-smoke
+.PHONY: all build test lint lint-policies policy-ci image-stage kubernetes-policy fmt-check clippy run bench clean fuzz-smoke
 
 all: build
 
@@ -65,6 +65,17 @@ run: build
 	$(POLICYC) compile policies/default.yaml -o target/policy/default.bin
 	@echo "proxyd on 127.0.0.1:4750 -- try: curl -x http://127.0.0.1:4750 https://example.com/  (denied: curl -x 127.0.0.1:4750 --proxytunnel http://127.0.0.1:22/)"
 	$(PROXYD) --config-file deploy/dev.yaml --policy target/policy/default.bin --log-format text
+
+## image-stage: the Dockerfile's build stage (deploy/build-stage.sh) with the dev profile, so CI
+## runs exactly the image build's commands; output in target/image-stage/.
+image-stage:
+	CARGO_PROFILE=dev deploy/build-stage.sh target/image-stage $(or $(IMAGE_POLICY),default)
+
+## kubernetes-policy: compile POLICY (default policies/default.yaml, with its tests) into
+## deploy/kubernetes/policy.bin, which the kustomization's ConfigMap generator ships.
+kubernetes-policy:
+	$(POLICYC_RUN) compile $(or $(POLICY),policies/default.yaml) \
+		--test policies/tests/$$(basename $(or $(POLICY),policies/default.yaml)) -o deploy/kubernetes/policy.bin
 
 ## bench: every benchmark, each reporting ratios against a baseline measured in the same run:
 ## decide/compile/load (criterion), the daemon under load, and reload latency.

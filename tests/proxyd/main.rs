@@ -12,6 +12,7 @@ mod address;
 mod admin;
 mod binary;
 mod connect;
+mod deploy;
 mod harness;
 mod lifecycle;
 mod metrics;
