@@ -145,4 +145,32 @@ mod tests {
         assert_eq!(timeout.status(), 504);
         assert_eq!(Refusal::Draining.status(), 503);
     }
+
+    #[test]
+    fn every_refusal_kind_is_a_metrics_outcome() {
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let all = [
+            Refusal::BadRequest(String::new()),
+            Refusal::NotConnect("GET".into()),
+            Refusal::Denied { host: String::new(), reason: String::new() },
+            Refusal::MissingRole { host: String::new() },
+            Refusal::AuthRequired,
+            Refusal::BadCredentials,
+            Refusal::TunnelCap,
+            Refusal::Draining,
+            Refusal::Dns {
+                host: String::new(),
+                error: ResolveError::Timeout { name: String::new(), after: Duration::ZERO },
+            },
+            Refusal::Dns { host: String::new(), error: ResolveError::NotFound { name: String::new() } },
+            Refusal::Connect { host: String::new(), addr, error: io::Error::from(io::ErrorKind::ConnectionRefused) },
+            Refusal::ConnectTimeout { host: String::new(), addr, after: Duration::ZERO },
+        ];
+        for refusal in &all {
+            assert!(crate::metrics::OUTCOMES.contains(&refusal.kind()), "{} is not counted", refusal.kind());
+        }
+        let kinds: std::collections::HashSet<_> = all.iter().map(Refusal::kind).collect();
+        // Every outcome but `tunnel` and `client_gone` is a refusal kind.
+        assert_eq!(kinds.len(), crate::metrics::OUTCOMES.len() - 2);
+    }
 }

@@ -189,3 +189,17 @@ pub async fn wait_for_reload(admin: SocketAddr, result: &str) -> serde_json::Val
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_role_named_like_a_folded_value_keeps_its_own_label() {
+    let dns = TestDns::start().await;
+    let acl = ACL.replace("services:\n", "services:\n  - name: \":none\"\n    project: sneaky\n    action: enforce\n");
+    let proxy = Proxy::start(&acl, dns.addr(), with_admin(":none")).await;
+    let admin = proxy.admin.unwrap();
+    // The real role `:none` (by password) and a client without a role.
+    assert_eq!(connect(proxy.addr, "denied.example:443", &credentials()).await.status, 403);
+    assert_eq!(connect(proxy.addr, "denied.example:443", "").await.status, 403);
+    let s = scrape(admin).await;
+    assert_eq!(s.value("proxyd_decisions_total{result=\"deny\",reason=\"global_deny_list\",role=\"::none\"}"), "1");
+    assert_eq!(s.value("proxyd_decisions_total{result=\"deny\",reason=\"global_deny_list\",role=\":none\"}"), "1");
+}
