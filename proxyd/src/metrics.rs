@@ -689,6 +689,19 @@ mod tests {
     }
 
     #[test]
+    fn a_full_statsd_queue_drops_and_counts() {
+        let (sink, mut queued) = StatsdSink::undrained(2);
+        let metrics = Metrics::new(Some(sink), true);
+        // Three events: the attempt and its connect time fit, the third is dropped.
+        metrics.connect_attempt(Duration::from_millis(1), None);
+        metrics.request("tunnel_cap");
+        assert!(metrics.render(None, true).contains("\nproxyd_statsd_dropped_total 1\n"));
+        assert!(matches!(queued.try_recv(), Ok(Event::ConnectAttempt { success: true })));
+        assert!(matches!(queued.try_recv(), Ok(Event::ConnectTime(_))));
+        assert!(queued.try_recv().is_err());
+    }
+
+    #[test]
     fn connect_error_kinds() {
         let kind = |k| ConnectErrorKind::of(&io::Error::from(k));
         assert_eq!(kind(io::ErrorKind::ConnectionRefused), ConnectErrorKind::Refused);

@@ -67,6 +67,12 @@ impl StatsdSink {
     pub fn try_send(&self, event: Event) -> bool {
         self.queue.try_send(event).is_ok()
     }
+    /// A sink whose queue nobody drains, for tests of the drop count.
+    #[cfg(test)]
+    pub(crate) fn undrained(capacity: usize) -> (StatsdSink, mpsc::Receiver<Event>) {
+        let (queue, events) = mpsc::channel(capacity);
+        (StatsdSink { queue }, events)
+    }
 }
 
 async fn send_all(socket: UdpSocket, mut events: mpsc::Receiver<Event>) {
