@@ -597,7 +597,7 @@ fn service_name(item: &Node) -> Option<(String, Position)> {
 }
 
 /// The known name closest to `word`, if it is close enough to be a typo.
-fn suggest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
+pub(crate) fn suggest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
     let word = word.to_ascii_lowercase();
     known
         .iter()

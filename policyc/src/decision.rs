@@ -29,6 +29,14 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Every verdict, in declaration order: `ALL[v.index()] == v`.
+    pub const ALL: [Verdict; 3] = [Verdict::Allow, Verdict::AllowAndReport, Verdict::Deny];
+
+    /// Position in [`Verdict::ALL`], for dense per-verdict tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Allow => "allow",
@@ -67,6 +75,23 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order: `ALL[r.index()] == r`.
+    pub const ALL: [Reason; 8] = [
+        Reason::AllowedDomain,
+        Reason::GlobalDenyList,
+        Reason::GlobalAllowList,
+        Reason::OpenPolicy,
+        Reason::ReportPolicy,
+        Reason::EnforcePolicy,
+        Reason::DefaultRulePolicy,
+        Reason::NoRuleMatched,
+    ];
+
+    /// Position in [`Reason::ALL`], for dense per-reason tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Smokescreen's exact `decision_reason` text.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -353,5 +378,32 @@ global_allow_list: [good.example]
         assert!(d.verdict.enforce_would_deny() && d.verdict.is_allowed());
         assert!(t.has_role("svc") && !t.has_role("SVC"));
         assert_eq!(t.roles().collect::<Vec<_>>(), vec!["svc"]);
+    }
+
+    /// `ALL` lists every variant at its own index. The matches are
+    /// exhaustive: a new variant stops this compiling until it is placed.
+    #[test]
+    fn all_lists_every_variant_at_its_index() {
+        let position = |r: Reason| match r {
+            Reason::AllowedDomain => 0,
+            Reason::GlobalDenyList => 1,
+            Reason::GlobalAllowList => 2,
+            Reason::OpenPolicy => 3,
+            Reason::ReportPolicy => 4,
+            Reason::EnforcePolicy => 5,
+            Reason::DefaultRulePolicy => 6,
+            Reason::NoRuleMatched => 7,
+        };
+        for (i, r) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!((position(r), r.index()), (i, i));
+        }
+        let position = |v: Verdict| match v {
+            Verdict::Allow => 0,
+            Verdict::AllowAndReport => 1,
+            Verdict::Deny => 2,
+        };
+        for (i, v) in Verdict::ALL.into_iter().enumerate() {
+            assert_eq!((position(v), v.index()), (i, i));
+        }
     }
 }

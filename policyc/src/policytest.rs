@@ -21,6 +21,7 @@ use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
+use crate::acl;
 use crate::decision::{Decision, PolicyTable, Reason, RuleRef, Verdict};
 use crate::destination::{self, Destination};
 use crate::diagnostic::{self, Code, Diagnostic, Position};
@@ -28,19 +29,6 @@ use crate::yaml::{self, Node, Value};
 
 const TOP_KEYS: &[&str] = &["tests"];
 const CASE_KEYS: &[&str] = &["name", "role", "destination", "decision", "reason"];
-
-/// Every reason, in `decision`'s order; a test reason is one of their codes or texts.
-const REASONS: [Reason; 8] = [
-    Reason::AllowedDomain,
-    Reason::GlobalDenyList,
-    Reason::GlobalAllowList,
-    Reason::OpenPolicy,
-    Reason::ReportPolicy,
-    Reason::EnforcePolicy,
-    Reason::DefaultRulePolicy,
-    Reason::NoRuleMatched,
-];
-const VERDICTS: [Verdict; 3] = [Verdict::Allow, Verdict::AllowAndReport, Verdict::Deny];
 
 /// One case, valid by construction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,7 +164,11 @@ impl Reader<'_> {
                 Value::String(name) if known.contains(&name.as_str()) => name.as_str(),
                 other => {
                     let shown = key.scalar_text().unwrap_or_else(|| other.kind().to_owned());
-                    let help = Some(format!("expected one of: {}", known.join(", ")));
+                    let help = key
+                        .scalar_text()
+                        .and_then(|text| acl::suggest(&text, known))
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .or_else(|| Some(format!("expected one of: {}", known.join(", "))));
                     self.report(Code::UnknownKey, key.at, format!("unknown key `{shown}` in {context}"), help);
                     continue;
                 }
@@ -253,7 +245,7 @@ impl Reader<'_> {
         });
         let decision = decision.and_then(|node| {
             let text = node.scalar_text();
-            let found = VERDICTS.into_iter().find(|v| text.as_deref() == Some(v.as_str()));
+            let found = Verdict::ALL.into_iter().find(|v| text.as_deref() == Some(v.as_str()));
             if found.is_none() {
                 let shown = text.unwrap_or_else(|| node.value.kind().to_owned());
                 let help = Some("use one of: allow, report, deny".to_owned());
@@ -266,10 +258,10 @@ impl Reader<'_> {
             Some(node) => {
                 let text = node.scalar_text();
                 let found =
-                    REASONS.into_iter().find(|r| text.as_deref().is_some_and(|t| t == r.code() || t == r.as_str()));
+                    Reason::ALL.into_iter().find(|r| text.as_deref().is_some_and(|t| t == r.code() || t == r.as_str()));
                 if found.is_none() {
                     let shown = text.unwrap_or_else(|| node.value.kind().to_owned());
-                    let codes: Vec<&str> = REASONS.iter().map(|r| r.code()).collect();
+                    let codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
                     let help = Some(format!("use a reason code ({}) or Smokescreen's reason text", codes.join(", ")));
                     self.report(Code::UnknownReason, node.at, format!("unknown reason {shown:?}"), help);
                 }
@@ -561,35 +553,6 @@ global_deny_list: [\"*.bad.example\"]
         assert_eq!(parse_bytes("t.yaml", b"tests:\n  - \xff\n").diagnostics[0].code, Code::YamlSyntax);
     }
 
-    /// `REASONS` and `VERDICTS` list every variant: a new variant makes these
-    /// matches non-exhaustive, so this test stops compiling until it is listed.
-    #[test]
-    fn every_reason_and_verdict_is_accepted() {
-        let position = |r: Reason| match r {
-            Reason::AllowedDomain => 0,
-            Reason::GlobalDenyList => 1,
-            Reason::GlobalAllowList => 2,
-            Reason::OpenPolicy => 3,
-            Reason::ReportPolicy => 4,
-            Reason::EnforcePolicy => 5,
-            Reason::DefaultRulePolicy => 6,
-            Reason::NoRuleMatched => 7,
-        };
-        for (i, r) in REASONS.iter().enumerate() {
-            assert_eq!(position(*r), i);
-            for text in [r.code(), r.as_str()] {
-                let source = format!("tests:\n  - {{role: a, destination: a.com, decision: deny, reason: {text:?}}}\n");
-                assert_eq!(parse_source("t.yaml", &source).cases[0].reason, Some(*r), "{text}");
-            }
-        }
-        let verdict = |v: Verdict| match v {
-            Verdict::Allow => 0,
-            Verdict::AllowAndReport => 1,
-            Verdict::Deny => 2,
-        };
-        assert!(VERDICTS.iter().enumerate().all(|(i, v)| verdict(*v) == i));
-    }
-
     proptest::proptest! {
         /// A test file written from the decisions themselves passes, in any
         /// spelling of the destination; the same file expecting another
@@ -637,5 +600,22 @@ global_deny_list: [\"*.bad.example\"]
         );
         assert_eq!(file.cases.len(), 1);
         assert_eq!(file.error_count(), 1);
+    }
+
+    #[test]
+    fn every_reason_code_and_text_is_accepted() {
+        for r in Reason::ALL {
+            for text in [r.code(), r.as_str()] {
+                let source = format!("tests:\n  - {{role: a, destination: a.com, decision: deny, reason: {text:?}}}\n");
+                assert_eq!(parse_source("t.yaml", &source).cases[0].reason, Some(r), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_misspelt_key_gets_a_suggestion() {
+        let parsed = parse_source("t.yaml", "tests:\n  - {role: a, destnation: a.com, decision: deny}\n");
+        let unknown = parsed.diagnostics.iter().find(|d| d.code == Code::UnknownKey).expect("P002");
+        assert_eq!(unknown.help.as_deref(), Some("did you mean `destination`?"));
     }
 }

@@ -40,39 +40,6 @@ pub fn role_label(name: &str) -> String {
     if name.starts_with(':') { format!(":{name}") } else { name.to_owned() }
 }
 
-const VERDICTS: [Verdict; 3] = [Verdict::Allow, Verdict::AllowAndReport, Verdict::Deny];
-const REASONS: [Reason; 8] = [
-    Reason::AllowedDomain,
-    Reason::GlobalDenyList,
-    Reason::GlobalAllowList,
-    Reason::OpenPolicy,
-    Reason::ReportPolicy,
-    Reason::EnforcePolicy,
-    Reason::DefaultRulePolicy,
-    Reason::NoRuleMatched,
-];
-
-fn verdict_index(verdict: Verdict) -> usize {
-    match verdict {
-        Verdict::Allow => 0,
-        Verdict::AllowAndReport => 1,
-        Verdict::Deny => 2,
-    }
-}
-
-fn reason_index(reason: Reason) -> usize {
-    match reason {
-        Reason::AllowedDomain => 0,
-        Reason::GlobalDenyList => 1,
-        Reason::GlobalAllowList => 2,
-        Reason::OpenPolicy => 3,
-        Reason::ReportPolicy => 4,
-        Reason::EnforcePolicy => 5,
-        Reason::DefaultRulePolicy => 6,
-        Reason::NoRuleMatched => 7,
-    }
-}
-
 /// How every request ended: `tunnel`, a refusal kind (`answer::Refusal::kind`), or `client_gone`.
 pub const OUTCOMES: [&str; 14] = [
     "tunnel",
@@ -357,7 +324,7 @@ impl Metrics {
             (_, None) => &roles.none,
             (_, Some(_)) => &roles.other,
         };
-        let cell = verdict_index(decision.verdict) * REASONS.len() + reason_index(decision.reason);
+        let cell = decision.verdict.index() * Reason::ALL.len() + decision.reason.index();
         if let Some(counter) = tags.counters.decisions.get(cell) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
@@ -497,9 +464,9 @@ impl Metrics {
         slots.push(&roles.none);
         for slot in slots {
             let role = escape_label(&slot.counters.label);
-            for (v, verdict) in VERDICTS.iter().enumerate() {
-                for (r, reason) in REASONS.iter().enumerate() {
-                    let n = slot.counters.decisions.get(v * REASONS.len() + r).map_or(0, load);
+            for (v, verdict) in Verdict::ALL.iter().enumerate() {
+                for (r, reason) in Reason::ALL.iter().enumerate() {
+                    let n = slot.counters.decisions.get(v * Reason::ALL.len() + r).map_or(0, load);
                     if n > 0 {
                         let _ = writeln!(
                             out,
