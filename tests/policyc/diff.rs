@@ -3,7 +3,6 @@
 //! and properties: examples really differ, nothing is missed, diff(P, P) is empty.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use policyc::acl;
 use policyc::decision::{PolicyTable, Reason, Verdict};
@@ -17,7 +16,7 @@ use policyc::policy::{Action, ActionSet, Policy, Rule};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use crate::{fixture, repo_root};
+use crate::{fixture, policyc};
 
 fn load(case: &str, side: &str) -> Policy {
     let name = format!("diff/{case}/{side}.yaml");
@@ -499,21 +498,6 @@ proptest! {
 // The real binary.
 // ---------------------------------------------------------------------------
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn policyc(args: &[&str]) -> Run {
-    let Output { status, stdout, stderr } =
-        Command::new(env!("CARGO_BIN_EXE_policyc")).args(args).current_dir(repo_root()).output().expect("policyc runs");
-    Run {
-        code: status.code().expect("policyc exits normally"),
-        stdout: String::from_utf8(stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
-    }
-}
 
 fn pair(case: &str) -> (String, String) {
     (format!("tests/fixtures/diff/{case}/old.yaml"), format!("tests/fixtures/diff/{case}/new.yaml"))

@@ -6,31 +6,15 @@
 //! `schema/vendor/`. `UPDATE_GOLDEN=1` rewrites the golden files.
 
 use std::fs;
-use std::process::Command;
 
 use serde_json::Value;
 
-use crate::repo_root;
+use crate::{policyc, repo_root};
 
 const CHECK_INPUT: &str = "tests/fixtures/golden/check.yaml";
 const TEST_INPUT: &str = "tests/fixtures/golden/failing-tests.yaml";
 const EXAMPLE: &str = "policies/example.yaml";
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `policyc` in the repository root, so paths in output are relative.
-fn policyc(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_policyc")).args(args).current_dir(repo_root()).output().unwrap();
-    Run {
-        code: out.status.code().expect("exit code"),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
 
 fn json_file(path: &str) -> Value {
     let full = repo_root().join(path);

@@ -24,6 +24,28 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// One run of the real `policyc` binary.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `policyc` in the repository root, so paths in its output are relative.
+pub fn policyc(args: &[&str]) -> Run {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_policyc"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("policyc runs");
+    Run {
+        code: out.status.code().expect("policyc exits normally, not by a signal"),
+        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
+    }
+}
+
 /// The text of `tests/fixtures/<path>`.
 pub fn fixture(path: &str) -> String {
     let full = repo_root().join("tests/fixtures").join(path);

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -12,22 +11,8 @@ use policyc::acl;
 use policyc::policy::ActionSet;
 use policyc::policytest;
 
-use crate::repo_root;
+use crate::{policyc, repo_root};
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn policyc(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_policyc")).args(args).current_dir(repo_root()).output().unwrap();
-    Run {
-        code: out.status.code().expect("exit code"),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
