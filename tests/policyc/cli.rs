@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use crate::{policyc, repo_root};
 
-
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     fs::write(&path, text).expect("write fixture");

@@ -498,7 +498,6 @@ proptest! {
 // The real binary.
 // ---------------------------------------------------------------------------
 
-
 fn pair(case: &str) -> (String, String) {
     (format!("tests/fixtures/diff/{case}/old.yaml"), format!("tests/fixtures/diff/{case}/new.yaml"))
 }

@@ -15,7 +15,6 @@ const CHECK_INPUT: &str = "tests/fixtures/golden/check.yaml";
 const TEST_INPUT: &str = "tests/fixtures/golden/failing-tests.yaml";
 const EXAMPLE: &str = "policies/example.yaml";
 
-
 fn json_file(path: &str) -> Value {
     let full = repo_root().join(path);
     let text = fs::read_to_string(&full).unwrap_or_else(|e| panic!("cannot read {}: {e}", full.display()));

@@ -13,7 +13,6 @@ use policyc::policytest;
 
 use crate::{policyc, repo_root};
 
-
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     fs::write(&path, text).unwrap();
