@@ -63,7 +63,7 @@ clippy:
 run: build
 	@mkdir -p target/policy
 	$(POLICYC) compile policies/default.yaml -o target/policy/default.bin
-	@echo "proxyd on 127.0.0.1:4750 -- try: curl -x http://127.0.0.1:4750 https://example.com/  (denied: curl -x 127.0.0.1:4750 --proxytunnel http://127.0.0.1:22/)"
+	@echo "proxyd on 127.0.0.1:4750 -- try: curl -x http://127.0.0.1:4750 https://example.com/  (denied: curl -x 127.0.0.1:4750 --proxytunnel http://127.0.0.1:22/; metrics: curl 127.0.0.1:9810/metrics)"
 	$(PROXYD) --config-file deploy/dev.yaml --policy target/policy/default.bin --log-format text
 
 ## image-stage: the Dockerfile's build stage (deploy/build-stage.sh) with the dev profile, so CI

@@ -384,3 +384,13 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `make run`'s configuration loads, with the admin listener on loopback.
+#[test]
+fn the_development_config_loads() {
+    let args = proxyd_args(&["--config-file", &repo_root().join("deploy/dev.yaml").display().to_string()]);
+    let config = proxyd::Config::load(Args { policy: Some(PathBuf::from("target/policy/default.bin")), ..args })
+        .unwrap_or_else(|e| panic!("deploy/dev.yaml: {e}"));
+    let admin = config.admin_listen.expect("make run serves the admin endpoints");
+    assert!(admin.ip().is_loopback() && admin.port() != 4750, "{admin}");
+}
