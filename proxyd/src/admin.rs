@@ -149,8 +149,7 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
             None => text(StatusCode::SERVICE_UNAVAILABLE, "no policy is loaded\n".into()),
         },
         "/metrics" => {
-            let active = state.policy.get().map(|p| p.current());
-            let body = state.metrics.render(active.as_deref(), state.not_ready().is_none());
+            let body = state.metrics.render(state.policy.get().map(Arc::as_ref), state.not_ready().is_none());
             with_type(StatusCode::OK, body, "text/plain; version=0.0.4; charset=utf-8")
         }
         _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /policy or /metrics\n".into()),
@@ -169,7 +168,7 @@ pub fn policy_json(state: &PolicyState) -> serde_json::Value {
     serde_json::json!({
         "revision": table.revision(),
         "policy_file": state.path().display().to_string(),
-        "file_sha256": hex(&active.file_sha256),
+        "file_sha256": hex::encode(active.file_sha256),
         "source_file": table.metadata.source_name,
         "source_sha256": table.metadata.source_sha256,
         "compiler": table.metadata.compiler,
@@ -179,16 +178,8 @@ pub fn policy_json(state: &PolicyState) -> serde_json::Value {
         "patterns": table.policy.pattern_count(),
         "disabled_actions": state.disabled().iter().map(|a| a.as_str()).collect::<Vec<_>>(),
         "compiled_with_disabled_actions": table.metadata.disabled_actions.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
-        "reloads": { "swapped": status.successes, "unchanged": status.unchanged, "refused": status.failures },
+        "reloads": status.counts().into_iter().map(|(result, n)| (result.to_owned(), n.into())).collect::<serde_json::Map<_, _>>(),
         "last_reload": last_reload,
-    })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        use std::fmt::Write as _;
-        let _ = write!(s, "{b:02x}");
-        s
     })
 }
 

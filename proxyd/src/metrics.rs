@@ -25,7 +25,7 @@ use policyc::address::AddressRule;
 use policyc::decision::{Decision, Reason, RuleRef, Verdict};
 use policyc::table::CompiledTable;
 
-use crate::reload::{ActivePolicy, ReloadOutcome};
+use crate::reload::PolicyState;
 use crate::statsd::{Event, StatsdSink};
 
 /// The `role` label of clients without a role. Real roles never start with
@@ -236,7 +236,6 @@ pub struct Metrics {
     tunnel_duration: Histogram<10>,
     tunnel_bytes_in: Histogram<11>,
     tunnel_bytes_out: Histogram<11>,
-    reloads: [AtomicU64; 3],
     statsd: Option<StatsdSink>,
     statsd_dropped: AtomicU64,
     time_connect: bool,
@@ -271,7 +270,6 @@ impl Metrics {
             tunnel_duration: Histogram::new(&LIFETIME_US, 1e6),
             tunnel_bytes_in: Histogram::new(&BYTES, 1.0),
             tunnel_bytes_out: Histogram::new(&BYTES, 1.0),
-            reloads: std::array::from_fn(|_| AtomicU64::new(0)),
             statsd,
             statsd_dropped: AtomicU64::new(0),
             time_connect,
@@ -403,20 +401,10 @@ impl Metrics {
         OpenTunnel { metrics: Arc::clone(self) }
     }
 
-    /// A reload attempt finished (a swap also calls [`Metrics::policy_activated`]).
-    pub fn reload(&self, outcome: &ReloadOutcome) {
-        let i = match outcome {
-            ReloadOutcome::Swapped { .. } => 0,
-            ReloadOutcome::Unchanged => 1,
-            ReloadOutcome::Refused(_) => 2,
-        };
-        if let Some(counter) = self.reloads.get(i) {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     /// The Prometheus text exposition (format 0.0.4). `ready` is what `/readyz` says.
-    pub fn render(&self, active: Option<&ActivePolicy>, ready: bool) -> String {
+    /// Reload counts come from `policy`'s status, the one record of them.
+    pub fn render(&self, policy: Option<&PolicyState>, ready: bool) -> String {
+        let active = policy.map(PolicyState::current);
         let mut out = String::with_capacity(8 * 1024);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
@@ -429,7 +417,7 @@ impl Metrics {
             "gauge",
             "Always 1; the revision label is the active policy's revision.",
         );
-        if let Some(active) = active {
+        if let Some(active) = &active {
             let _ = writeln!(out, "proxyd_policy_info{{revision=\"{}\"}} 1", escape_label(active.table.revision()));
         }
 
@@ -530,8 +518,9 @@ impl Metrics {
         let _ = writeln!(out, "proxyd_tunnel_cap_rejections_total {}", tunnel_cap.map_or(0, load));
 
         header(&mut out, "proxyd_policy_reloads_total", "counter", "Policy reload attempts by result.");
-        for (result, counter) in ["swapped", "unchanged", "refused"].iter().zip(&self.reloads) {
-            let _ = writeln!(out, "proxyd_policy_reloads_total{{result=\"{result}\"}} {}", load(counter));
+        let reloads = policy.map(PolicyState::status).unwrap_or_default();
+        for (result, count) in reloads.counts() {
+            let _ = writeln!(out, "proxyd_policy_reloads_total{{result=\"{result}\"}} {count}");
         }
 
         header(&mut out, "proxyd_statsd_dropped_total", "counter", "statsd events dropped because the queue was full.");

@@ -46,6 +46,13 @@ pub struct ReloadStatus {
     pub last_attempt: Option<(SystemTime, &'static str, Option<String>)>,
 }
 
+impl ReloadStatus {
+    /// Attempts by result (`swapped`, `unchanged`, `refused`), for `/policy` and `/metrics`.
+    pub fn counts(&self) -> [(&'static str, u64); 3] {
+        [("swapped", self.successes), ("unchanged", self.unchanged), ("refused", self.failures)]
+    }
+}
+
 /// What one reload attempt did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReloadOutcome {
@@ -129,7 +136,6 @@ impl PolicyState {
                 }
             },
         };
-        self.metrics.reload(&outcome);
         let now = SystemTime::now();
         if let Ok(mut status) = self.status.lock() {
             let error = match &outcome {

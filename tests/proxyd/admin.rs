@@ -83,9 +83,9 @@ async fn policy_reports_the_table_and_every_reload_attempt() {
     let revision = policy["revision"].as_str().unwrap().to_owned();
     assert_eq!(revision.len(), 12);
     assert_eq!(policy["policy_file"], path.display().to_string());
-    assert_eq!(policy["file_sha256"], hex(&Sha256::digest(std::fs::read(&path).unwrap())));
+    assert_eq!(policy["file_sha256"], hex::encode(Sha256::digest(std::fs::read(&path).unwrap())));
     assert_eq!(policy["source_file"], "test.yaml");
-    assert_eq!(policy["source_sha256"], hex(&Sha256::digest(acl.as_bytes())));
+    assert_eq!(policy["source_sha256"], hex::encode(Sha256::digest(acl.as_bytes())));
     assert_eq!(policy["compiler"], format!("policyc {}", env!("CARGO_PKG_VERSION")));
     let loaded_at = policy["loaded_at"].as_str().unwrap();
     assert!(loaded_at.len() == 20 && loaded_at.ends_with('Z') && loaded_at.as_bytes()[10] == b'T', "{loaded_at}");
@@ -127,14 +127,10 @@ async fn policy_reports_the_table_and_every_reload_attempt() {
     assert_ne!(swapped["revision"], revision.as_str());
     assert_eq!(swapped["last_reload"]["error"], serde_json::Value::Null);
     assert_eq!(swapped["patterns"], 4);
-    assert_eq!(swapped["source_sha256"], hex(&Sha256::digest(relaxed.as_bytes())));
+    assert_eq!(swapped["source_sha256"], hex::encode(Sha256::digest(relaxed.as_bytes())));
     let s = crate::support::scrape::scrape(admin).await;
     assert_eq!(s.value("proxyd_policy_reloads_total{result=\"refused\"}"), "2");
     assert_eq!(s.value("proxyd_policy_reloads_total{result=\"swapped\"}"), "1");
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test]
