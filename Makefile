@@ -80,7 +80,8 @@ kubernetes-policy:
 ## bench: every benchmark, each reporting ratios against a baseline measured in the same run:
 ## decide/compile/load (criterion), the daemon under load, and reload latency.
 bench:
-	$(CARGO) bench --locked -p policyc --bench decide
+	$(CARGO) bench --locked -p egress-policy --bench decide
+	$(CARGO) bench --locked -p policyc --bench diff
 	$(CARGO) bench --locked -p proxyd --bench load
 	$(CARGO) bench --locked -p proxyd --bench reload
 

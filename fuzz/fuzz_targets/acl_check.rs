@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use policyc::decision::PolicyTable;
-use policyc::policy::ActionSet;
-use policyc::{acl, host, table};
+use egress_policy::decision::PolicyTable;
+use egress_policy::policy::ActionSet;
+use egress_policy::{acl, host, table};
 
 fuzz_target!(|data: &[u8]| {
     let Some(policy) = acl::check_bytes("fuzz.yaml", data, ActionSet::default()).policy else {

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use policyc::address::{AddressPolicy, AddressRules};
+use egress_policy::address::{AddressPolicy, AddressRules};
 
 static POLICIES: LazyLock<[AddressPolicy; 2]> = LazyLock::new(|| {
     let other = AddressRules {

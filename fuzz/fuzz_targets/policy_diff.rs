@@ -4,9 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use policyc::decision::PolicyTable;
-use policyc::policy::ActionSet;
-use policyc::{acl, diff, host};
+use egress_policy::decision::PolicyTable;
+use egress_policy::policy::ActionSet;
+use egress_policy::{acl, host};
+use policyc::diff;
 
 fuzz_target!(|data: &[u8]| {
     let (left, right) = match data.iter().position(|b| *b == 0) {

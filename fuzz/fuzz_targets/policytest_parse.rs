@@ -6,9 +6,10 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use policyc::decision::PolicyTable;
-use policyc::policy::ActionSet;
-use policyc::{acl, policytest};
+use egress_policy::decision::PolicyTable;
+use egress_policy::policy::ActionSet;
+use egress_policy::acl;
+use policyc::policytest;
 
 const ACL: &str = "version: v1
 services:

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use policyc::table::{self, FORMAT_VERSION, HEADER_LEN, MAGIC};
+use egress_policy::table::{self, FORMAT_VERSION, HEADER_LEN, MAGIC};
 use sha2::{Digest, Sha256};
 
 fuzz_target!(|data: &[u8]| {

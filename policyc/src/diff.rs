@@ -25,10 +25,10 @@ use std::fmt::{self, Write as _};
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
-use crate::decision::{Decision, PolicyTable, Reason, RuleRef, Verdict};
-use crate::host::{self, CanonicalHost};
-use crate::pattern::HostPattern;
-use crate::policy::{Action, Policy, Rule};
+use egress_policy::decision::{Decision, PolicyTable, Reason, RuleRef, Verdict};
+use egress_policy::host::{self, CanonicalHost};
+use egress_policy::pattern::HostPattern;
+use egress_policy::policy::{Action, Policy, Rule};
 
 /// Version of the JSON shape produced by [`PolicyDiff::render_json`].
 pub const FORMAT_VERSION: u32 = 1;

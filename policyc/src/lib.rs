@@ -1,26 +1,13 @@
-//! `policyc`: the control plane of the egress proxy.
+//! `policyc`: the policy tool. A thin shell over [`egress_policy`]: the
+//! command line ([`cli`]), one module per subcommand ([`commands`]), the
+//! output formats ([`report`]), and the CI tooling engines that only this
+//! tool needs ([`diff`], [`policytest`]).
 //!
-//! Reads Smokescreen-compatible ACL YAML strictly ([`acl`]), reports problems
-//! as [`diagnostic`]s, compiles the validated [`policy`] into a verified binary
-//! [`table`], and decides requests with the same pure functions the proxy
-//! uses ([`host`] canonicalisation, [`pattern`] matching, [`decision`]).
-//!
-//! Nothing in this library performs network I/O or reads a clock; file I/O
-//! stays in the `policyc` binary and in [`table::write_atomically`].
+//! The policy model itself (parsing, linting, deciding, the table format)
+//! is never defined here: it lives in `egress-policy`, which `proxyd` shares.
 
-pub mod acl;
-pub mod address;
-pub mod authority;
-pub mod decision;
-pub mod destination;
-pub mod diagnostic;
+pub mod cli;
+pub mod commands;
 pub mod diff;
-pub mod host;
-pub mod index;
-pub mod pattern;
-pub mod policy;
 pub mod policytest;
-pub mod sarif;
-pub mod special_purpose;
-pub mod table;
-pub mod yaml;
+pub mod report;

@@ -21,11 +21,11 @@ use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
-use crate::acl;
-use crate::decision::{Decision, PolicyTable, Reason, RuleRef, Verdict};
-use crate::destination::{self, Destination};
-use crate::diagnostic::{self, Code, Diagnostic, Position};
-use crate::yaml::{self, Node, Value};
+use egress_policy::acl;
+use egress_policy::decision::{Decision, PolicyTable, Reason, RuleRef, Verdict};
+use egress_policy::destination::{self, Destination};
+use egress_policy::diagnostic::{self, Code, Diagnostic, Position};
+use egress_policy::yaml::{self, Node, Value};
 
 const TOP_KEYS: &[&str] = &["tests"];
 const CASE_KEYS: &[&str] = &["name", "role", "destination", "decision", "reason"];
@@ -425,8 +425,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
 
     use super::*;
-    use crate::acl;
-    use crate::policy::ActionSet;
+    use egress_policy::acl;
+    use egress_policy::policy::ActionSet;
 
     const POLICY: &str = "version: v1
 services:

@@ -38,9 +38,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use policyc::acl;
-use policyc::policy::ActionSet;
-use policyc::table::{self, Metadata};
+use egress_policy::acl;
+use egress_policy::policy::ActionSet;
+use egress_policy::table::{self, Metadata};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

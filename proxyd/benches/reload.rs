@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use policyc::acl;
-use policyc::policy::ActionSet;
-use policyc::table::{self, Metadata};
+use egress_policy::acl;
+use egress_policy::policy::ActionSet;
+use egress_policy::table::{self, Metadata};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

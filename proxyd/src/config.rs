@@ -17,8 +17,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use policyc::address::{AddressRules, AddressSpec};
-use policyc::policy::{Action, ActionSet};
+use egress_policy::address::{AddressRules, AddressSpec};
+use egress_policy::policy::{Action, ActionSet};
 
 use crate::reload::ReloadSettings;
 use crate::tls::{ServerIdentity, TlsSettings};

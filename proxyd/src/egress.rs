@@ -10,7 +10,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use policyc::address::{AddressPolicy, AddressRule};
+use egress_policy::address::{AddressPolicy, AddressRule};
 use tokio::net::TcpStream;
 
 use crate::config::EgressGuard;

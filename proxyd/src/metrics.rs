@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use policyc::address::AddressRule;
-use policyc::decision::{Decision, Reason, RuleRef, Verdict};
-use policyc::table::CompiledTable;
+use egress_policy::address::AddressRule;
+use egress_policy::decision::{Decision, Reason, RuleRef, Verdict};
+use egress_policy::table::CompiledTable;
 
 use crate::reload::PolicyState;
 use crate::statsd::{Event, StatsdSink};

@@ -17,9 +17,9 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use egress_policy::policy::ActionSet;
+use egress_policy::table::{self, CompiledTable};
 use notify::{RecursiveMode, Watcher};
-use policyc::policy::ActionSet;
-use policyc::table::{self, CompiledTable};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -317,7 +317,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
 
     use super::*;
-    use policyc::acl;
+    use egress_policy::acl;
 
     fn table(action: &str) -> Vec<u8> {
         let yaml = format!("version: v1\nservices: []\ndefault:\n  project: p\n  action: {action}\n");
@@ -330,7 +330,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.bin");
         std::fs::write(&path, table("enforce")).unwrap();
-        let disabled: ActionSet = [policyc::policy::Action::Open].into_iter().collect();
+        let disabled: ActionSet = [egress_policy::policy::Action::Open].into_iter().collect();
         let state = PolicyState::load(&path, disabled, Arc::new(Metrics::new(None, false))).unwrap();
         let first = state.current().table.revision().to_owned();
 

@@ -28,9 +28,9 @@ use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use policyc::address::AddressPolicy;
-use policyc::authority::{self, Authority};
-use policyc::table;
+use egress_policy::address::AddressPolicy;
+use egress_policy::authority::{self, Authority};
+use egress_policy::table;
 
 use crate::admin::{self, AdminState};
 use crate::answer::{self, Refusal};

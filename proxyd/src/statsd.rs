@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use policyc::decision::Verdict;
+use egress_policy::decision::Verdict;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -139,15 +139,19 @@ mod tests {
     #[test]
     fn lines_use_smokescreen_names_and_sanitised_tags() {
         let yaml = "version: v1\nservices:\n  - name: \"a,b:c\"\n    project: \"p|q\"\n    action: open\n";
-        let policy = policyc::acl::check_source("t.yaml", yaml, Default::default()).policy.unwrap();
-        let bytes = policyc::table::encode(
+        let policy = egress_policy::acl::check_source("t.yaml", yaml, Default::default()).policy.unwrap();
+        let bytes = egress_policy::table::encode(
             &policy,
-            &policyc::table::Metadata::for_source(std::path::Path::new("t.yaml"), yaml.as_bytes(), Default::default()),
+            &egress_policy::table::Metadata::for_source(
+                std::path::Path::new("t.yaml"),
+                yaml.as_bytes(),
+                Default::default(),
+            ),
         );
-        let table = policyc::table::decode(&bytes).unwrap();
+        let table = egress_policy::table::decode(&bytes).unwrap();
         let metrics = Metrics::new(None, false);
         metrics.policy_activated(&table);
-        let host = policyc::host::canonical("x.test").unwrap();
+        let host = egress_policy::host::canonical("x.test").unwrap();
         let decision = table.table.decide(Some("a,b:c"), &host);
         let tags = metrics.decision(Some("a,b:c"), &decision);
         let mut lines = Vec::new();

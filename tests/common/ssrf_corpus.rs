@@ -1,6 +1,6 @@
 //! The SSRF corpus (`tests/fixtures/ssrf-corpus.tsv`, format in its header):
-//! one parser for both test binaries, the library one (`tests/policyc/ssrf.rs`)
-//! and the end-to-end one (`tests/proxyd/ssrf.rs`).
+//! one parser for both test binaries, the library one (`egress-policy/tests/ssrf.rs`)
+//! and the end-to-end one (`proxyd/tests/ssrf.rs`).
 
 use std::net::IpAddr;
 

@@ -1,0 +1,143 @@
+//! The command line: every subcommand, flag and output format `policyc`
+//! accepts, as clap definitions. Parsing only: each command's behaviour lives
+//! in `commands/`, each output format in `report/`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use egress_policy::policy::{Action, ActionSet};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "policyc",
+    version,
+    about = "Check, explain and compile egress ACLs (Smokescreen v1 format) into a verified decision table"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and lint ACL files; report every problem with file:line:col.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        disabled: Disabled,
+        /// Treat warnings as errors (exit 1).
+        #[arg(long)]
+        deny_warnings: bool,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Human)]
+        format: ReportFormat,
+    },
+    /// Run policy test files against a policy; report every failing case.
+    Test {
+        /// An ACL (YAML) or a compiled table.
+        policy: PathBuf,
+        /// Policy test files (YAML, see schema/policy-tests.schema.json).
+        #[arg(required = true)]
+        tests: Vec<PathBuf>,
+        #[command(flatten)]
+        disabled: Disabled,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Human)]
+        format: ReportFormat,
+    },
+    /// Check an ACL, then write its compiled table atomically.
+    Compile {
+        file: PathBuf,
+        /// Where to write the table (temp file + fsync + rename).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// A policy test file that must pass before the table is written (repeatable).
+        #[arg(long = "test", value_name = "TESTFILE")]
+        tests: Vec<PathBuf>,
+        #[command(flatten)]
+        disabled: Disabled,
+    },
+    /// Show how a policy decides a role's request for a host.
+    Explain {
+        /// An ACL (YAML) or a compiled table.
+        policy: PathBuf,
+        /// The client's role; "" for a client without a role (default rule).
+        role: String,
+        /// The destination: HOST or HOST:PORT ([v6]:PORT for IPv6).
+        destination: String,
+        /// Also classify this address, as if DNS had answered it, with the
+        /// built-in address rules (no operator rules); port from HOST:PORT, else 443.
+        #[arg(long, value_name = "ADDR")]
+        ip: Option<IpAddr>,
+        #[command(flatten)]
+        disabled: Disabled,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Verify a compiled table and print its header and contents summary.
+    Inspect {
+        table: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Show which role/host decisions change between two policies (YAML or tables).
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Exit 1 when any decision (verdict or reason) changes.
+        #[arg(long)]
+        exit_code: bool,
+        #[command(flatten)]
+        disabled: Disabled,
+        #[arg(long, value_enum, default_value_t = DiffFormat::Human)]
+        format: DiffFormat,
+    },
+}
+
+/// How `diff` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DiffFormat {
+    /// Plain text on stdout.
+    Human,
+    /// One JSON document on stdout (shape in the README).
+    Json,
+    /// Markdown for a pull-request comment.
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct Disabled {
+    /// Make any rule that uses ACTION an error (repeatable).
+    #[arg(long = "disable-acl-policy-action", value_name = "ACTION", value_parser = parse_action)]
+    pub actions: Vec<Action>,
+}
+
+impl Disabled {
+    pub fn set(&self) -> ActionSet {
+        self.actions.iter().copied().collect()
+    }
+}
+
+fn parse_action(s: &str) -> Result<Action, String> {
+    s.parse::<Action>().map_err(|e| e.to_string())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+/// How `check` and `test` report: for people, for scripts, for GitHub
+/// Actions annotations, or for code scanning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// rustc-style messages on stderr.
+    Human,
+    /// One JSON document on stdout (shape in schema/policyc-report.schema.json).
+    Json,
+    /// GitHub Actions workflow commands (`::error file=...`) on stdout.
+    Github,
+    /// A SARIF 2.1.0 log on stdout.
+    Sarif,
+}

@@ -1,0 +1,50 @@
+//! `policyc compile`: check, run the policy tests, then write the table atomically.
+
+use std::path::{Path, PathBuf};
+
+use egress_policy::acl;
+use egress_policy::decision::PolicyTable;
+use egress_policy::policy::ActionSet;
+use egress_policy::table::{self, Metadata};
+
+use super::test::run_tests;
+use super::{Failure, read_source, read_test_files};
+use crate::report::{plural, print_human};
+
+pub fn run(file: &Path, output: &Path, tests: &[PathBuf], disabled: ActionSet) -> Result<(), Failure> {
+    let bytes = read_source(file)?;
+    // Read every test file first: an unreadable one is a usage error, before any work.
+    let test_files = read_test_files(tests)?;
+    let checked = acl::check_bytes(&file.display().to_string(), &bytes, disabled);
+    print_human(&checked.diagnostics, &bytes);
+    let Some(policy) = checked.policy else {
+        eprintln!("failed: {} error{}; no table written", checked.error_count(), plural(checked.error_count()));
+        return Err(Failure::Policy);
+    };
+    if !test_files.is_empty() {
+        let summary = run_tests(&PolicyTable::new(&policy), &test_files);
+        summary.print_human(&test_files);
+        if summary.failed() {
+            eprintln!("failed: policy tests did not pass; no table written");
+            return Err(Failure::Policy);
+        }
+    }
+    let encoded = table::encode(&policy, &Metadata::for_source(file, &bytes, disabled));
+    // Verify what we are about to ship with the same reader proxyd uses.
+    let loaded = table::decode(&encoded)
+        .map_err(|e| Failure::Refused(format!("internal error: compiled table does not verify: {e}")))?;
+    table::write_atomically(output, &encoded)
+        .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", output.display())))?;
+    eprintln!(
+        "compiled {} -> {} (revision {}, {} service{}, {} pattern{}, {} bytes)",
+        file.display(),
+        output.display(),
+        loaded.revision(),
+        policy.services.len(),
+        plural(policy.services.len()),
+        policy.pattern_count(),
+        plural(policy.pattern_count()),
+        encoded.len()
+    );
+    Ok(())
+}
