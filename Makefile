@@ -18,6 +18,7 @@ build:
 ## test: every test: unit, property, end-to-end (real binaries), schema, benches in test mode, policies.
 test: lint-policies
 	$(CARGO) test --workspace --all-targets --locked
+	$(CARGO) test --workspace --doc --locked
 
 ## lint-policies: every shipped policy must be clean, warnings included, and pass its
 ## policy tests (policies/tests/NAME.yaml for policies/NAME.yaml; a policy without one fails).

@@ -21,8 +21,8 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::harness::{ACL, compile, connect, echo_through, lo};
-use crate::support::dns::{Answer, TestDns};
-use crate::support::upstream::Upstream;
+use testkit::dns::{Answer, TestDns};
+use testkit::upstream::Upstream;
 
 const MIB: u64 = 1024;
 

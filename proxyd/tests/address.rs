@@ -12,8 +12,8 @@ use egress_policy::address::AddressSpec;
 use ipnet::IpNet;
 
 use crate::harness::{ACL, Proxy, connect, echo_through, lo};
-use crate::support::dns::{Answer, TestDns};
-use crate::support::upstream::Upstream;
+use testkit::dns::{Answer, TestDns};
+use testkit::upstream::Upstream;
 
 #[tokio::test]
 async fn special_purpose_answers_are_denied_naming_the_rule() {

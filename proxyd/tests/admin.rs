@@ -14,9 +14,9 @@ use tokio::net::TcpStream;
 
 use crate::harness::{ACL, Proxy, connect, echo_through, lo};
 use crate::metrics::wait_for_reload;
-use crate::support::dns::{Answer, TestDns};
-use crate::support::scrape::{get, request};
-use crate::support::upstream::Upstream;
+use testkit::dns::{Answer, TestDns};
+use testkit::scrape::{get, request};
+use testkit::upstream::Upstream;
 
 fn admin_on_loopback(c: &mut proxyd::Config) {
     c.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -128,7 +128,7 @@ async fn policy_reports_the_table_and_every_reload_attempt() {
     assert_eq!(swapped["last_reload"]["error"], serde_json::Value::Null);
     assert_eq!(swapped["patterns"], 4);
     assert_eq!(swapped["source_sha256"], hex::encode(Sha256::digest(relaxed.as_bytes())));
-    let s = crate::support::scrape::scrape(admin).await;
+    let s = testkit::scrape::scrape(admin).await;
     assert_eq!(s.value("proxyd_policy_reloads_total{result=\"refused\"}"), "2");
     assert_eq!(s.value("proxyd_policy_reloads_total{result=\"swapped\"}"), "1");
 }

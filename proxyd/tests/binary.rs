@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{ACL, compile, connect, echo_through, lo};
-use crate::support::dns::{Answer, TestDns};
-use crate::support::upstream::Upstream;
+use testkit::dns::{Answer, TestDns};
+use testkit::upstream::Upstream;
 
 fn proxyd() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_proxyd"));
@@ -378,8 +378,8 @@ async fn readyz_is_503_from_sigterm_until_exit() {
     ]);
     let admin: SocketAddr = daemon.listening["admin"].as_str().expect("admin field").parse().unwrap();
     assert_ne!(admin.port(), daemon.addr.port());
-    assert_eq!(crate::support::scrape::get(admin, "/readyz").await.status, 200);
-    let s = crate::support::scrape::scrape(admin).await;
+    assert_eq!(testkit::scrape::get(admin, "/readyz").await.status, 200);
+    let s = testkit::scrape::scrape(admin).await;
     assert_eq!(s.value("proxyd_requests_total{outcome=\"tunnel\"}"), "0");
 
     // An open tunnel keeps the drain going.
@@ -388,11 +388,11 @@ async fn readyz_is_503_from_sigterm_until_exit() {
     let pid = daemon.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     daemon.wait_for(|v| v["message"] == "draining: no longer accepting");
-    let draining = crate::support::scrape::get(admin, "/readyz").await;
+    let draining = testkit::scrape::get(admin, "/readyz").await;
     assert_eq!(draining.status, 503);
     assert!(draining.body.contains("draining"), "{}", draining.body);
-    assert_eq!(crate::support::scrape::get(admin, "/healthz").await.status, 200);
-    assert_eq!(crate::support::scrape::scrape(admin).await.value("proxyd_ready"), "0");
+    assert_eq!(testkit::scrape::get(admin, "/healthz").await.status, 200);
+    assert_eq!(testkit::scrape::scrape(admin).await.value("proxyd_ready"), "0");
     assert_eq!(echo_through(&mut tunnel.stream, b"bye").await, b"bye");
     drop(tunnel);
     daemon.wait_for(|v| v["message"] == "stopped");

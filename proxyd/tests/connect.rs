@@ -9,8 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::{ACL, Proxy, connect, echo_through, lo, read_to_end, send};
-use crate::support::dns::{Answer, TestDns};
-use crate::support::upstream::Upstream;
+use testkit::dns::{Answer, TestDns};
+use testkit::upstream::Upstream;
 
 /// Allows exactly one upstream's address.
 fn allow(upstream: SocketAddr) -> impl FnOnce(&mut proxyd::Config) {

@@ -369,8 +369,8 @@ async fn every_deployment_command_line_starts_a_ready_proxyd() {
             }
         };
         let admin: SocketAddr = listening["admin"].as_str().expect("admin address").parse().unwrap();
-        assert_eq!(crate::support::scrape::get(admin, "/readyz").await.status, 200, "{source}");
-        let served: Value = serde_json::from_str(&crate::support::scrape::get(admin, "/policy").await.body).unwrap();
+        assert_eq!(testkit::scrape::get(admin, "/readyz").await.status, 200, "{source}");
+        let served: Value = serde_json::from_str(&testkit::scrape::get(admin, "/policy").await.body).unwrap();
         assert_eq!(served["revision"], revision.as_str(), "{source} serves the policy it names");
     }
 }

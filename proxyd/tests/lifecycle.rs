@@ -8,8 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::{ACL, Proxy, connect, echo_through, lo, read_to_end, send};
-use crate::support::dns::{Answer, TestDns};
-use crate::support::upstream::Upstream;
+use testkit::dns::{Answer, TestDns};
+use testkit::upstream::Upstream;
 
 #[tokio::test]
 async fn the_tunnel_cap_answers_429_and_frees_on_close() {

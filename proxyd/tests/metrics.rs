@@ -13,9 +13,9 @@ use egress_policy::address::AddressSpec;
 use proxyd::config::ProxyAuth;
 
 use crate::harness::{ACL, Proxy, compile, connect, echo_through, lo};
-use crate::support::dns::{Answer, TestDns};
-use crate::support::scrape::{Scrape, get, scrape};
-use crate::support::upstream::Upstream;
+use testkit::dns::{Answer, TestDns};
+use testkit::scrape::{Scrape, get, scrape};
+use testkit::upstream::Upstream;
 
 const PASSWORD: &str = "metrics-test-password";
 

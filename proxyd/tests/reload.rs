@@ -15,8 +15,8 @@ use proxyd::Config;
 use tokio::io::AsyncWriteExt;
 
 use crate::harness::{Proxy, connect, echo_through, lo};
-use crate::support::dns::{Answer, TestDns};
-use crate::support::upstream::Upstream;
+use testkit::dns::{Answer, TestDns};
+use testkit::upstream::Upstream;
 
 /// Two policies that disagree about `a.example` and `b.example`; both allow
 /// `tunnel.test`. Names the test DNS server does not know answer 502 when

@@ -24,7 +24,7 @@ mod ssrf_corpus;
 use ssrf_corpus::{Expected, Row, corpus};
 
 use crate::harness::{Proxy, connect};
-use crate::support::dns::{Answer, TestDns};
+use testkit::dns::{Answer, TestDns};
 
 /// The name stage allows everything: only the address stage decides.
 const OPEN_ACL: &str = "\

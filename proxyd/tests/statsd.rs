@@ -8,8 +8,8 @@ use egress_policy::address::AddressSpec;
 use tokio::net::UdpSocket;
 
 use crate::harness::{ACL, Proxy, connect, echo_through, lo};
-use crate::support::dns::{Answer, TestDns};
-use crate::support::upstream::Upstream;
+use testkit::dns::{Answer, TestDns};
+use testkit::upstream::Upstream;
 
 /// Receives datagrams until every line of `wanted` (exact, or a prefix when
 /// it ends with `*`) has been seen, or 5 s pass; returns everything received.

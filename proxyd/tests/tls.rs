@@ -10,9 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::{ACL, Proxy, echo_through, lo, send};
-use crate::support::dns::{Answer, TestDns};
-use crate::support::pki::{ClientCert, TestPki};
-use crate::support::upstream::Upstream;
+use testkit::dns::{Answer, TestDns};
+use testkit::pki::{ClientCert, TestPki};
+use testkit::upstream::Upstream;
 
 fn tls(pki: &TestPki, allow_missing_role: bool) -> TlsSettings {
     TlsSettings {
