@@ -23,21 +23,63 @@ const MITM_KEYS: &[&str] = &["domain", "add_headers", "detailed_http_logs", "det
 /// every diagnostic (errors and warnings) in file order.
 #[derive(Debug)]
 pub struct Checked {
+    /// The validated policy; `None` when any diagnostic is an error.
     pub policy: Option<Policy>,
+    /// Errors and warnings, sorted by file, line and column.
     pub diagnostics: Vec<Diagnostic>,
 }
 
 impl Checked {
+    /// Number of errors (`P0xx`).
     pub fn error_count(&self) -> usize {
         self.diagnostics.iter().filter(|d| d.is_error()).count()
     }
 
+    /// Number of warnings (`P1xx`).
     pub fn warning_count(&self) -> usize {
         self.diagnostics.len() - self.error_count()
     }
 }
 
 /// Checks an ACL given as text. `file` is only used in diagnostics.
+///
+/// ```rust
+/// use egress_policy::{acl, diagnostic::Code, policy::{Action, ActionSet}};
+/// let ok = acl::check_source("acl.yaml", "\
+/// version: v1
+/// services:
+///   - name: billing
+///     project: payments
+///     action: enforce
+///     allowed_domains:
+///       - api.example.com
+/// default:
+///   project: other
+///   action: report
+/// ", ActionSet::default());
+/// assert_eq!(ok.error_count(), 0);
+/// let policy = ok.policy.expect("no errors, so a policy");
+/// assert_eq!(policy.services[0].name, "billing");
+/// assert_eq!(policy.services[0].action, Action::Enforce);
+/// assert_eq!(policy.default.map(|rule| rule.action), Some(Action::Report));
+/// // A non-canonical entry is an error at its line and column, with the fix
+/// // (and, as there is no `default` rule, warning P101 at 1:1).
+/// let bad = acl::check_source("acl.yaml", "\
+/// version: v1
+/// services:
+///   - name: billing
+///     project: payments
+///     action: enforce
+///     allowed_domains:
+///       - API.Example.com
+/// ", ActionSet::default());
+/// assert!(bad.policy.is_none());
+/// assert_eq!(bad.error_count(), 1);
+/// let error = bad.diagnostics.iter().find(|d| d.is_error()).expect("one error");
+/// assert_eq!((error.code, error.code.as_str()), (Code::NonCanonicalPattern, "P011"));
+/// assert_eq!((error.line, error.column), (7, 9));
+/// assert_eq!(error.help.as_deref(), Some("use \"api.example.com\""));
+/// ```
 pub fn check_source(file: &str, source: &str, disabled: ActionSet) -> Checked {
     let mut checker = Checker { file, disabled, diagnostics: Vec::new() };
     let policy = match yaml::parse(source) {

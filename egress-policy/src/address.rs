@@ -63,11 +63,14 @@ pub struct AddressRules {
 /// address, as it does for hosts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AddressSpec {
+    /// An address on every port (`192.0.2.1`, `2001:db8::1`).
     Ip(IpAddr),
+    /// An address on one port (`192.0.2.1:443`, `[2001:db8::1]:443`).
     Socket(SocketAddr),
 }
 
 impl AddressSpec {
+    /// The address, with or without a port.
     pub fn ip(&self) -> IpAddr {
         match self {
             AddressSpec::Ip(ip) => *ip,
@@ -110,20 +113,31 @@ impl fmt::Display for AddressSpec {
 /// Why an `IP` / `IP:PORT` value was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AddressSpecError {
+    /// The value is empty.
     #[error("address is empty: expected IP or IP:PORT ([IPv6]:PORT for IPv6)")]
     Empty,
+    /// Neither `IP` nor `IP:PORT` (nor `[IPv6]:PORT`).
     #[error("invalid address {0:?}: expected IP or IP:PORT ([IPv6]:PORT for IPv6)")]
     Invalid(String),
+    /// An IPv6 zone identifier (`%eth0`), which names no one address.
     #[error("invalid address {0:?}: zone identifiers (%...) are not allowed")]
     ZoneId(String),
+    /// A bracketed IPv6 address without a port (`[2001:db8::1]`).
     #[error("invalid address {0:?}: brackets are only for [IPv6]:PORT; write the address without them")]
     BracketsWithoutPort(String),
+    /// An IPv4 address in brackets (`[192.0.2.1]:80`).
     #[error("invalid address {0:?}: only IPv6 addresses go in brackets")]
     BracketNotIpv6(String),
+    /// The port is empty, zero, above 65535, signed, has leading zeros or non-digits.
     #[error(
         "invalid port {port:?} in address {input:?}: must be a number from 1 to 65535 without sign or leading zeros (leave the port out to match every port)"
     )]
-    InvalidPort { input: String, port: String },
+    InvalidPort {
+        /// The whole value as given.
+        input: String,
+        /// The port part as given.
+        port: String,
+    },
 }
 
 impl FromStr for AddressSpec {
@@ -173,13 +187,18 @@ fn parse_port(text: &str) -> Option<u16> {
 /// One operator rule, carrying what the operator wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OperatorRule {
+    /// `--allow-address IP` or `IP:PORT`.
     AllowAddress(AddressSpec),
+    /// `--deny-address IP` or `IP:PORT`.
     DenyAddress(AddressSpec),
+    /// `--allow-range CIDR` (host bits dropped).
     AllowRange(IpNet),
+    /// `--deny-range CIDR` (host bits dropped).
     DenyRange(IpNet),
 }
 
 impl OperatorRule {
+    /// Whether the rule allows (an `--allow-*` rule) rather than denies.
     pub fn allows(&self) -> bool {
         matches!(self, OperatorRule::AllowAddress(_) | OperatorRule::AllowRange(_))
     }
@@ -211,6 +230,7 @@ impl OperatorRule {
         }
     }
 
+    /// A bounded label for metrics and JSON: `operator_{allow,deny}_{address,range}`.
     pub fn code(&self) -> &'static str {
         match self {
             OperatorRule::AllowAddress(_) => "operator_allow_address",
@@ -236,7 +256,10 @@ impl fmt::Display for OperatorRule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddressRule {
     /// The destination is the proxy's own listening socket.
-    SelfConnection { listener: SocketAddr },
+    SelfConnection {
+        /// The listening socket the destination is (or stands for).
+        listener: SocketAddr,
+    },
     /// An operator rule.
     Operator(OperatorRule),
     /// A private-use block allowed by `--unsafe-allow-private-ranges`.
@@ -245,7 +268,14 @@ pub enum AddressRule {
     /// reachable.
     SpecialPurpose(&'static SpecialPurpose),
     /// IPv4-mapped, NAT64 or 6to4: the embedded IPv4 address decided.
-    EmbeddedIpv4 { embedding: &'static SpecialPurpose, ipv4: Ipv4Addr, inner: Ipv4Verdict },
+    EmbeddedIpv4 {
+        /// The special-purpose block that embeds the IPv4 address.
+        embedding: &'static SpecialPurpose,
+        /// The embedded IPv4 address.
+        ipv4: Ipv4Addr,
+        /// The verdict on the IPv4 address, which is the verdict on the IPv6 one.
+        inner: Ipv4Verdict,
+    },
     /// IPv4-compatible, SIIT, local-use NAT64 or Teredo: denied outright.
     DeniedEmbedding(&'static SpecialPurpose),
     /// In no special-purpose block: globally reachable.
@@ -289,14 +319,24 @@ impl fmt::Display for AddressRule {
 /// that cannot itself be an embedding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ipv4Rule {
-    SelfConnection { listener: SocketAddr },
+    /// The address is the proxy's own listening socket: denied.
+    SelfConnection {
+        /// The listening socket the destination is (or stands for).
+        listener: SocketAddr,
+    },
+    /// An operator rule.
     Operator(OperatorRule),
+    /// A private-use block allowed by `--unsafe-allow-private-ranges`.
     UnsafeAllowPrivate(&'static SpecialPurpose),
+    /// The most specific special-purpose entry; allowed only if globally
+    /// reachable.
     SpecialPurpose(&'static SpecialPurpose),
+    /// In no special-purpose block: globally reachable.
     Global,
 }
 
 impl Ipv4Rule {
+    /// The same bounded label as [`AddressRule::code`].
     pub fn code(&self) -> &'static str {
         AddressRule::from(*self).code()
     }
@@ -323,14 +363,19 @@ impl fmt::Display for Ipv4Rule {
 /// The verdict on an IPv4 address (alone or embedded in IPv6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ipv4Verdict {
+    /// Whether the proxy may connect.
     pub allowed: bool,
+    /// The rule that decided.
     pub rule: Ipv4Rule,
 }
 
 /// Whether the proxy may connect to an address, and the rule that decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AddressVerdict {
+    /// Whether the proxy may connect; `proxyd` refuses the CONNECT when no
+    /// resolved address is allowed.
     pub allowed: bool,
+    /// The rule that decided, shown by `policyc explain --ip` and logged by `proxyd`.
     pub rule: AddressRule,
 }
 
@@ -360,6 +405,9 @@ pub struct AddressPolicy {
 }
 
 impl AddressPolicy {
+    /// Prepares the operator rules (host bits of ranges dropped, IPv4-mapped
+    /// addresses read as IPv4, sorted by precedence) and builds the
+    /// special-purpose index, so that [`AddressPolicy::classify`] never allocates.
     pub fn new(rules: AddressRules) -> Self {
         let AddressRules {
             allow_ranges,
@@ -390,6 +438,36 @@ impl AddressPolicy {
     }
 
     /// Classifies one destination.
+    ///
+    /// ```rust
+    /// use std::net::SocketAddr;
+    /// use egress_policy::address::{AddressPolicy, AddressRule, AddressRules, OperatorRule};
+    /// let built_in = AddressPolicy::new(AddressRules::default());
+    /// // Loopback and documentation blocks are special-purpose: denied, naming the entry.
+    /// let loopback: SocketAddr = "127.0.0.1:443".parse()?;
+    /// let verdict = built_in.classify(loopback);
+    /// assert!(!verdict.allowed);
+    /// assert_eq!(verdict.rule.code(), "loopback");
+    /// assert_eq!(verdict.rule.to_string(), "loopback 127.0.0.0/8 (RFC 1122)");
+    /// assert!(!built_in.classify("192.0.2.10:443".parse()?).allowed);
+    /// // IPv4-mapped IPv6 is classified by the IPv4 address it carries.
+    /// assert!(!built_in.classify("[::ffff:127.0.0.1]:443".parse()?).allowed);
+    /// // An address in no special-purpose block is globally reachable: allowed.
+    /// // (Classification only reads the address; nothing is sent anywhere.)
+    /// let public = built_in.classify("1.1.1.1:443".parse()?);
+    /// assert!(public.allowed);
+    /// assert_eq!(public.rule, AddressRule::Global);
+    /// // An operator `--allow-range` beats the built-in set.
+    /// let operator = AddressPolicy::new(AddressRules {
+    ///     allow_ranges: vec!["192.0.2.0/24".parse()?],
+    ///     ..AddressRules::default()
+    /// });
+    /// let verdict = operator.classify("192.0.2.10:443".parse()?);
+    /// assert!(verdict.allowed);
+    /// assert!(matches!(verdict.rule, AddressRule::Operator(OperatorRule::AllowRange(_))));
+    /// assert_eq!(verdict.rule.code(), "operator_allow_range");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn classify(&self, addr: SocketAddr) -> AddressVerdict {
         match addr.ip() {
             IpAddr::V4(ip) => self.classify_v4(ip, addr.port()).into(),

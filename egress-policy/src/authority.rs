@@ -16,7 +16,9 @@ pub const MAX_AUTHORITY_LEN: usize = 1024;
 /// A destination: canonical host and port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Authority {
+    /// The canonical host (brackets removed from IPv6).
     pub host: CanonicalHost,
+    /// The port, 1 to 65535.
     pub port: u16,
 }
 
@@ -30,26 +32,52 @@ impl fmt::Display for Authority {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why a CONNECT authority was refused; `proxyd` answers such a request with an
+/// error before any policy lookup, and `policyc explain` prints the message.
 pub enum AuthorityError {
+    /// No host (empty input, or `:443`).
     #[error("destination is empty")]
     Empty,
+    /// Longer than [`MAX_AUTHORITY_LEN`] bytes; refused before parsing.
     #[error("destination is longer than {MAX_AUTHORITY_LEN} bytes")]
     TooLong,
+    /// No `:port` after the host.
     #[error("missing port in {0:?}: CONNECT needs host:port")]
     MissingPort(String),
+    /// The port is empty, zero, above 65535, signed, has leading zeros or non-digits.
     #[error("invalid port {0:?}: must be a number from 1 to 65535 without sign or leading zeros")]
     InvalidPort(String),
+    /// Has a scheme, user info, path, query, fragment, backslash or whitespace.
     #[error("{0:?} is not a bare authority: no scheme, user info or path")]
     NotAnAuthority(String),
+    /// An IPv6 address without brackets, so its port cannot be told apart.
     #[error("IPv6 addresses must be in brackets, as in [2001:db8::1]:443")]
     UnbracketedIpv6,
+    /// Brackets around something other than an IPv6 address (or no closing bracket).
     #[error("bracketed host {0:?} is not an IPv6 address")]
     BracketNotIpv6(String),
+    /// The host part is refused by the canonicaliser.
     #[error("invalid host {host:?}: {error}")]
-    Host { host: String, error: HostError },
+    Host {
+        /// The host part as written.
+        host: String,
+        /// Why the canonicaliser refused it.
+        error: HostError,
+    },
 }
 
 /// Parses `host:port` / `[v6]:port` strictly and canonicalises the host.
+///
+/// ```rust
+/// use egress_policy::authority::{self, AuthorityError};
+/// let a = authority::parse("Example.COM.:443")?;
+/// assert_eq!((a.host.as_str(), a.port), ("example.com", 443));
+/// assert_eq!(authority::parse("[::1]:8443")?.to_string(), "[::1]:8443");
+/// assert!(matches!(authority::parse("127.0.0.1"), Err(AuthorityError::MissingPort(_))));
+/// assert!(matches!(authority::parse("127.0.0.1:0080"), Err(AuthorityError::InvalidPort(_))));
+/// assert_eq!(authority::parse("::1:80"), Err(AuthorityError::UnbracketedIpv6));
+/// # Ok::<(), AuthorityError>(())
+/// ```
 pub fn parse(input: &str) -> Result<Authority, AuthorityError> {
     if input.is_empty() {
         return Err(AuthorityError::Empty);

@@ -21,10 +21,12 @@ use crate::policy::{Action, Policy};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
+    /// Allowed (Smokescreen's `allow`).
     Allow,
     /// Allowed, but `enforce` would have denied it (`enforce_would_deny`).
     #[serde(rename = "report")]
     AllowAndReport,
+    /// Denied: `proxyd` refuses the CONNECT with the [`Reason`].
     Deny,
 }
 
@@ -37,6 +39,7 @@ impl Verdict {
         self as usize
     }
 
+    /// `allow`, `report` or `deny`: the name in JSON, logs and policy tests.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Allow => "allow",
@@ -45,6 +48,7 @@ impl Verdict {
         }
     }
 
+    /// Whether the connection may proceed (allow or report).
     pub fn is_allowed(self) -> bool {
         !matches!(self, Verdict::Deny)
     }
@@ -64,13 +68,22 @@ impl fmt::Display for Verdict {
 /// Why the decision came out as it did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
+    /// The host matched the rule's `allowed_domains`: allowed.
     AllowedDomain,
+    /// The host matched `global_deny_list`: denied, whatever the rule's action.
     GlobalDenyList,
+    /// The host matched `global_allow_list`: allowed.
     GlobalAllowList,
+    /// No list matched and the role's rule is `open`: allowed.
     OpenPolicy,
+    /// No list matched and the role's rule is `report`: allowed and reported.
     ReportPolicy,
+    /// No list matched and the role's rule is `enforce`: denied.
     EnforcePolicy,
+    /// No list matched and the `default` rule applied (the role has no rule of
+    /// its own): its action decides.
     DefaultRulePolicy,
+    /// The role has no rule and there is no `default` rule: denied.
     NoRuleMatched,
 }
 
@@ -131,12 +144,16 @@ impl fmt::Display for Reason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ListKind {
+    /// The deciding rule's `allowed_domains`.
     AllowedDomains,
+    /// The policy's `global_deny_list`.
     GlobalDenyList,
+    /// The policy's `global_allow_list`.
     GlobalAllowList,
 }
 
 impl ListKind {
+    /// The ACL key of the list (`allowed_domains`, ...), as JSON output spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             ListKind::AllowedDomains => "allowed_domains",
@@ -170,10 +187,13 @@ impl fmt::Display for RuleRef<'_> {
 /// What the name stage decided, and everything needed to explain it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision<'t> {
+    /// Allow, report or deny.
     pub verdict: Verdict,
+    /// Why, in Smokescreen's terms.
     pub reason: Reason,
     /// The deciding rule's `project` (empty when no rule applied).
     pub project: &'t str,
+    /// The rule that decided.
     pub rule: RuleRef<'t>,
     /// The pattern that matched, and the list it came from.
     pub matched: Option<(ListKind, PatternMatch<'t>)>,
@@ -223,6 +243,8 @@ pub struct PolicyTable {
 }
 
 impl PolicyTable {
+    /// Builds the lookup indexes for a validated policy (once per load; deciding
+    /// afterwards never allocates).
     pub fn new(policy: &Policy) -> Self {
         let mut services = IndexBuilder::default();
         let mut rules = Vec::with_capacity(policy.services.len() + 1);
@@ -267,6 +289,42 @@ impl PolicyTable {
 
     /// The name stage. `role` is `None` for a client without a role, which
     /// gets the default rule when there is one.
+    ///
+    /// ```rust
+    /// use egress_policy::{acl, host, policy::ActionSet};
+    /// use egress_policy::decision::{PolicyTable, Reason, RuleRef, Verdict};
+    /// let checked = acl::check_source("acl.yaml", "\
+    /// version: v1
+    /// services:
+    ///   - name: billing
+    ///     project: payments
+    ///     action: enforce
+    ///     allowed_domains:
+    ///       - api.example.com
+    /// default:
+    ///   project: other
+    ///   action: report
+    /// global_deny_list:
+    ///   - '*.example.org'
+    /// ", ActionSet::default());
+    /// let table = PolicyTable::new(checked.policy.as_ref().expect("valid policy"));
+    /// let allowed = table.decide(Some("billing"), &host::canonical("API.example.com")?);
+    /// assert_eq!((allowed.verdict, allowed.reason), (Verdict::Allow, Reason::AllowedDomain));
+    /// assert_eq!(allowed.rule, RuleRef::Service("billing"));
+    /// assert_eq!(allowed.project, "payments");
+    /// let denied = table.decide(Some("billing"), &host::canonical("www.example.net")?);
+    /// assert_eq!(denied.verdict, Verdict::Deny);
+    /// assert_eq!(denied.reason.as_str(), "rule has enforce policy");
+    /// // An unknown role falls back to the default rule (report), but the global
+    /// // deny list still wins.
+    /// let reported = table.decide(Some("unknown"), &host::canonical("www.example.net")?);
+    /// assert_eq!((reported.verdict, reported.reason), (Verdict::AllowAndReport, Reason::DefaultRulePolicy));
+    /// assert!(reported.default_rule());
+    /// let blocked = table.decide(None, &host::canonical("a.example.org")?);
+    /// assert_eq!((blocked.verdict, blocked.reason), (Verdict::Deny, Reason::GlobalDenyList));
+    /// assert_eq!(blocked.matched.map(|(_, m)| m.to_string()).as_deref(), Some("*.example.org"));
+    /// # Ok::<(), egress_policy::host::HostError>(())
+    /// ```
     pub fn decide(&self, role: Option<&str>, host: &CanonicalHost) -> Decision<'_> {
         let service = role.and_then(|r| self.roles.name(r)).map(|i| i as usize);
         let (index, rule_ref) = match (service, self.default) {

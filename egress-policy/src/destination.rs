@@ -14,20 +14,47 @@ use crate::host::{self, CanonicalHost, HostError};
 /// on the host alone; the port is kept so output can repeat what was asked.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Destination {
+    /// The canonical host.
     pub host: CanonicalHost,
+    /// The port, when the destination was written as `HOST:PORT` or `[IPv6]:PORT`.
     pub port: Option<u16>,
 }
 
 /// Why a destination was refused, with the text that was given.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DestinationError {
+    /// The destination has no port and its host is refused.
     #[error("invalid destination {input:?}: {error}")]
-    Host { input: String, error: HostError },
+    Host {
+        /// The destination as given.
+        input: String,
+        /// Why the host canonicaliser refused it.
+        error: HostError,
+    },
+    /// The destination has a port (or brackets) and the strict authority parser refuses it.
     #[error("invalid destination {input:?}: {error}")]
-    Authority { input: String, error: AuthorityError },
+    Authority {
+        /// The destination as given.
+        input: String,
+        /// Why the strict `host:port` parser refused it.
+        error: AuthorityError,
+    },
 }
 
 /// Parses `HOST`, `HOST:PORT` or `[IPv6]:PORT`.
+///
+/// ```rust
+/// use egress_policy::destination::{self, DestinationError};
+/// let d = destination::parse("API.Example.com.")?;
+/// assert_eq!((d.host.as_str(), d.port), ("api.example.com", None));
+/// let d = destination::parse("api.example.com:443")?;
+/// assert_eq!(d.port, Some(443));
+/// assert_eq!(d.to_string(), "api.example.com:443");
+/// assert_eq!(destination::parse("[::1]:443")?.to_string(), "[::1]:443");
+/// assert!(matches!(destination::parse("127.1:80"), Err(DestinationError::Authority { .. })));
+/// assert!(matches!(destination::parse("exa mple.com"), Err(DestinationError::Host { .. })));
+/// # Ok::<(), DestinationError>(())
+/// ```
 pub fn parse(input: &str) -> Result<Destination, DestinationError> {
     let with_port = |input: &str| {
         authority::parse(input)

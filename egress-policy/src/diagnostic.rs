@@ -11,10 +11,13 @@ use std::fmt;
 
 use serde::Serialize;
 
+/// How serious a diagnostic is; fixed by its [`Code`] (`P0xx` errors, `P1xx` warnings).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// The policy is refused: `policyc check` fails and nothing is compiled.
     Error,
+    /// The policy is accepted; `policyc check --deny-warnings` fails on it.
     Warning,
 }
 
@@ -72,6 +75,7 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code, in code order.
     pub const ALL: [Code; 24] = [
         Code::YamlSyntax,
         Code::UnknownKey,
@@ -99,6 +103,7 @@ impl Code {
         Code::IgnoredKey,
     ];
 
+    /// The stable code, `P001` to `P017` (errors) and `P101` to `P107` (warnings).
     pub fn as_str(self) -> &'static str {
         match self {
             Code::YamlSyntax => "P001",
@@ -190,6 +195,7 @@ impl Code {
         }
     }
 
+    /// Error for `P0xx`, warning for `P1xx`.
     pub fn severity(self) -> Severity {
         if self.as_str().starts_with("P0") { Severity::Error } else { Severity::Warning }
     }
@@ -210,24 +216,34 @@ impl Serialize for Code {
 /// A 1-based position in a source file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Position {
+    /// Line, from 1.
     pub line: u64,
+    /// Column, from 1.
     pub column: u64,
 }
 
 /// One finding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Diagnostic {
+    /// The stable code (`P011`, ...).
     pub code: Code,
+    /// Always `code.severity()`.
     pub severity: Severity,
+    /// The file name as given to the checker.
     pub file: String,
+    /// Line of the offending node, from 1.
     pub line: u64,
+    /// Column of the offending node, from 1.
     pub column: u64,
+    /// One line saying what is wrong.
     pub message: String,
+    /// The fix to suggest, when one is known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
 }
 
 impl Diagnostic {
+    /// A diagnostic without help; the severity follows from `code`.
     pub fn new(code: Code, file: &str, at: Position, message: impl Into<String>) -> Self {
         Diagnostic {
             code,
@@ -240,17 +256,33 @@ impl Diagnostic {
         }
     }
 
+    /// Adds the `help:` line.
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
     }
 
+    /// Whether this diagnostic refuses the policy.
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
 }
 
 /// Diagnostics in the order a reader wants them: by file, line, column.
+///
+/// ```rust
+/// use egress_policy::diagnostic::{self, Code, Diagnostic, Position};
+/// let at = |line, column| Position { line, column };
+/// let mut found = vec![
+///     Diagnostic::new(Code::TrailingDot, "b.yaml", at(1, 1), "trailing dot"),
+///     Diagnostic::new(Code::UnknownKey, "a.yaml", at(7, 3), "unknown key"),
+///     Diagnostic::new(Code::DuplicateEntry, "a.yaml", at(2, 5), "duplicate entry"),
+/// ];
+/// diagnostic::sort(&mut found);
+/// let order: Vec<_> = found.iter().map(|d| (d.file.as_str(), d.line, d.code.as_str())).collect();
+/// assert_eq!(order, [("a.yaml", 2, "P102"), ("a.yaml", 7, "P002"), ("b.yaml", 1, "P106")]);
+/// assert!(found[1].is_error() && !found[0].is_error());
+/// ```
 pub fn sort(diagnostics: &mut [Diagnostic]) {
     diagnostics.sort_by(|a, b| {
         (&a.file, a.line, a.column, a.code.as_str()).cmp(&(&b.file, b.line, b.column, b.code.as_str()))

@@ -78,33 +78,72 @@ pub struct Canonicalized {
 /// Why a host was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HostError {
+    /// The input is empty, or nothing but a dot.
     #[error("host is empty")]
     Empty,
+    /// The input is longer than 1024 bytes; refused before any parsing.
     #[error("host is longer than {MAX_INPUT_LEN} bytes")]
     InputTooLong,
+    /// The ASCII (Punycode) name, without the root dot, is longer than 253 characters (RFC 1035).
     #[error("name is longer than {MAX_NAME_LEN} characters")]
     NameTooLong,
+    /// One label of the ASCII name is longer than 63 characters (RFC 1035).
     #[error("label {label:?} is longer than {MAX_LABEL_LEN} characters")]
-    LabelTooLong { label: String },
+    LabelTooLong {
+        /// The over-long label, as written.
+        label: String,
+    },
+    /// Two dots in a row, a leading dot, or more than one trailing dot.
     #[error("empty label (two dots in a row, or a leading dot)")]
     EmptyLabel,
+    /// A character outside letters, digits, `-`, `_` and `.` (for example `/`, a space, `[`).
     #[error("character {ch:?} (U+{code:04X}) is not allowed in a host name", code = u32::from(*ch))]
-    DisallowedChar { ch: char },
+    DisallowedChar {
+        /// The first refused character, as the user typed it.
+        ch: char,
+    },
+    /// The input looks like `host:port`; a host has no port.
     #[error("a port is not part of a host (\"{host}:{port}\")")]
-    HasPort { host: String, port: String },
+    HasPort {
+        /// The text before the colon.
+        host: String,
+        /// The digits after the colon.
+        port: String,
+    },
+    /// An IPv6 literal with a zone (`fe80::1%eth0`): the zone is local to one machine.
     #[error("IPv6 zone identifiers (\"%...\") are not allowed")]
     ZoneId,
+    /// Contains a colon but is not a valid IPv6 address.
     #[error("invalid IPv6 address")]
     InvalidIpv6,
+    /// A numeric spelling that resolvers read as an IPv4 address (`127.1`, `0x7f.0.0.1`,
+    /// `2130706433`, `010.0.0.1`): refused so that no two readers disagree on the host.
     #[error("non-canonical IPv4 address form; it means {means}")]
-    NonCanonicalIpv4 { means: Ipv4Addr },
+    NonCanonicalIpv4 {
+        /// The address a WHATWG URL parser or `inet_aton` would read it as.
+        means: Ipv4Addr,
+    },
+    /// The last label is numeric, but the name is neither a dotted quad nor any IPv4 spelling.
     #[error("numeric last label: neither a name nor a canonical IPv4 address")]
     NumericName,
+    /// A label UTS-46/IDNA refuses, or one that starts or ends with a hyphen.
     #[error("invalid internationalised name (UTS-46/IDNA): {label}")]
-    Idna { label: String },
+    Idna {
+        /// The label UTS-46 refused (best effort: the whole input when no single label is at fault).
+        label: String,
+    },
 }
 
 /// Canonicalises `input` (a host without port or brackets).
+///
+/// ```rust
+/// use egress_policy::host;
+/// let c = host::canonicalize("Example.COM.")?;
+/// assert_eq!(c.host.as_str(), "example.com");
+/// assert!(c.had_trailing_dot);
+/// assert!(c.rewritten); // the case changed
+/// # Ok::<(), host::HostError>(())
+/// ```
 pub fn canonicalize(input: &str) -> Result<Canonicalized, HostError> {
     if input.is_empty() {
         return Err(HostError::Empty);
@@ -159,6 +198,23 @@ pub fn canonicalize(input: &str) -> Result<Canonicalized, HostError> {
 
 /// Canonicalises and keeps only the host. Convenience for callers that do
 /// not report how the input was spelled.
+///
+/// ```rust
+/// use std::net::Ipv4Addr;
+/// use egress_policy::host::{self, HostError};
+/// // Case and one trailing dot are normalised away.
+/// assert_eq!(host::canonical("API.Example.COM.")?.as_str(), "api.example.com");
+/// // Unicode names become Punycode (UTS-46).
+/// assert_eq!(host::canonical("bücher.example")?.as_str(), "xn--bcher-kva.example");
+/// // IP literals get their one standard spelling; IPv4-mapped IPv6 is IPv4.
+/// assert_eq!(host::canonical("::FFFF:127.0.0.1")?.as_str(), "127.0.0.1");
+/// // A spelling that some resolver reads as 127.0.0.1 is refused, naming what it means.
+/// assert_eq!(
+///     host::canonical("127.1"),
+///     Err(HostError::NonCanonicalIpv4 { means: Ipv4Addr::LOCALHOST })
+/// );
+/// # Ok::<(), HostError>(())
+/// ```
 pub fn canonical(input: &str) -> Result<CanonicalHost, HostError> {
     canonicalize(input).map(|c| c.host)
 }

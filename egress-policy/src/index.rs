@@ -82,6 +82,8 @@ pub struct HostKey<'h> {
 }
 
 impl<'h> HostKey<'h> {
+    /// Prepares `host` for lookups: hashes the whole host and, for a name, every
+    /// suffix that starts at a label (the candidates for `*.suffix` entries).
     pub fn new(host: &'h crate::host::CanonicalHost) -> Self {
         let text = host.as_str();
         let mut key = HostKey {
@@ -163,6 +165,7 @@ impl IndexBuilder {
         self.keys.push((value << KIND_BITS | KIND_NAME, name.into()));
     }
 
+    /// Freezes the keys into a read-only [`Index`]; duplicate keys are stored once.
     pub fn build(self) -> Index {
         // Load factor at most 1/2 keeps probe sequences short.
         let capacity = (self.keys.len() * 2).next_power_of_two().max(16);
@@ -241,6 +244,7 @@ impl Index {
         self.slots.iter().filter(|s| s.meta != EMPTY).count()
     }
 
+    /// Whether the index holds no key at all.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

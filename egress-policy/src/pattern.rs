@@ -32,7 +32,9 @@ impl fmt::Display for HostPattern {
 /// normalised away, worth a warning).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedPattern {
+    /// The pattern, in canonical form.
     pub pattern: HostPattern,
+    /// The entry ended in one trailing dot, which was removed (`policyc check` warns about it).
     pub had_trailing_dot: bool,
 }
 
@@ -40,20 +42,37 @@ pub struct ParsedPattern {
 /// has one, so people migrating recognise them.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
+    /// The entry is the empty string.
     #[error("host pattern is empty")]
     Empty,
+    /// `*` or `*.`: a pattern for every host (use an `open` or `report` action instead).
     #[error("{0:?} would match every host")]
     MatchesEverything(String),
+    /// A `*` glued to a label, as in `*example.com` or `**.example.com`.
     #[error("{0:?}: a wildcard must be a full leading label, as in \"*.example.com\"")]
     NotFullLabel(String),
+    /// A `*` anywhere but the leading label, as in `api.*.example.com`.
     #[error("{0:?}: wildcards are only supported as a leading \"*.\"")]
     NotPrefix(String),
+    /// A wildcard in front of an IP literal, as in `*.127.0.0.1`.
     #[error("{0:?}: a wildcard cannot precede an IP address")]
     WildcardIp(String),
+    /// A valid host not written in its canonical spelling (case, Unicode, IP spelling).
     #[error("{pattern:?} is not canonical")]
-    NotCanonical { pattern: String, canonical: String },
+    NotCanonical {
+        /// The entry as written.
+        pattern: String,
+        /// The canonical spelling to write instead (what [`PatternError::help`] suggests).
+        canonical: String,
+    },
+    /// The host part is not a valid host at all (the [`HostError`] says why).
     #[error("{pattern:?}: {error}")]
-    InvalidHost { pattern: String, error: HostError },
+    InvalidHost {
+        /// The entry as written.
+        pattern: String,
+        /// Why the host canonicaliser refused it.
+        error: HostError,
+    },
 }
 
 impl PatternError {
@@ -91,6 +110,37 @@ impl PatternError {
 
 /// Parses an ACL entry, accepting only its canonical spelling (plus one
 /// trailing dot, reported separately).
+///
+/// ```rust
+/// use egress_policy::pattern::{self, HostPattern, PatternError};
+/// let parsed = pattern::parse("*.example.com")?;
+/// assert_eq!(parsed.pattern, HostPattern::Wildcard("example.com".into()));
+/// assert_eq!(parsed.pattern.to_string(), "*.example.com");
+/// // Only the canonical spelling is accepted; the help names it.
+/// let error = pattern::parse("API.Example.com").unwrap_err();
+/// assert_eq!(error.help().as_deref(), Some("use \"api.example.com\""));
+/// assert!(matches!(pattern::parse("api.*.example.com"), Err(PatternError::NotPrefix(_))));
+/// # Ok::<(), PatternError>(())
+/// ```
+///
+/// Matching many patterns at once goes through [`crate::index`]: a wildcard
+/// matches subdomains at any depth, never the apex.
+///
+/// ```rust
+/// use egress_policy::{host, index::{HostKey, IndexBuilder}, pattern::{self, PatternMatch}};
+/// let patterns = [pattern::parse("*.example.com")?.pattern, pattern::parse("example.org")?.pattern];
+/// let mut builder = IndexBuilder::default();
+/// let list = builder.add_list(&patterns);
+/// let index = builder.build();
+/// let find = |name: &str| -> Result<Option<String>, Box<dyn std::error::Error>> {
+///     let host = host::canonical(name)?;
+///     Ok(index.find(list, &HostKey::new(&host)).map(|m| m.to_string()))
+/// };
+/// assert_eq!(find("a.b.example.com")?, Some("*.example.com".to_owned()));
+/// assert_eq!(find("example.com")?, None); // the apex is not a subdomain
+/// assert_eq!(find("Example.ORG.")?, Some("example.org".to_owned()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn parse(raw: &str) -> Result<ParsedPattern, PatternError> {
     if raw.is_empty() {
         return Err(PatternError::Empty);
@@ -126,6 +176,7 @@ pub fn parse(raw: &str) -> Result<ParsedPattern, PatternError> {
 /// Which entry of a set matched a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PatternMatch<'a> {
+    /// The exact entry equal to the host.
     Exact(&'a str),
     /// The suffix of the matching `*.suffix` entry.
     Wildcard(&'a str),

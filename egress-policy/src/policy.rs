@@ -22,8 +22,10 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, in declaration order.
     pub const ALL: [Action; 3] = [Action::Open, Action::Report, Action::Enforce];
 
+    /// The ACL spelling: `open`, `report` or `enforce`.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Open => "open",
@@ -39,6 +41,8 @@ impl fmt::Display for Action {
     }
 }
 
+/// An `action` (or `--disable-acl-policy-action` value) that is not `open`,
+/// `report` or `enforce`; carries the text given.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown action {0:?}: expected open, report or enforce")]
 pub struct UnknownAction(pub String);
@@ -57,18 +61,22 @@ impl FromStr for Action {
 pub struct ActionSet(u8);
 
 impl ActionSet {
+    /// Adds `action` to the set.
     pub fn insert(&mut self, action: Action) {
         self.0 |= Self::bit(action);
     }
 
+    /// Whether `action` is in the set.
     pub fn contains(self, action: Action) -> bool {
         self.0 & Self::bit(action) != 0
     }
 
+    /// Whether no action is in the set.
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
 
+    /// The actions in the set, in [`Action::ALL`] order.
     pub fn iter(self) -> impl Iterator<Item = Action> {
         Action::ALL.into_iter().filter(move |a| self.contains(*a))
     }
@@ -100,17 +108,27 @@ impl fmt::Display for ActionSet {
 pub struct Rule {
     /// The role. Non-empty and unique among services; empty for the default rule.
     pub name: String,
+    /// The owning project (free text, carried into logs as Smokescreen does).
     pub project: String,
+    /// What the rule does with a host outside its `allowed_domains`.
     pub action: Action,
+    /// Hosts the rule allows; checked before the global lists (see
+    /// [`crate::decision`] for the order).
     pub allowed_domains: Vec<HostPattern>,
 }
 
 /// A whole ACL, validated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
+    /// The `services` rules, in file order; their names are unique.
     pub services: Vec<Rule>,
+    /// The `default` rule, for roles without a rule of their own.
     pub default: Option<Rule>,
+    /// `global_allow_list`: hosts allowed for every role, after its
+    /// `allowed_domains` and the global deny list.
     pub global_allow_list: Vec<HostPattern>,
+    /// `global_deny_list`: hosts denied for every role unless its own
+    /// `allowed_domains` matched.
     pub global_deny_list: Vec<HostPattern>,
 }
 

@@ -21,7 +21,10 @@ pub enum Embeds {
     Nothing,
     /// The 32 bits from bit `at_bit` (counted from the most significant) are
     /// an IPv4 address, and the address stage classifies by it.
-    Ipv4At { at_bit: u8 },
+    Ipv4At {
+        /// Where the IPv4 address starts, in bits from the most significant (96 for `::ffff:0:0/96`).
+        at_bit: u8,
+    },
     /// An IPv4 embedding the address stage never follows: denied outright.
     RefusedIpv4,
 }
@@ -222,6 +225,23 @@ pub fn prepare() {
 }
 
 /// The most specific entry that contains `ip`, if any.
+///
+/// ```rust
+/// use std::net::{IpAddr, Ipv4Addr};
+/// use egress_policy::special_purpose;
+/// let entry = special_purpose::lookup(IpAddr::V4(Ipv4Addr::LOCALHOST)).expect("loopback is special-purpose");
+/// assert_eq!(entry.code, "loopback");
+/// assert!(!entry.globally_reachable);
+/// assert_eq!(entry.to_string(), "loopback 127.0.0.0/8 (RFC 1122)");
+/// // The most specific entry wins: 192.0.0.9/32 inside 192.0.0.0/24 is globally reachable.
+/// let anycast = special_purpose::lookup("192.0.0.9".parse()?).expect("listed");
+/// assert!(anycast.globally_reachable);
+/// assert_eq!(anycast.net.prefix_len(), 32);
+/// assert_eq!(special_purpose::lookup("2001:db8::1".parse()?).map(|e| e.code), Some("documentation"));
+/// // An address in no block has no entry: the address stage treats it as global.
+/// assert_eq!(special_purpose::lookup("1.1.1.1".parse()?), None);
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
 pub fn lookup(ip: IpAddr) -> Option<&'static SpecialPurpose> {
     let (spans, x) = match ip {
         IpAddr::V4(a) => (&INDEX.v4, u128::from(u32::from(a))),

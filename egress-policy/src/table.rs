@@ -26,8 +26,11 @@ use crate::decision::PolicyTable;
 use crate::pattern::{self, HostPattern};
 use crate::policy::{Action, ActionSet, Policy, Rule};
 
+/// The first 8 bytes of every table.
 pub const MAGIC: [u8; 8] = *b"PLCYTBL\0";
+/// The format version this build writes and the only one it reads.
 pub const FORMAT_VERSION: u32 = 1;
+/// Bytes before the body: magic, version, body length, SHA-256.
 pub const HEADER_LEN: usize = 52;
 /// Upper bound on a body: 100,000 patterns take about 2 MiB.
 pub const MAX_BODY_LEN: u64 = 256 * 1024 * 1024;
@@ -48,6 +51,8 @@ pub struct Metadata {
 }
 
 impl Metadata {
+    /// The metadata for compiling `source` (the ACL file's bytes, read from
+    /// `source_path`) with this build of the compiler.
     pub fn for_source(source_path: &Path, source: &[u8], disabled: ActionSet) -> Self {
         Metadata {
             source_name: source_path
@@ -80,46 +85,92 @@ struct RuleBody {
 /// Why a table was refused. Each variant names the problem precisely.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
+    /// The file could not be read.
     #[error("cannot read: {0}")]
     Io(#[from] io::Error),
+    /// An ACL YAML file given where a compiled table belongs; carries its path
+    /// ([`read_file`]) or `<acl.yaml>` ([`decode`]).
     #[error("this is a YAML ACL, not a compiled table: run `policyc compile {0} -o policy.bin` and use the output")]
     LooksLikeYaml(String),
+    /// The file ends before the header or the body it announces.
     #[error("truncated: {have} bytes, the {what} needs {need}")]
-    Truncated { what: &'static str, have: u64, need: u64 },
+    Truncated {
+        /// `header` or `body`.
+        what: &'static str,
+        /// Bytes in the file.
+        have: u64,
+        /// Bytes the part needs.
+        need: u64,
+    },
+    /// The file does not start with [`MAGIC`]: not a table.
     #[error("not a compiled policy table (bad magic bytes {found:02x?})")]
-    WrongMagic { found: Vec<u8> },
+    WrongMagic {
+        /// The first (up to 8) bytes of the file.
+        found: Vec<u8>,
+    },
+    /// A table written by a `policyc` with another format version.
     #[error(
         "unsupported table format version {found} (this build reads version {supported}); recompile with a matching policyc"
     )]
-    UnsupportedVersion { found: u32, supported: u32 },
+    UnsupportedVersion {
+        /// The version in the header.
+        found: u32,
+        /// [`FORMAT_VERSION`].
+        supported: u32,
+    },
+    /// The body is larger than [`MAX_BODY_LEN`]; refused before it is read.
     #[error("body length {0} exceeds the {MAX_BODY_LEN}-byte limit")]
     TooLarge(u64),
+    /// Bytes after the body the header announces.
     #[error("{0} unexpected bytes after the body")]
     TrailingBytes(u64),
+    /// The body's SHA-256 differs from the header's: the table was damaged
+    /// or altered after compiling.
     #[error("checksum mismatch: the body is corrupt (header says {expected}, body hashes to {actual})")]
-    ChecksumMismatch { expected: String, actual: String },
+    ChecksumMismatch {
+        /// The digest in the header, hex.
+        expected: String,
+        /// The digest of the body, hex.
+        actual: String,
+    },
+    /// The checksum matches but the body does not decode (written by a buggy or hostile producer).
     #[error("body does not decode: {0}")]
     Corrupt(String),
+    /// The body decodes but breaks a rule the compiler guarantees (an empty or
+    /// duplicate service name, a non-canonical pattern, ...).
     #[error("invalid content: {0}")]
     Invalid(String),
+    /// The table uses an action the operator disabled ([`CompiledTable::check_disabled`]).
     #[error("rule {rule} uses action `{action}`, which is disabled (--disable-acl-policy-action {action})")]
-    DisabledAction { rule: String, action: Action },
+    DisabledAction {
+        /// `default` or the service name in backticks.
+        rule: String,
+        /// The disabled action it uses.
+        action: Action,
+    },
 }
 
 /// The verified header fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// Always [`FORMAT_VERSION`] once verified.
     pub format_version: u32,
+    /// Body length in bytes, at most [`MAX_BODY_LEN`].
     pub body_len: u64,
+    /// SHA-256 of the body, checked against the body.
     pub body_sha256: [u8; 32],
 }
 
 /// A table that passed every check, ready to decide with.
 #[derive(Debug)]
 pub struct CompiledTable {
+    /// The verified header.
     pub header: Header,
+    /// How the table was made.
     pub metadata: Metadata,
+    /// The policy, re-validated.
     pub policy: Policy,
+    /// The policy in lookup form, ready for [`PolicyTable::decide`].
     pub table: PolicyTable,
     revision: String,
 }
@@ -181,6 +232,36 @@ fn sorted_patterns(patterns: &[HostPattern]) -> Vec<String> {
 }
 
 /// Verifies and decodes a table.
+///
+/// ```rust
+/// use egress_policy::{acl, host, policy::ActionSet, table::{self, Metadata, TableError}};
+/// use egress_policy::decision::Verdict;
+/// let source = "version: v1\nservices: []\ndefault:\n  project: other\n  action: enforce\n  allowed_domains:\n    - api.example.com\n";
+/// let policy = acl::check_source("acl.yaml", source, ActionSet::default()).policy.expect("valid");
+/// let metadata = Metadata {
+///     source_name: "acl.yaml".into(),
+///     source_sha256: String::new(),
+///     compiler: "example".into(),
+///     disabled_actions: Vec::new(),
+/// };
+/// let bytes = table::encode(&policy, &metadata);
+/// assert_eq!(bytes[..8], table::MAGIC);
+/// assert_eq!(table::encode(&policy, &metadata), bytes); // deterministic
+/// let compiled = table::decode(&bytes)?;
+/// assert_eq!(compiled.policy, policy);
+/// assert_eq!(compiled.metadata, metadata);
+/// assert_eq!(compiled.revision().len(), 12);
+/// let decision = compiled.table.decide(None, &host::canonical("api.example.com")?);
+/// assert_eq!(decision.verdict, Verdict::Allow);
+/// // One flipped bit in the body: refused before anything is decoded.
+/// let mut corrupted = bytes.clone();
+/// let last = corrupted.len() - 1;
+/// corrupted[last] ^= 1;
+/// assert!(matches!(table::decode(&corrupted), Err(TableError::ChecksumMismatch { .. })));
+/// // A cut-short file is refused too.
+/// assert!(matches!(table::decode(&bytes[..40]), Err(TableError::Truncated { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn decode(bytes: &[u8]) -> Result<CompiledTable, TableError> {
     let header = read_header(bytes)?;
     let body = bytes.get(HEADER_LEN..).unwrap_or_default();

@@ -16,23 +16,34 @@ use crate::diagnostic::Position;
 /// The largest ACL file we parse. The biggest real policies are a few MiB.
 pub const MAX_SOURCE_BYTES: usize = 64 * 1024 * 1024;
 
+/// One YAML node and where it was written.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
+    /// The value, with its children.
     pub value: Value,
+    /// Line and column of the node's first character.
     pub at: Position,
     /// The scalar as written in the file (`0x10`, `yes`), for scalars that
     /// YAML typed as something other than a string.
     pub source_text: Option<String>,
 }
 
+/// A YAML value as the YAML 1.2 core schema types it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// `null`, `~`, or nothing.
     Null,
+    /// A boolean (how it was spelled is kept in [`Node::source_text`]).
     Bool(bool),
+    /// An integer (`0x10` is 16).
     Int(i128),
+    /// A floating-point number.
     Float(f64),
+    /// Any other scalar.
     String(String),
+    /// A sequence, in file order.
     Seq(Vec<Node>),
+    /// A mapping, in file order, duplicate keys kept.
     Map(Vec<(Node, Node)>),
 }
 
@@ -68,7 +79,9 @@ impl Node {
 /// A document that could not be parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyntaxError {
+    /// What is wrong, without a position prefix.
     pub message: String,
+    /// Where the parser stopped (1:1 when it cannot say).
     pub at: Position,
 }
 
