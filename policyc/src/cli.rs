@@ -64,6 +64,9 @@ pub enum Command {
         /// The client's role; "" for a client without a role (default rule).
         role: String,
         /// The destination: HOST or HOST:PORT ([v6]:PORT for IPv6).
+        // This text is clap's `--help`, printed verbatim: escaping the brackets for
+        // rustdoc would print the backslashes, so rustdoc's link check is off here.
+        #[allow(rustdoc::broken_intra_doc_links)]
         destination: String,
         /// Also classify this address, as if DNS had answered it, with the
         /// built-in address rules (no operator rules); port from HOST:PORT, else 443.
