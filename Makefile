@@ -8,7 +8,7 @@ POLICYC_RUN = $(CARGO) run --quiet --locked -p policyc --
 BASE ?= origin/main
 POLICY_CI := target/policy-ci
 
-.PHONY: all build test lint lint-policies policy-ci image-stage kubernetes-policy fmt-check clippy run bench clean fuzz-smoke
+.PHONY: all build test lint lint-policies policy-ci image-stage kubernetes-policy fmt-check clippy doc run bench clean fuzz-smoke
 
 all: build
 
@@ -53,12 +53,14 @@ policy-ci:
 		$(POLICYC_RUN) compile $$p -o $(POLICY_CI)/$$name.table --test $$t; \
 	done
 
-## lint: formatting and clippy with warnings denied.
-lint: fmt-check clippy
+## lint: formatting, clippy and rustdoc (broken or private doc links) with warnings denied.
+lint: fmt-check clippy doc
 fmt-check:
 	$(CARGO) fmt --all -- --check
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --locked
 
 ## run: build, compile the default policy, and start proxyd on 127.0.0.1:4750 (Ctrl-C stops it).
 run: build
