@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PolicyReport};
 use crate::reload::PolicyState;
 
 /// Admin connections served at once; more are closed on accept.
@@ -149,7 +149,11 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
             None => text(StatusCode::SERVICE_UNAVAILABLE, "no policy is loaded\n".into()),
         },
         "/metrics" => {
-            let body = state.metrics.render(state.policy.get().map(Arc::as_ref), state.not_ready().is_none());
+            let policy = state.policy.get();
+            let active = policy.map(|p| p.current());
+            let reloads = policy.map(|p| p.status()).unwrap_or_default().counts();
+            let report = PolicyReport { revision: active.as_ref().map(|a| a.table.revision()), reloads: &reloads };
+            let body = state.metrics.render(&report, state.not_ready().is_none());
             with_type(StatusCode::OK, body, "text/plain; version=0.0.4; charset=utf-8")
         }
         _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /policy or /metrics\n".into()),

@@ -11,13 +11,15 @@
 //! request), [`resolver`] (DNS), [`egress`] (address stage and connect),
 //! [`tunnel`] (moving bytes), [`answer`] (failures to HTTP answers), [`log`],
 //! [`reload`] (the active table and live reload), [`metrics`] (the one
-//! instrumentation facade) with [`statsd`] (its UDP export), and [`admin`]
-//! (health, readiness, policy and metrics endpoints).
+//! instrumentation facade) with [`statsd`] (its UDP export), [`events`] (the
+//! telemetry vocabulary both sinks consume; it imports neither), and
+//! [`admin`] (health, readiness, policy and metrics endpoints).
 
 pub mod admin;
 pub mod answer;
 pub mod config;
 pub mod egress;
+pub mod events;
 pub mod log;
 pub mod metrics;
 pub mod proxy_protocol;

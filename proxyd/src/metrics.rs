@@ -3,6 +3,9 @@
 //! [`Metrics::connect_attempt`], ...); each method updates the counters the
 //! Prometheus renderer ([`Metrics::render`], served at `/metrics`) reads and,
 //! when statsd is configured, queues one event for [`crate::statsd`].
+//! The event vocabulary lives in [`crate::events`]; what `/metrics` says
+//! about the policy arrives as a [`PolicyReport`] from the caller, so this
+//! module never imports the reload code that feeds it.
 //!
 //! Hot path: atomics only and no allocation per request (the per-role
 //! counters are found through a lock-free snapshot of the active policy's
@@ -14,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -25,14 +27,25 @@ use egress_policy::address::AddressRule;
 use egress_policy::decision::{Decision, Reason, RuleRef, Verdict};
 use egress_policy::table::CompiledTable;
 
-use crate::reload::PolicyState;
-use crate::statsd::{Event, StatsdSink};
+use crate::events::Event;
+pub use crate::events::{ConnectErrorKind, DnsResult, RoleTags, sanitise_tag};
+use crate::statsd::StatsdSink;
 
 /// The `role` label of clients without a role. Real roles never start with
 /// `:` followed by anything but `:` (see [`role_label`]), so it cannot collide.
 pub const ROLE_NONE: &str = ":none";
 /// The `role` label of clients whose role has no rule in the active policy.
 pub const ROLE_OTHER: &str = ":other";
+
+/// What `/metrics` says about the policy, read by the caller from the
+/// reload state (so this module never imports it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PolicyReport<'a> {
+    /// The active table's revision; `None` before a policy is loaded.
+    pub revision: Option<&'a str>,
+    /// Reload attempts by result (`swapped`, `unchanged`, `refused`), in rendering order.
+    pub reloads: &'a [(&'static str, u64)],
+}
 
 /// The `role` label of a role with its own rule: its name, with one more
 /// leading `:` if it starts with `:` (so `:none` the role is `::none`).
@@ -57,58 +70,6 @@ pub const OUTCOMES: [&str; 14] = [
     "connect_timeout",
     "client_gone",
 ];
-
-/// Why a connection attempt failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnectErrorKind {
-    Timeout,
-    Refused,
-    Reset,
-    Unreachable,
-    Other,
-}
-
-impl ConnectErrorKind {
-    pub const ALL: [ConnectErrorKind; 5] = [
-        ConnectErrorKind::Timeout,
-        ConnectErrorKind::Refused,
-        ConnectErrorKind::Reset,
-        ConnectErrorKind::Unreachable,
-        ConnectErrorKind::Other,
-    ];
-
-    pub fn of(error: &io::Error) -> Self {
-        match error.kind() {
-            io::ErrorKind::TimedOut => ConnectErrorKind::Timeout,
-            io::ErrorKind::ConnectionRefused => ConnectErrorKind::Refused,
-            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => ConnectErrorKind::Reset,
-            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => ConnectErrorKind::Unreachable,
-            _ => ConnectErrorKind::Other,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectErrorKind::Timeout => "timeout",
-            ConnectErrorKind::Refused => "refused",
-            ConnectErrorKind::Reset => "reset",
-            ConnectErrorKind::Unreachable => "unreachable",
-            ConnectErrorKind::Other => "other",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// A DNS lookup's result, for metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DnsResult {
-    Ok,
-    Timeout,
-    Error,
-}
 
 /// A histogram with fixed bucket bounds, in integer base units (microseconds
 /// or bytes), rendered divided by `divisor` (1e6 for seconds, 1 for bytes).
@@ -201,21 +162,18 @@ impl RoleCounters {
 }
 
 /// A role as the active policy sees it: its counters and its statsd tags.
-/// Handed to the request path so the tunnel's close is tagged the same way.
 #[derive(Debug)]
-pub struct RoleTags {
+struct RoleSlot {
     counters: Arc<RoleCounters>,
-    /// `role` and `project` statsd tag values, already sanitised.
-    pub statsd_role: Box<str>,
-    pub statsd_project: Box<str>,
+    tags: Arc<RoleTags>,
 }
 
 /// The active policy's roles.
 #[derive(Debug)]
 struct RoleMap {
-    named: HashMap<Box<str>, Arc<RoleTags>>,
-    none: Arc<RoleTags>,
-    other: Arc<RoleTags>,
+    named: HashMap<Box<str>, RoleSlot>,
+    none: RoleSlot,
+    other: RoleSlot,
 }
 
 /// Everything `proxyd` counts.
@@ -244,12 +202,9 @@ pub struct Metrics {
 impl Metrics {
     /// A facade with no policy yet; `statsd` receives events when given.
     pub fn new(statsd: Option<StatsdSink>, time_connect: bool) -> Self {
-        let empty = |label: &str| {
-            Arc::new(RoleTags {
-                counters: RoleCounters::new(label.to_owned()),
-                statsd_role: sanitise_tag(label).into(),
-                statsd_project: "".into(),
-            })
+        let empty = |label: &str| RoleSlot {
+            counters: RoleCounters::new(label.to_owned()),
+            tags: Arc::new(RoleTags::new(label, "")),
         };
         Metrics {
             roles: ArcSwap::from_pointee(RoleMap {
@@ -289,12 +244,9 @@ impl Metrics {
     pub fn policy_activated(&self, table: &CompiledTable) {
         let old = self.roles.load();
         let default_project = table.policy.default.as_ref().map_or("", |d| d.project.as_str());
-        let tags = |counters: Arc<RoleCounters>, role: &str, project: &str| {
-            Arc::new(RoleTags {
-                counters,
-                statsd_role: sanitise_tag(role).into(),
-                statsd_project: sanitise_tag(project).into(),
-            })
+        let tags = |counters: Arc<RoleCounters>, role: &str, project: &str| RoleSlot {
+            counters,
+            tags: Arc::new(RoleTags::new(role, project)),
         };
         let named = table
             .policy
@@ -317,16 +269,16 @@ impl Metrics {
     /// The name stage decided. Returns the role's tags for the tunnel's close.
     pub fn decision(&self, role: Option<&str>, decision: &Decision<'_>) -> Arc<RoleTags> {
         let roles = self.roles.load();
-        let tags = match (decision.rule, role) {
+        let slot = match (decision.rule, role) {
             (RuleRef::Service(name), _) => roles.named.get(name).unwrap_or(&roles.other),
             (_, None) => &roles.none,
             (_, Some(_)) => &roles.other,
         };
         let cell = decision.verdict.index() * Reason::ALL.len() + decision.reason.index();
-        if let Some(counter) = tags.counters.decisions.get(cell) {
+        if let Some(counter) = slot.counters.decisions.get(cell) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        let tags = Arc::clone(tags);
+        let tags = Arc::clone(&slot.tags);
         if self.statsd.is_some() {
             self.send(Event::Acl {
                 verdict: decision.verdict,
@@ -401,10 +353,10 @@ impl Metrics {
         OpenTunnel { metrics: Arc::clone(self) }
     }
 
-    /// The Prometheus text exposition (format 0.0.4). `ready` is what `/readyz` says.
-    /// Reload counts come from `policy`'s status, the one record of them.
-    pub fn render(&self, policy: Option<&PolicyState>, ready: bool) -> String {
-        let active = policy.map(PolicyState::current);
+    /// The Prometheus text exposition (format 0.0.4). `ready` is what `/readyz` says;
+    /// `policy` is what the caller read from the reload state (the one record of the
+    /// reload counts), handed over as plain values so this module never depends on it.
+    pub fn render(&self, policy: &PolicyReport<'_>, ready: bool) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
@@ -417,8 +369,8 @@ impl Metrics {
             "gauge",
             "Always 1; the revision label is the active policy's revision.",
         );
-        if let Some(active) = &active {
-            let _ = writeln!(out, "proxyd_policy_info{{revision=\"{}\"}} 1", escape_label(active.table.revision()));
+        if let Some(revision) = policy.revision {
+            let _ = writeln!(out, "proxyd_policy_info{{revision=\"{}\"}} 1", escape_label(revision));
         }
 
         header(
@@ -446,7 +398,7 @@ impl Metrics {
             "Name-stage decisions by result, reason code and role (roles of the active policy; :other, :none).",
         );
         let roles = self.roles.load();
-        let mut slots: Vec<&RoleTags> = roles.named.values().map(|t| &**t).collect();
+        let mut slots: Vec<&RoleSlot> = roles.named.values().collect();
         slots.sort_by(|a, b| a.counters.label.cmp(&b.counters.label));
         slots.push(&roles.other);
         slots.push(&roles.none);
@@ -518,8 +470,7 @@ impl Metrics {
         let _ = writeln!(out, "proxyd_tunnel_cap_rejections_total {}", tunnel_cap.map_or(0, load));
 
         header(&mut out, "proxyd_policy_reloads_total", "counter", "Policy reload attempts by result.");
-        let reloads = policy.map(PolicyState::status).unwrap_or_default();
-        for (result, count) in reloads.counts() {
+        for (result, count) in policy.reloads {
             let _ = writeln!(out, "proxyd_policy_reloads_total{{result=\"{result}\"}} {count}");
         }
 
@@ -575,21 +526,6 @@ fn escape_help(value: &str) -> String {
     value.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
-/// A statsd tag value: Smokescreen replaces `| @ # : " } { \` and control
-/// characters with `_`; we also replace `,` (which separates tags: a `,` in a
-/// role would inject a tag) and cap the length.
-pub fn sanitise_tag(value: &str) -> String {
-    value
-        .chars()
-        .take(200)
-        .map(|c| match c {
-            '|' | '@' | '#' | ':' | '"' | '}' | '{' | '\\' | ',' => '_',
-            c if c.is_control() => '_',
-            c => c,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
@@ -610,13 +546,6 @@ mod tests {
         assert_eq!(role_label(":none"), "::none");
         assert_eq!(role_label(":other"), "::other");
         assert_ne!(role_label(ROLE_NONE), ROLE_NONE);
-    }
-
-    #[test]
-    fn statsd_tags_are_sanitised_including_commas() {
-        assert_eq!(sanitise_tag("a,b:c|d@e#f\"g{h}i\\j\nk"), "a_b_c_d_e_f_g_h_i_j_k");
-        assert_eq!(sanitise_tag("role with [brackets]"), "role with [brackets]");
-        assert_eq!(sanitise_tag(&"x".repeat(500)).len(), 200);
     }
 
     #[test]
@@ -651,19 +580,31 @@ mod tests {
         // Three events: the attempt and its connect time fit, the third is dropped.
         metrics.connect_attempt(Duration::from_millis(1), None);
         metrics.request("tunnel_cap");
-        assert!(metrics.render(None, true).contains("\nproxyd_statsd_dropped_total 1\n"));
+        assert!(metrics.render(&PolicyReport::default(), true).contains("\nproxyd_statsd_dropped_total 1\n"));
         assert!(matches!(queued.try_recv(), Ok(Event::ConnectAttempt { success: true })));
         assert!(matches!(queued.try_recv(), Ok(Event::ConnectTime(_))));
         assert!(queued.try_recv().is_err());
     }
 
     #[test]
-    fn connect_error_kinds() {
-        let kind = |k| ConnectErrorKind::of(&io::Error::from(k));
-        assert_eq!(kind(io::ErrorKind::ConnectionRefused), ConnectErrorKind::Refused);
-        assert_eq!(kind(io::ErrorKind::ConnectionReset), ConnectErrorKind::Reset);
-        assert_eq!(kind(io::ErrorKind::HostUnreachable), ConnectErrorKind::Unreachable);
-        assert_eq!(kind(io::ErrorKind::TimedOut), ConnectErrorKind::Timeout);
-        assert_eq!(kind(io::ErrorKind::PermissionDenied), ConnectErrorKind::Other);
+    fn decisions_hand_back_the_policy_roles_sanitised_statsd_tags() {
+        let yaml = "version: v1\nservices:\n  - name: \"a,b:c\"\n    project: \"p|q\"\n    action: open\n";
+        let policy = egress_policy::acl::check_source("t.yaml", yaml, Default::default()).policy.unwrap();
+        let bytes = egress_policy::table::encode(
+            &policy,
+            &egress_policy::table::Metadata::for_source(
+                std::path::Path::new("t.yaml"),
+                yaml.as_bytes(),
+                Default::default(),
+            ),
+        );
+        let table = egress_policy::table::decode(&bytes).unwrap();
+        let metrics = Metrics::new(None, false);
+        metrics.policy_activated(&table);
+        let host = egress_policy::host::canonical("x.test").unwrap();
+        let tags = metrics.decision(Some("a,b:c"), &table.table.decide(Some("a,b:c"), &host));
+        assert_eq!((&*tags.statsd_role, &*tags.statsd_project), ("a_b_c", "p_q"));
+        let tags = metrics.decision(None, &table.table.decide(None, &host));
+        assert_eq!((&*tags.statsd_role, &*tags.statsd_project), ("_none", ""));
     }
 }

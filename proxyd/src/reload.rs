@@ -196,10 +196,25 @@ fn verify(bytes: &[u8], disabled: ActionSet) -> Result<CompiledTable, table::Tab
 /// How reloads are triggered.
 #[derive(Clone, Copy, Debug)]
 pub struct ReloadSettings {
-    /// Quiet time after the last file event before reading the file.
+    /// Quiet time after the last file event before reading the file; a
+    /// steady stream of events holds a reload back by at most
+    /// [`ReloadSettings::max_wait`].
     pub debounce: Duration,
     /// Periodic re-read for filesystems that send no events; `None` disables it.
     pub periodic: Option<Duration>,
+}
+
+/// How many quiet periods a steady stream of file events may hold a reload back.
+const MAX_WAIT_IN_DEBOUNCES: u32 = 5;
+
+impl ReloadSettings {
+    /// The longest a reload waits after the first file event of a burst,
+    /// however many follow: [`MAX_WAIT_IN_DEBOUNCES`] quiet periods (500 ms
+    /// with the default 100 ms), so a file written without pause still
+    /// reloads, while a deliberately long debounce still holds events back.
+    pub fn max_wait(&self) -> Duration {
+        self.debounce.saturating_mul(MAX_WAIT_IN_DEBOUNCES)
+    }
 }
 
 impl Default for ReloadSettings {
@@ -211,7 +226,9 @@ impl Default for ReloadSettings {
 /// Watches for reasons to reload until `stop` resolves. The watcher is on
 /// the file's directory (and the symlink target's directory), because
 /// editors and Kubernetes replace files by rename and by swapping a `..data`
-/// symlink, which a watch on the file itself would miss.
+/// symlink, which a watch on the file itself would miss. Only events that
+/// concern the policy count (see [`Interest`]): other files in the same
+/// directory, such as a log written without pause, never delay a reload.
 pub async fn watch(
     state: Arc<PolicyState>,
     settings: ReloadSettings,
@@ -219,8 +236,14 @@ pub async fn watch(
     stop: impl Future<Output = ()>,
 ) {
     let (events_tx, mut events) = mpsc::channel::<()>(64);
+    let interest = Arc::new(Mutex::new(Interest::default()));
+    let filter = Arc::clone(&interest);
     let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        let concerns_policy = match &event {
+            Ok(event) => filter.lock().map_or(true, |interest| interest.concerns(event)),
+            Err(_) => false,
+        };
+        if concerns_policy {
             // A full channel already means "something changed".
             let _ = events_tx.try_send(());
         }
@@ -233,7 +256,7 @@ pub async fn watch(
     };
     let mut watched: Vec<PathBuf> = Vec::new();
     if let Some(w) = watcher.as_mut() {
-        rewatch(w, state.path(), &mut watched);
+        rewatch(w, state.path(), &mut watched, &interest);
     }
     let periodic = settings.periodic;
     let mut ticker = tokio::time::interval(periodic.unwrap_or(Duration::from_secs(3600)));
@@ -241,8 +264,10 @@ pub async fn watch(
     ticker.tick().await;
     tokio::pin!(stop);
     // File events restart a quiet-period timer; the reload happens when it
-    // runs out. SIGHUP and the periodic check do not wait for it.
+    // runs out, or at the latest `max_wait` after the burst's first event.
+    // SIGHUP and the periodic check do not wait for it.
     let mut quiet_until: Option<tokio::time::Instant> = None;
+    let mut burst_started: Option<tokio::time::Instant> = None;
     loop {
         let debounce_done = async {
             match quiet_until {
@@ -255,13 +280,16 @@ pub async fn watch(
             Some(()) = sighup.recv() => "SIGHUP",
             _ = ticker.tick(), if periodic.is_some() => "periodic check",
             Some(()) = events.recv() => {
-                quiet_until = Some(tokio::time::Instant::now() + settings.debounce);
+                let now = tokio::time::Instant::now();
+                let first = *burst_started.get_or_insert(now);
+                quiet_until = Some((now + settings.debounce).min(first + settings.max_wait()));
                 continue;
             }
             () = debounce_done => "file event",
         };
         if trigger == "file event" {
             quiet_until = None;
+            burst_started = None;
         }
         let reloaded = {
             let state = Arc::clone(&state);
@@ -272,25 +300,71 @@ pub async fn watch(
         }
         // A symlink may now point into a new directory (Kubernetes `..data`).
         if let Some(w) = watcher.as_mut() {
-            rewatch(w, state.path(), &mut watched);
+            rewatch(w, state.path(), &mut watched, &interest);
         }
     }
 }
 
+/// The paths whose events concern the policy, as the watcher reports them
+/// (each a watched directory joined with a name): the policy path itself,
+/// the Kubernetes `..data` link beside it, the file the path resolves to,
+/// and the watched directories themselves (removed or replaced).
+#[derive(Debug, Default)]
+struct Interest {
+    paths: Vec<PathBuf>,
+}
+
+impl Interest {
+    fn for_policy(path: &Path, policy_dir: &Path, resolved: Option<(&Path, &Path)>) -> Self {
+        let mut paths = vec![policy_dir.to_path_buf(), policy_dir.join(KUBERNETES_DATA_LINK)];
+        if let Some(name) = path.file_name() {
+            paths.push(policy_dir.join(name));
+        }
+        if let Some((resolved, resolved_dir)) = resolved {
+            paths.push(resolved_dir.to_path_buf());
+            if let Some(name) = resolved.file_name() {
+                paths.push(resolved_dir.join(name));
+            }
+        }
+        Interest { paths }
+    }
+
+    /// Whether `event` may have changed what the policy path reads. Events
+    /// that name no path (a queue overflow asks for a rescan) count.
+    fn concerns(&self, event: &notify::Event) -> bool {
+        event.need_rescan() || event.paths.is_empty() || event.paths.iter().any(|p| self.paths.contains(p))
+    }
+}
+
+/// The link the kubelet swaps to update every file of a mounted ConfigMap at once.
+const KUBERNETES_DATA_LINK: &str = "..data";
+
 /// Watches the directory of `path` and, if `path` is a symlink, the
-/// directory of what it resolves to.
-fn rewatch(watcher: &mut notify::RecommendedWatcher, path: &Path, watched: &mut Vec<PathBuf>) {
+/// directory of what it resolves to; `interest` learns the paths whose
+/// events count.
+fn rewatch(
+    watcher: &mut notify::RecommendedWatcher,
+    path: &Path,
+    watched: &mut Vec<PathBuf>,
+    interest: &Mutex<Interest>,
+) {
     let mut wanted: Vec<PathBuf> = Vec::new();
     let parent = |p: &Path| match p.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    wanted.push(parent(path));
-    if let Ok(resolved) = std::fs::canonicalize(path) {
-        let dir = parent(&resolved);
-        if !wanted.contains(&dir) {
-            wanted.push(dir);
-        }
+    let policy_dir = parent(path);
+    wanted.push(policy_dir.clone());
+    let resolved = std::fs::canonicalize(path).ok();
+    let resolved_dir = resolved.as_deref().map(parent);
+    if let Some(dir) = &resolved_dir
+        && !wanted.contains(dir)
+    {
+        wanted.push(dir.clone());
+    }
+    // Before the watches change, so no event of a new watch is judged by the old paths.
+    if let Ok(mut interest) = interest.lock() {
+        *interest = Interest::for_policy(path, &policy_dir, resolved.as_deref().zip(resolved_dir.as_deref()));
     }
     for dir in watched.iter() {
         if !wanted.contains(dir) {
@@ -350,6 +424,39 @@ mod tests {
         let status = state.status();
         assert_eq!((status.successes, status.failures, status.unchanged), (1, 2, 1));
         assert!(status.last_success.is_some() && status.last_failure.is_some());
+    }
+
+    #[test]
+    fn only_events_about_the_policy_concern_it() {
+        use notify::event::{CreateKind, EventKind, ModifyKind};
+        let event = |paths: &[&str]| {
+            let mut event = notify::Event::new(EventKind::Modify(ModifyKind::Any));
+            event.paths = paths.iter().map(PathBuf::from).collect();
+            event
+        };
+        let interest = Interest::for_policy(
+            Path::new("/etc/policy/policy.bin"),
+            Path::new("/etc/policy"),
+            Some((Path::new("/etc/policy/..2026_1/policy.bin"), Path::new("/etc/policy/..2026_1"))),
+        );
+        for concerned in [
+            &["/etc/policy/policy.bin"][..],
+            &["/etc/policy/..data"],
+            &["/etc/policy/..data_tmp", "/etc/policy/..data"],
+            &["/etc/policy/..2026_1/policy.bin"],
+            &["/etc/policy/..2026_1"],
+            &["/etc/policy"],
+            &[],
+        ] {
+            assert!(interest.concerns(&event(concerned)), "{concerned:?}");
+        }
+        for unrelated in [&["/etc/policy/proxyd.log"][..], &["/etc/policy/..data_tmp"], &["/etc/policy/..2026_1/other"]]
+        {
+            assert!(!interest.concerns(&event(unrelated)), "{unrelated:?}");
+        }
+        let rescan = notify::Event::new(EventKind::Create(CreateKind::Any)).set_flag(notify::event::Flag::Rescan);
+        assert!(interest.concerns(&rescan));
+        assert_eq!(ReloadSettings::default().max_wait(), Duration::from_millis(500));
     }
 
     #[test]

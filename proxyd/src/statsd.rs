@@ -6,44 +6,23 @@
 //! facade counts the drop); one background task formats the lines and sends
 //! them, one datagram per line, from a non-blocking UDP socket. Tag values
 //! were sanitised once when the policy was activated
-//! ([`crate::metrics::sanitise_tag`]). This module never decides anything.
+//! ([`crate::events::RoleTags::new`]). This module never decides anything,
+//! and depends only on the event vocabulary in [`crate::events`], never on
+//! the facade or the code that emits.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use egress_policy::decision::Verdict;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::metrics::{ConnectErrorKind, RoleTags};
+use crate::events::ConnectErrorKind;
+pub use crate::events::Event;
 
 /// Events waiting to be sent; beyond this they are dropped (and counted).
 const QUEUE: usize = 4096;
 const NAMESPACE: &str = "smokescreen.";
-
-/// One thing statsd hears about.
-#[derive(Debug)]
-pub enum Event {
-    /// `acl.allow` / `acl.report` / `acl.deny` with `role`, `def_rule`, `project`.
-    Acl { verdict: Verdict, default_rule: bool, tags: Arc<RoleTags> },
-    /// `resolver.attempts_total`.
-    ResolverAttempt,
-    /// `resolver.errors_total`: a DNS failure or an address-stage denial (as Smokescreen counts).
-    ResolverError,
-    /// `resolver.lookup_time` (ms) of a successful lookup.
-    ResolverTime(Duration),
-    /// `cn.atpt.total` with `success`.
-    ConnectAttempt { success: bool },
-    /// `cn.atpt.connect.err` with `type`.
-    ConnectError(ConnectErrorKind),
-    /// `cn.atpt.connect.time` (ms), only with `time_connect: true`.
-    ConnectTime(Duration),
-    /// `cn.close`, `cn.duration` (s), `cn.bytes_in`, `cn.bytes_out` with `role`, `project`.
-    Close { tags: Arc<RoleTags>, duration: Duration, bytes_in: u64, bytes_out: u64 },
-    /// `tunnels.concurrency_limited`.
-    TunnelCap,
-}
 
 /// The sending end handed to the facade.
 #[derive(Debug)]
@@ -134,31 +113,14 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
 
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::events::RoleTags;
+    use std::sync::Arc;
 
     #[test]
     fn lines_use_smokescreen_names_and_sanitised_tags() {
-        let yaml = "version: v1\nservices:\n  - name: \"a,b:c\"\n    project: \"p|q\"\n    action: open\n";
-        let policy = egress_policy::acl::check_source("t.yaml", yaml, Default::default()).policy.unwrap();
-        let bytes = egress_policy::table::encode(
-            &policy,
-            &egress_policy::table::Metadata::for_source(
-                std::path::Path::new("t.yaml"),
-                yaml.as_bytes(),
-                Default::default(),
-            ),
-        );
-        let table = egress_policy::table::decode(&bytes).unwrap();
-        let metrics = Metrics::new(None, false);
-        metrics.policy_activated(&table);
-        let host = egress_policy::host::canonical("x.test").unwrap();
-        let decision = table.table.decide(Some("a,b:c"), &host);
-        let tags = metrics.decision(Some("a,b:c"), &decision);
+        let tags = Arc::new(RoleTags::new("a,b:c", "p|q"));
         let mut lines = Vec::new();
-        format_event(
-            &Event::Acl { verdict: decision.verdict, default_rule: false, tags: Arc::clone(&tags) },
-            &mut lines,
-        );
+        format_event(&Event::Acl { verdict: Verdict::Allow, default_rule: false, tags: Arc::clone(&tags) }, &mut lines);
         format_event(&Event::ConnectError(ConnectErrorKind::Other), &mut lines);
         format_event(&Event::ResolverTime(Duration::from_micros(1500)), &mut lines);
         format_event(

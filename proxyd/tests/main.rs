@@ -15,6 +15,7 @@ mod connect;
 mod deploy;
 mod dns_server;
 mod harness;
+mod layout;
 mod lifecycle;
 mod metrics;
 mod pki;

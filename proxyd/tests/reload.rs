@@ -89,6 +89,23 @@ impl Setup {
         }
     }
 
+    /// True when table A (`b_is_active` false) or B decides, within `within`.
+    async fn flips_to(&self, b_is_active: bool, within: Duration) -> bool {
+        if b_is_active {
+            return self.flips_to_b(within).await;
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            if self.status("a.example").await == 502 && self.status("b.example").await == 403 {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Table A still decides after giving a reload time to happen.
     async fn still_a(&self) {
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -176,6 +193,71 @@ async fn a_kubernetes_configmap_update_is_picked_up() {
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     std::fs::remove_dir_all(dir.join("..2026_11_21_10_00_00.1")).unwrap();
     assert!(s.flips_to_b(WITHIN).await);
+}
+
+#[tokio::test]
+async fn a_file_written_nonstop_beside_the_policy_does_not_hold_back_reloads() {
+    // A log file kept beside the policy: every write is a file event in the
+    // watched directory. Before the fix each one restarted the quiet period,
+    // so a replaced policy never landed while the log was being written.
+    let s = start(plain, |_| {}).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, log) = (Arc::clone(&stop), s.dir.path().join("proxyd.log"));
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut file = std::fs::File::create(&log).unwrap();
+            let mut writes = 0u64;
+            // Bounded in time by the test and in count as a backstop.
+            while !stop.load(Ordering::Relaxed) && writes < 50_000_000 {
+                file.write_all(b"a log line\n").unwrap();
+                file.flush().unwrap();
+                writes += 1;
+                if writes.is_multiple_of(1000) {
+                    file.set_len(0).unwrap();
+                }
+            }
+            writes
+        })
+    };
+    let (one, two) = (a(), b());
+    for replacement in 0..6 {
+        let to_b = replacement % 2 == 0;
+        let started = Instant::now();
+        table::write_atomically(&s.path(), if to_b { &two } else { &one }).unwrap();
+        let landed = s.flips_to(to_b, WITHIN).await;
+        assert!(landed, "replacement {replacement} not applied within {WITHIN:?} (waited {:?})", started.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(writes > 1000, "the sibling file was written continuously: {writes} writes");
+}
+
+#[tokio::test]
+async fn a_policy_rewritten_without_pause_reloads_within_the_max_wait() {
+    // Events about the policy itself, every millisecond or so: the quiet
+    // period (100 ms) never runs out, so only the bound on the wait (5 quiet
+    // periods) lets the reload happen while the writes go on. Each write is
+    // a complete table (write and rename), so no read can catch half a file.
+    let s = start(plain, |_| {}).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path, bytes) = (Arc::clone(&stop), s.path(), b());
+        std::thread::spawn(move || {
+            let mut writes = 0u64;
+            while !stop.load(Ordering::Relaxed) && writes < 100_000 {
+                table::write_atomically(&path, &bytes).unwrap();
+                writes += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            writes
+        })
+    };
+    let landed = s.flips_to_b(WITHIN).await;
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(landed, "table B never applied while the policy was rewritten {writes} times");
+    assert!(writes > 20, "the policy was rewritten continuously: {writes} writes");
 }
 
 #[tokio::test]
