@@ -14,9 +14,9 @@
 //!   subcommand and only flags (and flag values) its `-h` lists, and a line
 //!   that runs `make` must name real Makefile targets. Nothing is executed:
 //!   the commands may need files or a network the test does not have.
-//! * Every relative link and every repository path written as code resolves
-//!   to a file or directory that exists, so moved code cannot leave stale
-//!   paths behind.
+//! * Every relative link (and its `#anchor`, if any) and every repository
+//!   path written as code resolves to a file, directory or heading that
+//!   exists, so moved code cannot leave stale paths behind.
 //!
 //! These tests never write outside a temporary directory.
 
@@ -45,6 +45,8 @@ struct Block {
     page: String,
     /// 1-based line of the opening fence.
     line: usize,
+    /// 1-based line of the closing fence.
+    end: usize,
     /// The info string's first word (`yaml`, `sh`, ...).
     lang: String,
     /// The content, with the fence's indentation removed.
@@ -124,7 +126,8 @@ fn blocks(page: &str) -> Vec<Block> {
             body.push(&inner[strip.min(indent)..]);
             j += 1;
         }
-        out.push(Block { page: page.to_string(), line: i + 1, lang, text: body.join("\n") + "\n", expect_errors });
+        let text = body.join("\n") + "\n";
+        out.push(Block { page: page.to_string(), line: i + 1, end: j + 1, lang, text, expect_errors });
         i = j + 1;
     }
     out
@@ -417,37 +420,73 @@ fn path_spans(line: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The lines of a page outside code blocks, with their 1-based numbers.
+fn prose_lines(page: &str) -> Vec<(usize, String)> {
+    let code: Vec<(usize, usize)> = blocks(page).iter().map(|b| (b.line, b.end)).collect();
+    read_page(page)
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.to_string()))
+        .filter(|(n, _)| !code.iter().any(|(start, end)| (start..=end).contains(&n)))
+        .collect()
+}
+
+/// The anchors GitHub gives a page's headings: lower case, punctuation
+/// dropped, spaces as hyphens; a repeated heading also gets `-1`, `-2`, ...
+fn anchors(page: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (_, line) in prose_lines(page) {
+        let Some(title) = line.strip_prefix('#') else { continue };
+        let title = title.trim_start_matches('#').trim();
+        let slug: String = title
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                _ => None,
+            })
+            .flat_map(char::to_lowercase)
+            .collect();
+        let mut unique = slug.clone();
+        let mut n = 0;
+        while !out.insert(unique.clone()) {
+            n += 1;
+            unique = format!("{slug}-{n}");
+        }
+    }
+    out
+}
+
 #[test]
 fn links_and_paths_resolve() {
     let root = repo_root();
     let mut checked = 0;
     for page in pages() {
-        let text = read_page(&page);
         let dir = Path::new(&page).parent().unwrap_or(Path::new("")).to_path_buf();
-        let mut in_code = false;
-        for (n, line) in text.lines().enumerate() {
-            if line.trim_start().starts_with("```") {
-                in_code = !in_code;
-                continue;
-            }
-            if in_code {
-                continue;
-            }
-            let at = format!("{page}:{}", n + 1);
-            for target in link_targets(line) {
-                if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
+        for (n, line) in prose_lines(&page) {
+            let at = format!("{page}:{n}");
+            for target in link_targets(&line) {
+                if target.contains("://") || target.starts_with("mailto:") {
                     continue;
                 }
-                let file = target.split('#').next().unwrap_or(target);
-                let joined = normalise(&dir.join(file));
+                let (file, anchor) = match target.split_once('#') {
+                    Some((file, anchor)) => (file, Some(anchor)),
+                    None => (target, None),
+                };
+                let joined = if file.is_empty() { PathBuf::from(&page) } else { normalise(&dir.join(file)) };
                 let shown = joined.to_str().unwrap().to_string();
-                if PAGES_WRITTEN_ELSEWHERE.contains(&shown.as_str()) {
+                if PAGES_WRITTEN_ELSEWHERE.contains(&shown.as_str()) && !root.join(&joined).exists() {
                     continue;
                 }
                 assert!(root.join(&joined).exists(), "{at}: link to {target} ({shown}) goes nowhere");
+                if let Some(anchor) = anchor {
+                    assert!(shown.ends_with(".md"), "{at}: anchor on a non-page link {target}");
+                    let known = anchors(&shown);
+                    assert!(known.contains(anchor), "{at}: {shown} has no heading #{anchor} (it has {known:?})");
+                }
                 checked += 1;
             }
-            for span in path_spans(line) {
+            for span in path_spans(&line) {
                 let path = span.trim_end_matches(['.', ',', ':']);
                 if GENERATED_PATHS.contains(&path) || PAGES_WRITTEN_ELSEWHERE.contains(&path) {
                     continue;
