@@ -35,7 +35,8 @@ http_get_status() {
         curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$1$2" || true
     else
         local host="${1%:*}" port="${1##*:}" line=""
-        if exec 3<>"/dev/tcp/$host/$port" 2>/dev/null; then
+        # (The group keeps 2>/dev/null from applying to the whole shell, as a bare `exec` would.)
+        if { exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null; then
             printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$2" "$1" >&3
             IFS= read -r -t 2 line <&3 || true
             exec 3<&- 3>&-
@@ -53,7 +54,7 @@ connect_status() {
             -x "$1" --proxytunnel "http://$2/" || true
     else
         local host="${1%:*}" port="${1##*:}" line=""
-        exec 3<>"/dev/tcp/$host/$port" || { printf '000'; return; }
+        { exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null || { printf '000'; return; }
         printf 'CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' "$2" "$2" >&3
         IFS= read -r -t 10 line <&3 || true
         exec 3<&- 3>&-
