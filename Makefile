@@ -8,7 +8,7 @@ POLICYC_RUN = $(CARGO) run --quiet --locked -p policyc --
 BASE ?= origin/main
 POLICY_CI := target/policy-ci
 
-.PHONY: all build test lint lint-policies policy-ci image-stage kubernetes-policy fmt-check clippy doc run bench clean fuzz-smoke
+.PHONY: all build test lint lint-policies policy-ci image-stage kubernetes-policy fmt-check clippy doc run quickstart bench clean fuzz-smoke
 
 all: build
 
@@ -68,6 +68,12 @@ run: build
 	$(POLICYC) compile policies/default.yaml -o target/policy/default.bin
 	@echo "proxyd on 127.0.0.1:4750 -- try: curl -x http://127.0.0.1:4750 https://example.com/  (denied: curl -x 127.0.0.1:4750 --proxytunnel http://127.0.0.1:22/; metrics: curl 127.0.0.1:9810/metrics)"
 	$(PROXYD) --config-file deploy/dev.yaml --policy target/policy/default.bin --log-format text
+
+## quickstart: the README's quick start, run for real (.ci/quickstart.sh): it must be exactly
+## `make run` and `make test`; then `make run` must answer /readyz within 120 s and refuse a
+## CONNECT to 127.0.0.1:22 with 403. Everything it starts is stopped. .ci/run runs it after the tests.
+quickstart:
+	.ci/quickstart.sh
 
 ## image-stage: the Dockerfile's build stage (deploy/build-stage.sh) with the dev profile, so CI
 ## runs exactly the image build's commands; output in target/image-stage/.

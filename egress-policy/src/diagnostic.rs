@@ -4,8 +4,8 @@
 //!
 //! Codes never change meaning once published: CI systems and editors match
 //! on them. Errors are `P0xx`, warnings `P1xx`. This module only describes
-//! and renders (rustc-style text, GitHub workflow commands); deciding what is
-//! wrong is `acl`'s and `policytest`'s job, and SARIF is `sarif`'s.
+//! them; deciding what is wrong is `acl`'s job (and the policy test runner's
+//! in `policyc`), and rendering them (text, GitHub, SARIF) is `policyc`'s.
 
 use std::fmt;
 

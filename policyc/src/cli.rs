@@ -102,7 +102,7 @@ pub enum Command {
 pub enum DiffFormat {
     /// Plain text on stdout.
     Human,
-    /// One JSON document on stdout (shape in the README).
+    /// One JSON document on stdout (shape in docs/policyc.md).
     Json,
     /// Markdown for a pull-request comment.
     Markdown,

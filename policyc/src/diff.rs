@@ -546,7 +546,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 impl PolicyDiff {
-    /// The JSON document (`format_version` [`FORMAT_VERSION`]); see the README for its shape.
+    /// The JSON document (`format_version` [`FORMAT_VERSION`]); see docs/policyc.md for its shape.
     pub fn render_json(&self, old_label: &str, new_label: &str) -> String {
         let report = JsonReport {
             format_version: FORMAT_VERSION,

@@ -309,7 +309,7 @@ fn absolute_paths_inside_the_working_directory_are_written_relative() {
 }
 
 /// The CI recipe in `examples/ci/policy.yml` only uses subcommands and flags
-/// the real binary has, and does every step the README promises.
+/// the real binary has, and does every step docs/policyc.md (§ In CI) promises.
 #[test]
 fn the_ci_recipe_matches_the_cli() {
     let text = fs::read_to_string(repo_root().join("examples/ci/policy.yml")).unwrap();

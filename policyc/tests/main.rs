@@ -1,6 +1,7 @@
 //! Tests of `policyc`: the real binary on good and broken files, the editor
-//! JSON Schemas, policy tests, the semantic diff, and the machine-readable
-//! output formats.
+//! JSON Schemas, policy tests, the semantic diff, the machine-readable
+//! output formats, and the book (README.md and docs/): its policies, policy
+//! tests and commands are checked against the real binary.
 //! One test binary with a module per area, so the suite links once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a test failure
@@ -8,6 +9,7 @@
 mod address;
 mod cli;
 mod diff;
+mod docs;
 mod formats;
 mod policy_tests;
 mod schema;

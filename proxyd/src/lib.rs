@@ -1,7 +1,7 @@
 //! `proxyd`: the SSRF-safe CONNECT data plane.
 //!
 //! It loads a compiled policy table (never YAML), serves only `CONNECT`,
-//! decides per client role with `policyc`'s pure decision function, resolves
+//! decides per client role with `egress-policy`'s pure decision function, resolves
 //! names with its own DNS client, classifies every address, and connects only
 //! to addresses it checked. Tests start it in-process with [`run`] on
 //! `127.0.0.1:0`; the binary is a thin shell around the same function.

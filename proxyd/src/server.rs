@@ -2,7 +2,7 @@
 //! CONNECT head (hyper, HTTP/1 only), who is asking, the name stage, the
 //! address stage, connect, then hand-over to the tunnel.
 //!
-//! The decision itself is `policyc`'s pure functions; failures become HTTP
+//! The decision itself is `egress-policy`'s pure functions; failures become HTTP
 //! answers only in `answer`; bytes move only in `tunnel`. This module wires
 //! them together and owns concurrency: the tunnel cap, draining and the
 //! shutdown grace period, and the admin listener's lifetime. Every event
