@@ -1,6 +1,7 @@
 //! The `proxyd` binary: parse flags, validate everything, bind, serve until
 //! SIGTERM or SIGINT. Every invalid input exits 1 with one line on stderr
-//! before anything listens.
+//! before anything listens. `--check-config`, `--completions` and
+//! `--generate-man` do their one job and exit without listening.
 
 use std::process::ExitCode;
 
@@ -23,6 +24,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(shell) = args.completions {
+        proxyd::manual::write_completions(shell, &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(dir) = &args.generate_man {
+        return match proxyd::manual::write_man_page(dir) {
+            Ok(path) => {
+                println!("{}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("proxyd: cannot write the man page into {}: {error}", dir.display());
+                ExitCode::from(1)
+            }
+        };
+    }
+    if args.check_config {
+        return ExitCode::from(proxyd::check_config::run(&args));
+    }
     let config = match Config::load(args) {
         Ok(config) => config,
         Err(error) => {

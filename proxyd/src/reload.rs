@@ -263,10 +263,17 @@ pub async fn watch(
         if trigger == "file event" {
             quiet_until = None;
         }
+        // `systemctl reload` (SIGHUP) waits for the reload to end when systemd is told of it.
+        if trigger == "SIGHUP" {
+            crate::systemd::reloading();
+        }
         let reloaded = {
             let state = Arc::clone(&state);
             tokio::task::spawn_blocking(move || state.reload(trigger)).await
         };
+        if trigger == "SIGHUP" {
+            crate::systemd::reload_done();
+        }
         if reloaded.is_err() {
             tracing::error!("policy reload task failed");
         }

@@ -42,6 +42,7 @@ use crate::proxy_protocol::{self, ProxyHeader};
 use crate::reload::{self, PolicyState};
 use crate::resolver::{ResolveError, Resolver};
 use crate::statsd::StatsdSink;
+use crate::systemd;
 use crate::tls::{self, ClientIdentity};
 use crate::tunnel::{self, ClientStream, TunnelStats};
 
@@ -112,20 +113,17 @@ pub async fn serve(
             let _ = admin_stopped.await;
         }))
     });
-    let policy = match PolicyState::load(&config.policy, config.disabled_actions, Arc::clone(&metrics)) {
+    let policy = match load_policy(&config, Arc::clone(&metrics)) {
         Ok(policy) => Arc::new(policy),
         Err(error) => {
             if let Some(task) = admin_task {
                 task.abort();
             }
-            return Err(StartError::Policy { path: config.policy.display().to_string(), error });
+            return Err(error);
         }
     };
     admin_state.policy_loaded(Arc::clone(&policy));
-    let tls = match &config.tls {
-        Some(settings) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(settings)?)),
-        None => None,
-    };
+    let tls = tls_acceptor(&config)?;
     let resolver = Resolver::new(&config.resolver_addresses, config.dns_timeout)?;
     let mut rules = config.address_rules.clone();
     rules.self_addresses.push(local);
@@ -154,6 +152,9 @@ pub async fn serve(
         proxy_protocol = shared.config.proxy_protocol,
         "proxyd listening"
     );
+
+    systemd::ready();
+    let watchdog = systemd::watchdog_interval().map(|interval| tokio::spawn(systemd::keep_watchdog_fed(interval)));
 
     // Reloads: file events, SIGHUP, and a periodic check, until shutdown.
     let (stop_watching, watching_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -188,6 +189,7 @@ pub async fn serve(
         }
     }
 
+    systemd::stopping();
     drop(listener);
     shared.draining.store(true, Ordering::SeqCst);
     admin_state.draining();
@@ -207,8 +209,27 @@ pub async fn serve(
     if let Some(task) = admin_task {
         let _ = task.await;
     }
+    if let Some(task) = watchdog {
+        task.abort();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Loads the policy table `config` names, verified exactly as every start
+/// does; `--check-config` calls this too, so it checks what a start checks.
+pub fn load_policy(config: &Config, metrics: Arc<Metrics>) -> Result<PolicyState, StartError> {
+    PolicyState::load(&config.policy, config.disabled_actions, metrics)
+        .map_err(|error| StartError::Policy { path: config.policy.display().to_string(), error })
+}
+
+/// The TLS acceptor for the client-facing listener (certificates, keys,
+/// client CAs, CRLs), or `None` for plain TCP; shared with `--check-config`.
+pub fn tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+    Ok(match &config.tls {
+        Some(settings) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(settings)?)),
+        None => None,
+    })
 }
 
 /// Resolves the statsd `HOST:PORT` once and starts the sink.
