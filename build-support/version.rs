@@ -24,7 +24,7 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 /// `YYYY-MM-DD` (UTC) of a Unix time: Howard Hinnant's days-to-civil.
-fn civil_date(epoch_seconds: i64) -> String {
+pub fn civil_date(epoch_seconds: i64) -> String {
     let days = epoch_seconds.div_euclid(86_400);
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

@@ -9,6 +9,7 @@ mod address;
 mod cli;
 mod diff;
 mod formats;
+mod manual;
 mod policy_tests;
 mod schema;
 

@@ -22,11 +22,17 @@ pub fn run(dir: &Path) -> Result<(), Failure> {
 /// Writes every page into `dir` (created if missing); returns their paths.
 pub fn write_pages(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    write_tree(command(), dir, &mut written)?;
+    Ok(written)
+}
+
+/// The command line the pages describe (built; without clap's `help`
+/// subcommand, which `--help` on every page already covers).
+pub fn command() -> clap::Command {
     let mut command = Cli::command().disable_help_subcommand(true);
     command.build();
-    let mut written = Vec::new();
-    write_tree(command, dir, &mut written)?;
-    Ok(written)
+    command
 }
 
 fn write_tree(command: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> std::io::Result<()> {
