@@ -105,6 +105,7 @@ pub async fn serve(
         None => None,
     };
     let metrics = Arc::new(Metrics::new(statsd, config.time_connect));
+    metrics.set_tunnel_cap(config.max_tunnels);
     let admin_state = Arc::new(AdminState::new(Arc::clone(&metrics)));
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());

@@ -19,6 +19,7 @@ mod harness;
 mod lifecycle;
 mod manual;
 mod metrics;
+mod operator;
 mod pki;
 mod reload;
 mod ssrf;
