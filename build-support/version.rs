@@ -4,7 +4,7 @@
 // Reproducible: the date is SOURCE_DATE_EPOCH when set, else the commit's
 // date, never the wall clock. Outside a git checkout (a source tarball, a
 // container build without .git) both fall back to "unknown" instead of
-// failing the build.
+// failing the build; such a build may pass BUILD_GIT_REVISION instead.
 
 use std::path::Path;
 use std::process::Command;
@@ -55,7 +55,14 @@ fn emit_version_env() {
             println!("cargo:rerun-if-changed={}", full.display());
         }
     }
-    let revision = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    // A build without .git (the container build context excludes it) can be told the revision.
+    println!("cargo:rerun-if-env-changed=BUILD_GIT_REVISION");
+    let given = std::env::var("BUILD_GIT_REVISION").ok().filter(|r| {
+        !r.is_empty() && r.len() <= 40 && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    });
+    let revision = given
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_owned());
     let epoch = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())

@@ -154,9 +154,6 @@ pub async fn serve(
         "proxyd listening"
     );
 
-    systemd::ready();
-    let watchdog = systemd::watchdog_interval().map(|interval| tokio::spawn(systemd::keep_watchdog_fed(interval)));
-
     // Reloads: file events, SIGHUP, and a periodic check, until shutdown.
     let (stop_watching, watching_stopped) = tokio::sync::oneshot::channel::<()>();
     let (sighup_tx, sighup_rx) = mpsc::channel::<()>(1);
@@ -165,6 +162,9 @@ pub async fn serve(
             let _ = watching_stopped.await;
         }));
     let sighup = tokio::spawn(forward_sighup(sighup_tx));
+    // Policy loaded, listener accepting, SIGHUP handled: tell systemd.
+    systemd::ready();
+    let watchdog = systemd::watchdog_interval().map(|interval| tokio::spawn(systemd::keep_watchdog_fed(interval)));
 
     // Every connection task holds a clone; when all are gone, the drain is over.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
@@ -245,13 +245,19 @@ async fn start_statsd(address: &str) -> Result<StatsdSink, StartError> {
 }
 
 /// Turns SIGHUP into reload requests (a burst of signals is one request).
-async fn forward_sighup(requests: mpsc::Sender<()>) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot install the SIGHUP handler; reloads rely on file events and the periodic check");
-        return;
-    };
-    while hangups.recv().await.is_some() {
-        let _ = requests.try_send(());
+/// The handler is installed when this is called, not when the future first
+/// runs, so a SIGHUP sent right after READY=1 is a reload request rather
+/// than the default action (termination).
+fn forward_sighup(requests: mpsc::Sender<()>) -> impl Future<Output = ()> {
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        let Ok(mut hangups) = hangups else {
+            tracing::warn!("cannot install the SIGHUP handler; reloads rely on file events and the periodic check");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let _ = requests.try_send(());
+        }
     }
 }
 
