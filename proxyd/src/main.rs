@@ -80,7 +80,7 @@ fn main() -> ExitCode {
 /// Resolves on the first SIGTERM or SIGINT. The handlers are installed when
 /// this is called, before anything listens, so a SIGTERM sent as soon as the
 /// proxy reports it is listening (or READY=1) drains instead of killing it.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
     async move {
