@@ -841,6 +841,45 @@ mod tests {
     }
 
     #[test]
+    fn load_all_finds_every_problem_and_load_refuses_with_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "dns_timeout: 5\nallow_ranges: [nope]\nexit_timeout: 1x\n").unwrap();
+        let argv = [
+            "proxyd",
+            "--config-file",
+            path.to_str().unwrap(),
+            "--proxy-auth-role",
+            "r",
+            "--statsd-address",
+            "no-port",
+            "--admin-listen",
+            "127.0.0.1:4750",
+        ];
+        let (_, problems) = Config::load_all(&Args::try_parse_from(argv).unwrap());
+        let inputs: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 7, "{inputs:#?}");
+        assert!(matches!(problems[0], ConfigError::MissingPolicy), "{inputs:#?}");
+        for (problem, expected) in inputs[1..].iter().zip([
+            "config file key `dns_timeout`",
+            "config file key `exit_timeout`",
+            "config file key `allow_ranges`",
+            "--proxy-auth-role: has no effect",
+            "--admin-listen: 127.0.0.1:4750 is the proxy's own address",
+            "statsd address: \"no-port\"",
+        ]) {
+            assert!(problem.starts_with(expected), "{problem:?} vs {expected:?}");
+        }
+        let first = Config::load(Args::try_parse_from(argv).unwrap()).unwrap_err();
+        assert_eq!(first.to_string(), inputs[0]);
+        // A file that cannot be read is one problem; the flags are still checked.
+        let argv = ["proxyd", "--config-file", "/nonexistent/c.yaml", "--policy", "p.bin", "--proxy-auth-role", "r"];
+        let (_, problems) = Config::load_all(&Args::try_parse_from(argv).unwrap());
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].to_string().starts_with("/nonexistent/c.yaml: "), "{problems:?}");
+    }
+
+    #[test]
     fn the_password_is_never_printed() {
         let auth = ProxyAuth { variable: "V".into(), password: "hunter2".into(), role: "authed".into() };
         assert!(!format!("{auth:?}").contains("hunter2"));
