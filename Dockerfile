@@ -6,6 +6,7 @@
 #   docker build -t proxyd .                        # policies/default.yaml
 #   docker build -t proxyd --build-arg POLICY=fly . # policies/fly.yaml
 #   docker run --rm -p 4750:4750 -p 9810:9810 proxyd
+#   make image                                      # docker, podman or buildah; tags proxyd:dev
 #
 # Pin both images by digest in production (`FROM image@sha256:...`).
 
@@ -13,9 +14,17 @@ FROM rust:1.90-bookworm AS build
 WORKDIR /src
 COPY . .
 ARG POLICY=default
+# `--version` metadata: the build context has no .git, so the revision and a
+# reproducible date come in as build arguments (`make image` passes both);
+# without them `--version` says "unknown".
+ARG BUILD_GIT_REVISION=unknown
+ARG SOURCE_DATE_EPOCH
 RUN deploy/build-stage.sh /out "$POLICY"
 
 # glibc, libgcc and CA roots only; no shell, no package manager; UID 65532.
+# No HEALTHCHECK, by design: the image has no shell or curl to run one, and
+# orchestrators probe /readyz and /healthz on the admin port instead (see
+# deploy/kubernetes/deployment.yaml and docs/operator-kit.md).
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/bin/proxyd /out/bin/policyc /usr/local/bin/
 # A directory, so a volume or ConfigMap mounted over it replaces the policy

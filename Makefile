@@ -8,7 +8,7 @@ POLICYC_RUN = $(CARGO) run --quiet --locked -p policyc --
 BASE ?= origin/main
 POLICY_CI := target/policy-ci
 
-.PHONY: all build test lint lint-policies policy-ci image-stage kubernetes-policy fmt-check clippy doc run quickstart bench clean fuzz-smoke
+.PHONY: all build test lint lint-policies policy-ci image-stage image man completions kubernetes-policy fmt-check clippy doc run quickstart bench clean fuzz-smoke
 
 all: build
 
@@ -79,6 +79,28 @@ quickstart:
 ## runs exactly the image build's commands; output in target/image-stage/.
 image-stage:
 	CARGO_PROFILE=dev deploy/build-stage.sh target/image-stage $(or $(IMAGE_POLICY),default)
+
+## image: the container image from the Dockerfile (tag IMAGE, default proxyd:dev; POLICY as for
+## image-stage) with docker (if its engine answers), podman or buildah; prints the image size.
+## Without a working builder it prints "image: skipped: ..." and succeeds.
+image:
+	deploy/build-image.sh $(or $(IMAGE),proxyd:dev) $(or $(IMAGE_POLICY),default)
+
+## man: man pages generated from the clap definitions into target/man/ (policyc.1, policyc-*.1,
+## proxyd.8). Read one with: man -l target/man/proxyd.8
+man:
+	@mkdir -p target/man
+	$(CARGO) run --quiet --locked -p policyc -- man target/man
+	$(CARGO) run --quiet --locked -p proxyd -- --generate-man target/man
+
+## completions: shell completion scripts for both binaries into target/completions/.
+completions:
+	@mkdir -p target/completions
+	@set -e; for shell in bash zsh fish; do \
+		$(CARGO) run --quiet --locked -p policyc -- completions $$shell > target/completions/policyc.$$shell; \
+		$(CARGO) run --quiet --locked -p proxyd -- --completions $$shell > target/completions/proxyd.$$shell; \
+	done
+	@ls target/completions
 
 ## kubernetes-policy: compile POLICY (default policies/default.yaml, with its tests) into
 ## deploy/kubernetes/policy.bin, which the kustomization's ConfigMap generator ships.

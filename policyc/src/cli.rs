@@ -11,7 +11,7 @@ use egress_policy::policy::{Action, ActionSet};
 #[derive(Debug, Parser)]
 #[command(
     name = "policyc",
-    version,
+    version = crate::VERSION,
     about = "Check, explain and compile egress ACLs (Smokescreen v1 format) into a verified decision table"
 )]
 pub struct Cli {
@@ -94,6 +94,17 @@ pub enum Command {
         disabled: Disabled,
         #[arg(long, value_enum, default_value_t = DiffFormat::Human)]
         format: DiffFormat,
+    },
+    /// Print the shell completion script for SHELL to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (policyc.1 and one per subcommand) into DIR (`make man`).
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 

@@ -11,3 +11,8 @@ pub mod commands;
 pub mod diff;
 pub mod policytest;
 pub mod report;
+
+/// `--version`: the package version, the git revision and the build date
+/// (from build.rs: the commit's date or SOURCE_DATE_EPOCH, never the wall clock).
+pub const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("BUILD_GIT_REVISION"), ", built ", env!("BUILD_DATE"), ")");

@@ -11,6 +11,7 @@ mod cli;
 mod diff;
 mod docs;
 mod formats;
+mod manual;
 mod policy_tests;
 mod schema;
 

@@ -152,7 +152,11 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
             let policy = state.policy.get();
             let active = policy.map(|p| p.current());
             let reloads = policy.map(|p| p.status()).unwrap_or_default().counts();
-            let report = PolicyReport { revision: active.as_ref().map(|a| a.table.revision()), reloads: &reloads };
+            let report = PolicyReport {
+                revision: active.as_ref().map(|a| a.table.revision()),
+                loaded_at: active.as_ref().map(|a| a.loaded_at),
+                reloads: &reloads,
+            };
             let body = state.metrics.render(&report, state.not_ready().is_none());
             with_type(StatusCode::OK, body, "text/plain; version=0.0.4; charset=utf-8")
         }

@@ -36,7 +36,7 @@ const DEFAULT_AUTH_ROLE: &str = "authed";
 #[derive(Debug, Default, Parser)]
 #[command(
     name = "proxyd",
-    version,
+    version = crate::VERSION,
     about = "SSRF-safe HTTP CONNECT egress proxy serving a compiled policy table (see `policyc compile`)"
 )]
 pub struct Args {
@@ -130,6 +130,17 @@ pub struct Args {
     /// Send Smokescreen-named metrics as DogStatsD over UDP to this `HOST:PORT` [default: off].
     #[arg(long, value_name = "HOST:PORT")]
     pub statsd_address: Option<String>,
+    /// Validate everything a start would (flags, config file, policy table, TLS files, CRLs,
+    /// resolver) without listening; print the effective configuration and exit 0, or list every
+    /// problem and exit 1.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Print the completion script for SHELL to stdout and exit.
+    #[arg(long, value_name = "SHELL")]
+    pub completions: Option<clap_complete::Shell>,
+    /// Write the man page proxyd.1 into DIR and exit (`make man`).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub generate_man: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -325,68 +336,87 @@ impl Config {
     }
 
     /// Builds the configuration from flags, the optional config file, and
-    /// the environment (for the proxy password).
+    /// the environment (for the proxy password). The error is the first
+    /// problem [`Config::load_all`] finds: start-up refuses with one line.
     pub fn load(args: Args) -> Result<Config, ConfigError> {
+        let (config, problems) = Config::load_all(&args);
+        match problems.into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(config),
+        }
+    }
+
+    /// Like [`Config::load`], but finds every problem (for `--check-config`),
+    /// in the order `load` would meet them. The configuration is only valid
+    /// when the list is empty; otherwise each refused value is replaced by
+    /// its default so later checks (policy, TLS files, resolver) still run.
+    pub fn load_all(args: &Args) -> (Config, Vec<ConfigError>) {
+        let mut problems = Vec::new();
+        let p = &mut problems;
         let file = match &args.config_file {
-            Some(path) => read_file_config(path)?,
+            Some(path) => keep(p, read_file_config(path)).unwrap_or_default(),
             None => FileConfig::default(),
         };
         let from_file = |key: &str| format!("config file key `{key}`");
-        file.refuse_unsupported()?;
+        keep(p, file.refuse_unsupported());
 
-        let policy = args.policy.clone().or(file.policy.clone()).ok_or(ConfigError::MissingPolicy)?;
+        let policy =
+            keep(p, args.policy.clone().or(file.policy.clone()).ok_or(ConfigError::MissingPolicy)).unwrap_or_default();
 
         let mut disabled: ActionSet = args.disable_acl_policy_action.iter().copied().collect();
         for name in file.disable_acl_policy_actions.iter().flatten() {
             let action = parse_action(name)
-                .map_err(|message| ConfigError::Invalid { input: from_file("disable_acl_policy_actions"), message })?;
-            disabled.insert(action);
+                .map_err(|message| ConfigError::Invalid { input: from_file("disable_acl_policy_actions"), message });
+            if let Some(action) = keep(p, action) {
+                disabled.insert(action);
+            }
         }
 
         let listen_ip = args.listen_ip.or(file.ip).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let listen_port = args.listen_port.or(file.port).unwrap_or(DEFAULT_PORT);
 
-        let duration =
+        let mut duration =
             |flag: Option<Duration>, key: &str, value: &Option<String>, default: Duration| match (flag, value) {
-                (Some(d), _) => Ok(d),
-                (None, Some(text)) => {
-                    parse_duration(text).map_err(|message| ConfigError::Invalid { input: from_file(key), message })
-                }
-                (None, None) => Ok(default),
+                (Some(d), _) => d,
+                (None, Some(text)) => keep(
+                    p,
+                    parse_duration(text).map_err(|message| ConfigError::Invalid { input: from_file(key), message }),
+                )
+                .unwrap_or(default),
+                (None, None) => default,
             };
-        let connect_timeout =
-            duration(args.timeout, "connect_timeout", &file.connect_timeout, DEFAULT_CONNECT_TIMEOUT)?;
-        let dns_timeout = duration(args.dns_timeout, "dns_timeout", &file.dns_timeout, DEFAULT_DNS_TIMEOUT)?;
+        let connect_timeout = duration(args.timeout, "connect_timeout", &file.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        let dns_timeout = duration(args.dns_timeout, "dns_timeout", &file.dns_timeout, DEFAULT_DNS_TIMEOUT);
         let header_timeout =
-            duration(args.header_timeout, "read_header_timeout", &file.read_header_timeout, DEFAULT_HEADER_TIMEOUT)?;
-        let idle_timeout = duration(args.idle_timeout, "idle_timeout", &file.idle_timeout, DEFAULT_IDLE_TIMEOUT)?;
-        let shutdown_grace = duration(args.shutdown_grace, "exit_timeout", &file.exit_timeout, DEFAULT_SHUTDOWN_GRACE)?;
+            duration(args.header_timeout, "read_header_timeout", &file.read_header_timeout, DEFAULT_HEADER_TIMEOUT);
+        let idle_timeout = duration(args.idle_timeout, "idle_timeout", &file.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        let shutdown_grace = duration(args.shutdown_grace, "exit_timeout", &file.exit_timeout, DEFAULT_SHUTDOWN_GRACE);
         let defaults = ReloadSettings::default();
         let check_interval = duration(
             args.policy_check_interval,
             "policy_check_interval",
             &file.policy_check_interval,
             defaults.periodic.unwrap_or(Duration::ZERO),
-        )?;
+        );
         let debounce = duration(
             args.policy_reload_debounce,
             "policy_reload_debounce",
             &file.policy_reload_debounce,
             defaults.debounce,
-        )?;
+        );
         for (name, value) in
             [("connect timeout", connect_timeout), ("DNS timeout", dns_timeout), ("header timeout", header_timeout)]
         {
             if value.is_zero() {
-                return Err(ConfigError::Invalid { input: name.into(), message: "must be greater than zero".into() });
+                p.push(ConfigError::Invalid { input: name.into(), message: "must be greater than zero".into() });
             }
         }
 
         let mut rules = AddressRules {
-            deny_ranges: parse_list(&file.deny_ranges, "deny_ranges")?,
-            allow_ranges: parse_list(&file.allow_ranges, "allow_ranges")?,
-            deny_addresses: parse_list(&file.deny_addresses, "deny_addresses")?,
-            allow_addresses: parse_list(&file.allow_addresses, "allow_addresses")?,
+            deny_ranges: keep(p, parse_list(&file.deny_ranges, "deny_ranges")).unwrap_or_default(),
+            allow_ranges: keep(p, parse_list(&file.allow_ranges, "allow_ranges")).unwrap_or_default(),
+            deny_addresses: keep(p, parse_list(&file.deny_addresses, "deny_addresses")).unwrap_or_default(),
+            allow_addresses: keep(p, parse_list(&file.allow_addresses, "allow_addresses")).unwrap_or_default(),
             unsafe_allow_private_ranges: args.unsafe_allow_private_ranges
                 || file.unsafe_allow_private_ranges.unwrap_or(false),
             self_addresses: Vec::new(),
@@ -396,46 +426,56 @@ impl Config {
         rules.deny_addresses.extend(args.deny_address.iter().copied());
         rules.allow_addresses.extend(args.allow_address.iter().copied());
 
-        let mut resolver_addresses: Vec<SocketAddr> = parse_list(&file.resolver_addresses, "resolver_addresses")?;
+        let mut resolver_addresses: Vec<SocketAddr> =
+            keep(p, parse_list(&file.resolver_addresses, "resolver_addresses")).unwrap_or_default();
         resolver_addresses.extend(args.resolver_address.iter().copied());
 
-        let tls = tls_settings(&args, &file)?;
+        let tls = keep(p, tls_settings(args, &file)).flatten();
 
-        let proxy_auth = match args.proxy_password_env.clone().or(file.proxy_password_env.clone()) {
+        let password_variable = args.proxy_password_env.clone().or(file.proxy_password_env.clone());
+        let proxy_auth = match &password_variable {
             None => None,
             Some(variable) => {
-                let password = std::env::var(&variable).map_err(|_| ConfigError::PasswordUnset(variable.clone()))?;
-                if password.is_empty() {
-                    return Err(ConfigError::PasswordUnset(variable));
-                }
+                let password = match std::env::var(variable) {
+                    Ok(password) if !password.is_empty() => Some(password),
+                    _ => {
+                        p.push(ConfigError::PasswordUnset(variable.clone()));
+                        None
+                    }
+                };
                 let role = args
                     .proxy_auth_role
                     .clone()
                     .or(file.proxy_auth_role.clone())
                     .unwrap_or_else(|| DEFAULT_AUTH_ROLE.to_owned());
                 if role.is_empty() {
-                    return Err(ConfigError::Invalid {
+                    p.push(ConfigError::Invalid {
                         input: "--proxy-auth-role".into(),
                         message: "the role must not be empty".into(),
                     });
                 }
-                Some(ProxyAuth { variable, password, role })
+                password.filter(|_| !role.is_empty()).map(|password| ProxyAuth {
+                    variable: variable.clone(),
+                    password,
+                    role,
+                })
             }
         };
-        if proxy_auth.is_none() && args.proxy_auth_role.is_some() {
-            return Err(ConfigError::Invalid {
+        if password_variable.is_none() && args.proxy_auth_role.is_some() {
+            p.push(ConfigError::Invalid {
                 input: "--proxy-auth-role".into(),
                 message: "has no effect without --proxy-password-env".into(),
             });
         }
 
-        let max_tunnels =
+        let mut max_tunnels =
             args.max_concurrent_connect_tunnels.or(file.max_concurrent_connect_tunnels).unwrap_or(DEFAULT_MAX_TUNNELS);
         if max_tunnels == 0 {
-            return Err(ConfigError::Invalid {
+            p.push(ConfigError::Invalid {
                 input: "max concurrent connect tunnels".into(),
                 message: "must be at least 1 (the cap is always on)".into(),
             });
+            max_tunnels = DEFAULT_MAX_TUNNELS;
         }
 
         let listen = SocketAddr::new(listen_ip, listen_port);
@@ -445,7 +485,7 @@ impl Config {
             && admin.port() == listen.port()
             && (admin.ip() == listen.ip() || admin.ip().is_unspecified() || listen.ip().is_unspecified())
         {
-            return Err(ConfigError::Invalid {
+            p.push(ConfigError::Invalid {
                 input: "--admin-listen".into(),
                 message: format!(
                     "{admin} is the proxy's own address ({listen}); give the admin endpoints another port"
@@ -453,19 +493,20 @@ impl Config {
             });
         }
         let statsd_address = args.statsd_address.clone().or(file.statsd_address.clone());
-        if let Some(address) = &statsd_address {
-            check_host_port(address)
-                .map_err(|message| ConfigError::Invalid { input: "statsd address".into(), message })?;
+        if let Some(address) = &statsd_address
+            && let Err(message) = check_host_port(address)
+        {
+            p.push(ConfigError::Invalid { input: "statsd address".into(), message });
         }
         let time_connect = file.time_connect.unwrap_or(false);
         if time_connect && statsd_address.is_none() {
-            return Err(ConfigError::Invalid {
+            p.push(ConfigError::Invalid {
                 input: from_file("time_connect"),
                 message: "only adds cn.atpt.connect.time to statsd: set statsd_address (Prometheus always has proxyd_connect_duration_seconds)".into(),
             });
         }
 
-        Ok(Config {
+        let config = Config {
             listen,
             policy,
             disabled_actions: disabled,
@@ -489,7 +530,19 @@ impl Config {
             admin_listen,
             statsd_address,
             time_connect,
-        })
+        };
+        (config, problems)
+    }
+}
+
+/// The value of `result`, or `None` with its error added to `problems`.
+fn keep<T>(problems: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(error) => {
+            problems.push(error);
+            None
+        }
     }
 }
 
@@ -785,6 +838,45 @@ mod tests {
         assert!(err.to_string().contains("statsd_address"), "{err}");
         let err = load(&["--policy", "p.bin"], Some("statsd_address: \"\"\n")).unwrap_err();
         assert!(err.to_string().contains("statsd address"), "{err}");
+    }
+
+    #[test]
+    fn load_all_finds_every_problem_and_load_refuses_with_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "dns_timeout: 5\nallow_ranges: [nope]\nexit_timeout: 1x\n").unwrap();
+        let argv = [
+            "proxyd",
+            "--config-file",
+            path.to_str().unwrap(),
+            "--proxy-auth-role",
+            "r",
+            "--statsd-address",
+            "no-port",
+            "--admin-listen",
+            "127.0.0.1:4750",
+        ];
+        let (_, problems) = Config::load_all(&Args::try_parse_from(argv).unwrap());
+        let inputs: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 7, "{inputs:#?}");
+        assert!(matches!(problems[0], ConfigError::MissingPolicy), "{inputs:#?}");
+        for (problem, expected) in inputs[1..].iter().zip([
+            "config file key `dns_timeout`",
+            "config file key `exit_timeout`",
+            "config file key `allow_ranges`",
+            "--proxy-auth-role: has no effect",
+            "--admin-listen: 127.0.0.1:4750 is the proxy's own address",
+            "statsd address: \"no-port\"",
+        ]) {
+            assert!(problem.starts_with(expected), "{problem:?} vs {expected:?}");
+        }
+        let first = Config::load(Args::try_parse_from(argv).unwrap()).unwrap_err();
+        assert_eq!(first.to_string(), inputs[0]);
+        // A file that cannot be read is one problem; the flags are still checked.
+        let argv = ["proxyd", "--config-file", "/nonexistent/c.yaml", "--policy", "p.bin", "--proxy-auth-role", "r"];
+        let (_, problems) = Config::load_all(&Args::try_parse_from(argv).unwrap());
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].to_string().starts_with("/nonexistent/c.yaml: "), "{problems:?}");
     }
 
     #[test]

@@ -13,22 +13,32 @@
 //! [`reload`] (the active table and live reload), [`metrics`] (the one
 //! instrumentation facade) with [`statsd`] (its UDP export), [`events`] (the
 //! telemetry vocabulary both sinks consume; it imports neither), and
-//! [`admin`] (health, readiness, policy and metrics endpoints).
+//! [`admin`] (health, readiness, policy and metrics endpoints). Operators get
+//! [`check_config`] (`--check-config`), [`systemd`] (readiness and watchdog
+//! notifications) and [`manual`] (completions and man pages).
 
 pub mod admin;
 pub mod answer;
+pub mod check_config;
 pub mod config;
 pub mod egress;
 pub mod events;
 pub mod log;
+pub mod manual;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod resolver;
 pub mod server;
 pub mod statsd;
+pub mod systemd;
 pub mod tls;
 pub mod tunnel;
 
 pub use config::{Args, Config};
 pub use server::{StartError, run, serve};
+
+/// `--version`: the package version, the git revision and the build date
+/// (from build.rs: the commit's date or SOURCE_DATE_EPOCH, never the wall clock).
+pub const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("BUILD_GIT_REVISION"), ", built ", env!("BUILD_DATE"), ")");

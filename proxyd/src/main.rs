@@ -1,6 +1,7 @@
 //! The `proxyd` binary: parse flags, validate everything, bind, serve until
 //! SIGTERM or SIGINT. Every invalid input exits 1 with one line on stderr
-//! before anything listens.
+//! before anything listens. `--check-config`, `--completions` and
+//! `--generate-man` do their one job and exit without listening.
 
 use std::process::ExitCode;
 
@@ -23,6 +24,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(shell) = args.completions {
+        proxyd::manual::write_completions(shell, &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(dir) = &args.generate_man {
+        return match proxyd::manual::write_man_page(dir) {
+            Ok(path) => {
+                println!("{}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("proxyd: cannot write the man page into {}: {error}", dir.display());
+                ExitCode::from(1)
+            }
+        };
+    }
+    if args.check_config {
+        return ExitCode::from(proxyd::check_config::run(&args));
+    }
     let config = match Config::load(args) {
         Ok(config) => config,
         Err(error) => {
@@ -39,6 +59,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let shutdown = shutdown_signal();
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(listener) => listener,
             Err(error) => {
@@ -46,7 +67,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        match proxyd::run(listener, config, shutdown_signal()).await {
+        match proxyd::run(listener, config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("proxyd: {error}");
@@ -56,19 +77,24 @@ fn main() -> ExitCode {
     })
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on the first SIGTERM or SIGINT. The handlers are installed when
+/// this is called, before anything listens, so a SIGTERM sent as soon as the
+/// proxy reports it is listening (or READY=1) drains instead of killing it.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
-                _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+                    _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+                }
             }
-        }
-        _ => {
-            tracing::error!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await;
+            _ => {
+                tracing::error!("cannot install signal handlers; stop with SIGKILL");
+                std::future::pending::<()>().await;
+            }
         }
     }
 }

@@ -43,6 +43,8 @@ pub const ROLE_OTHER: &str = ":other";
 pub struct PolicyReport<'a> {
     /// The active table's revision; `None` before a policy is loaded.
     pub revision: Option<&'a str>,
+    /// When the active table was loaded (at start or by the last swap); `None` before a policy is loaded.
+    pub loaded_at: Option<std::time::SystemTime>,
     /// Reload attempts by result (`swapped`, `unchanged`, `refused`), in rendering order.
     pub reloads: &'a [(&'static str, u64)],
 }
@@ -191,6 +193,8 @@ pub struct Metrics {
     connect_failures: [AtomicU64; 5],
     connect_latency: Histogram<12>,
     tunnels_active: AtomicI64,
+    /// The tunnel cap, for `proxyd_tunnels_max`; 0 until the server sets it.
+    tunnel_cap: AtomicU64,
     tunnel_duration: Histogram<10>,
     tunnel_bytes_in: Histogram<11>,
     tunnel_bytes_out: Histogram<11>,
@@ -222,6 +226,7 @@ impl Metrics {
             connect_failures: std::array::from_fn(|_| AtomicU64::new(0)),
             connect_latency: Histogram::new(&LATENCY_US, 1e6),
             tunnels_active: AtomicI64::new(0),
+            tunnel_cap: AtomicU64::new(0),
             tunnel_duration: Histogram::new(&LIFETIME_US, 1e6),
             tunnel_bytes_in: Histogram::new(&BYTES, 1.0),
             tunnel_bytes_out: Histogram::new(&BYTES, 1.0),
@@ -347,6 +352,11 @@ impl Metrics {
         }
     }
 
+    /// The configured tunnel cap, exported so alerts can compare the active count with it.
+    pub fn set_tunnel_cap(&self, cap: usize) {
+        self.tunnel_cap.store(u64::try_from(cap).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
     /// A tunnel opened; the guard counts it as active until it is closed or dropped.
     pub fn tunnel_opened(self: &Arc<Self>) -> OpenTunnel {
         self.tunnels_active.fetch_add(1, Ordering::Relaxed);
@@ -371,6 +381,17 @@ impl Metrics {
         );
         if let Some(revision) = policy.revision {
             let _ = writeln!(out, "proxyd_policy_info{{revision=\"{}\"}} 1", escape_label(revision));
+        }
+
+        header(
+            &mut out,
+            "proxyd_policy_loaded_timestamp_seconds",
+            "gauge",
+            "Unix time the active policy was loaded: at start, or by the last reload that swapped it.",
+        );
+        if let Some(loaded_at) = policy.loaded_at {
+            let loaded = loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let _ = writeln!(out, "proxyd_policy_loaded_timestamp_seconds {loaded}");
         }
 
         header(
@@ -450,6 +471,16 @@ impl Metrics {
 
         header(&mut out, "proxyd_tunnels_active", "gauge", "Tunnels open now.");
         let _ = writeln!(out, "proxyd_tunnels_active {}", self.tunnels_active.load(Ordering::Relaxed));
+        let cap = load(&self.tunnel_cap);
+        if cap > 0 {
+            header(
+                &mut out,
+                "proxyd_tunnels_max",
+                "gauge",
+                "The tunnel cap (max_concurrent_connect_tunnels); beyond it clients get 429.",
+            );
+            let _ = writeln!(out, "proxyd_tunnels_max {cap}");
+        }
         header(&mut out, "proxyd_tunnel_duration_seconds", "histogram", "Lifetime of each closed tunnel.");
         self.tunnel_duration.render(&mut out, "proxyd_tunnel_duration_seconds", "");
         header(

@@ -291,10 +291,17 @@ pub async fn watch(
             quiet_until = None;
             burst_started = None;
         }
+        // `systemctl reload` (SIGHUP) waits for the reload to end when systemd is told of it.
+        if trigger == "SIGHUP" {
+            crate::systemd::reloading();
+        }
         let reloaded = {
             let state = Arc::clone(&state);
             tokio::task::spawn_blocking(move || state.reload(trigger)).await
         };
+        if trigger == "SIGHUP" {
+            crate::systemd::reload_done();
+        }
         if reloaded.is_err() {
             tracing::error!("policy reload task failed");
         }

@@ -42,6 +42,7 @@ use crate::proxy_protocol::{self, ProxyHeader};
 use crate::reload::{self, PolicyState};
 use crate::resolver::{ResolveError, Resolver};
 use crate::statsd::StatsdSink;
+use crate::systemd;
 use crate::tls::{self, ClientIdentity};
 use crate::tunnel::{self, ClientStream, TunnelStats};
 
@@ -104,6 +105,7 @@ pub async fn serve(
         None => None,
     };
     let metrics = Arc::new(Metrics::new(statsd, config.time_connect));
+    metrics.set_tunnel_cap(config.max_tunnels);
     let admin_state = Arc::new(AdminState::new(Arc::clone(&metrics)));
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
@@ -112,20 +114,17 @@ pub async fn serve(
             let _ = admin_stopped.await;
         }))
     });
-    let policy = match PolicyState::load(&config.policy, config.disabled_actions, Arc::clone(&metrics)) {
+    let policy = match load_policy(&config, Arc::clone(&metrics)) {
         Ok(policy) => Arc::new(policy),
         Err(error) => {
             if let Some(task) = admin_task {
                 task.abort();
             }
-            return Err(StartError::Policy { path: config.policy.display().to_string(), error });
+            return Err(error);
         }
     };
     admin_state.policy_loaded(Arc::clone(&policy));
-    let tls = match &config.tls {
-        Some(settings) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(settings)?)),
-        None => None,
-    };
+    let tls = tls_acceptor(&config)?;
     let resolver = Resolver::new(&config.resolver_addresses, config.dns_timeout)?;
     let mut rules = config.address_rules.clone();
     rules.self_addresses.push(local);
@@ -163,6 +162,9 @@ pub async fn serve(
             let _ = watching_stopped.await;
         }));
     let sighup = tokio::spawn(forward_sighup(sighup_tx));
+    // Policy loaded, listener accepting, SIGHUP handled: tell systemd.
+    systemd::ready();
+    let watchdog = systemd::watchdog_interval().map(|interval| tokio::spawn(systemd::keep_watchdog_fed(interval)));
 
     // Every connection task holds a clone; when all are gone, the drain is over.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
@@ -188,6 +190,7 @@ pub async fn serve(
         }
     }
 
+    systemd::stopping();
     drop(listener);
     shared.draining.store(true, Ordering::SeqCst);
     admin_state.draining();
@@ -207,8 +210,27 @@ pub async fn serve(
     if let Some(task) = admin_task {
         let _ = task.await;
     }
+    if let Some(task) = watchdog {
+        task.abort();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Loads the policy table `config` names, verified exactly as every start
+/// does; `--check-config` calls this too, so it checks what a start checks.
+pub fn load_policy(config: &Config, metrics: Arc<Metrics>) -> Result<PolicyState, StartError> {
+    PolicyState::load(&config.policy, config.disabled_actions, metrics)
+        .map_err(|error| StartError::Policy { path: config.policy.display().to_string(), error })
+}
+
+/// The TLS acceptor for the client-facing listener (certificates, keys,
+/// client CAs, CRLs), or `None` for plain TCP; shared with `--check-config`.
+pub fn tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+    Ok(match &config.tls {
+        Some(settings) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(settings)?)),
+        None => None,
+    })
 }
 
 /// Resolves the statsd `HOST:PORT` once and starts the sink.
@@ -223,13 +245,19 @@ async fn start_statsd(address: &str) -> Result<StatsdSink, StartError> {
 }
 
 /// Turns SIGHUP into reload requests (a burst of signals is one request).
-async fn forward_sighup(requests: mpsc::Sender<()>) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot install the SIGHUP handler; reloads rely on file events and the periodic check");
-        return;
-    };
-    while hangups.recv().await.is_some() {
-        let _ = requests.try_send(());
+/// The handler is installed when this is called, not when the future first
+/// runs, so a SIGHUP sent right after READY=1 is a reload request rather
+/// than the default action (termination).
+fn forward_sighup(requests: mpsc::Sender<()>) -> impl Future<Output = ()> {
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        let Ok(mut hangups) = hangups else {
+            tracing::warn!("cannot install the SIGHUP handler; reloads rely on file events and the periodic check");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let _ = requests.try_send(());
+        }
     }
 }
 

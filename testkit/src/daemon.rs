@@ -66,6 +66,17 @@ impl Daemon {
         }
     }
 
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (a name `kill` accepts, such as `HUP`) to the daemon.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+        assert!(sent.expect("run kill").success(), "kill -{signal} failed");
+    }
+
     /// Sends SIGTERM and waits (10 s at most) for the exit status.
     pub fn terminate(mut self) -> ExitStatus {
         let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");

@@ -1,7 +1,8 @@
 //! Test support shared by the daemon's tests (`proxyd/tests`) and the
 //! cross-binary end-to-end tests (`tests/`): real servers on loopback (a DNS
 //! server, upstreams), a test PKI generated at run time, a `/metrics` scraper,
-//! and the location of the workspace's built binaries.
+//! the location of the workspace's built binaries, and checks of generated
+//! man pages and shell completion scripts against a clap definition.
 //!
 //! What it may not do: send traffic anywhere but loopback, or depend on the
 //! crates under test (so it can never hide their behaviour behind a mock).
@@ -11,6 +12,7 @@
 pub mod client;
 pub mod daemon;
 pub mod dns;
+pub mod manual;
 pub mod pki;
 pub mod scrape;
 pub mod upstream;

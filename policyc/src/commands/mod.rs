@@ -26,9 +26,11 @@ use crate::report;
 
 pub mod check;
 pub mod compile;
+pub mod completions;
 pub mod diff;
 pub mod explain;
 pub mod inspect;
+pub mod man;
 pub mod test;
 
 /// A failure that ends the command, with its exit code.
@@ -57,6 +59,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Diff { old, new, exit_code, disabled, format } => {
             diff::run(&old, &new, exit_code, disabled.set(), format)
         }
+        Command::Completions { shell } => completions::run(shell),
+        Command::Man { dir } => man::run(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
