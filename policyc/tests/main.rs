@@ -1,16 +1,18 @@
 //! Tests of `policyc`: the real binary on good and broken files, the editor
-//! JSON Schemas, policy tests, the semantic diff, and the machine-readable
-//! output formats.
+//! JSON Schemas, policy tests, the semantic diff, the machine-readable
+//! output formats, and `suggest`/`coverage` over decision logs.
 //! One test binary with a module per area, so the suite links once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a test failure
 
 mod address;
 mod cli;
+mod coverage;
 mod diff;
 mod formats;
 mod policy_tests;
 mod schema;
+mod suggest;
 
 use std::path::{Path, PathBuf};
 
