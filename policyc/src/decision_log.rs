@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use egress_policy::authority::{self, AuthorityError};
@@ -512,12 +512,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         rest = candidate.get(1..).unwrap_or_default();
     }
     false
-}
-
-/// Reads `reader` to the end and discards it: for tests of the line cap.
-#[doc(hidden)]
-pub fn drain(reader: impl Read) -> io::Result<u64> {
-    io::copy(&mut { reader }, &mut io::sink())
 }
 
 #[cfg(test)]

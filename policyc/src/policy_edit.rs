@@ -623,6 +623,95 @@ mod tests {
         assert_eq!(yaml_string("тест"), "\"\\u0442\\u0435\\u0441\\u0442\"");
     }
 
+    fn plan(roles: &[(&str, bool, &[&str])]) -> Plan {
+        Plan {
+            roles: roles
+                .iter()
+                .map(|(role, exists, patterns)| RoleSuggestion {
+                    role: (*role).to_owned(),
+                    service_exists: *exists,
+                    new_service_action: (!exists).then_some(egress_policy::policy::Action::Enforce),
+                    new_service_project: (!exists).then(|| "team".to_owned()),
+                    entries: patterns
+                        .iter()
+                        .map(|p| SuggestedEntry {
+                            pattern: (*p).to_owned(),
+                            hits: 3,
+                            first_seen: None,
+                            last_seen: None,
+                            hosts: vec![p.trim_start_matches("*.").to_owned()],
+                        })
+                        .collect(),
+                })
+                .collect(),
+            ..Plan::default()
+        }
+    }
+
+    fn checked(text: &str) -> egress_policy::policy::Policy {
+        let c = egress_policy::acl::check_source("t.yaml", text, egress_policy::policy::ActionSet::default());
+        c.policy.unwrap_or_else(|| panic!("{text}\n{:?}", c.diagnostics))
+    }
+
+    #[test]
+    fn layouts_without_lists_with_null_lists_and_unindented_sequences() {
+        let source = "version: v1\nservices:\n- action: report\n  name: a   # first\n  project: p\n- name: b\n  action: report\n  allowed_domains:   # none yet\n";
+        let edited = apply(
+            source,
+            &plan(&[("a", true, &["x.test", "*.y.test"]), ("b", true, &["z.test"]), ("c", false, &["c.test"])]),
+        )
+        .unwrap();
+        let expected = "version: v1\nservices:\n- action: report\n  name: a   # first\n  allowed_domains:\n  - x.test # suggested: 3 hits\n  - \"*.y.test\" # suggested: 3 hits over 1 hosts\n  project: p\n- name: b\n  action: report\n  allowed_domains: # none yet\n  - z.test # suggested: 3 hits\n- name: c\n  project: team\n  action: enforce\n  allowed_domains:\n  - c.test # suggested: 3 hits\n";
+        assert_eq!(edited.text, expected);
+        let policy = checked(&edited.text);
+        assert_eq!(policy.services.len(), 3);
+        assert_eq!(policy.services[0].allowed_domains.len(), 2);
+    }
+
+    #[test]
+    fn empty_services_and_a_file_without_final_newline() {
+        let source = "version: v1\nservices: []  # nobody yet\ndefault:\n  action: enforce";
+        let edited = apply(source, &plan(&[("new role", false, &["a.test"])])).unwrap();
+        assert!(
+            edited.text.starts_with("version: v1\nservices: # nobody yet\n  - name: \"new role\"\n"),
+            "{}",
+            edited.text
+        );
+        assert!(edited.text.ends_with("default:\n  action: enforce"), "untouched last line keeps its missing newline");
+        let policy = checked(&edited.text);
+        assert_eq!(policy.services[0].name, "new role");
+        let appended =
+            apply("version: v1\nservices:\n  - name: a\n    action: enforce", &plan(&[("b", false, &["b.test"])]))
+                .unwrap();
+        assert_eq!(checked(&appended.text).services.len(), 2, "{}", appended.text);
+    }
+
+    #[test]
+    fn unsupported_layouts_are_refused() {
+        let flow_map = "version: v1\nservices:\n  - {name: a, action: report}\n";
+        assert!(apply(flow_map, &plan(&[("a", true, &["x.test"])])).is_err());
+        let multi_line_flow =
+            "version: v1\nservices:\n  - name: a\n    action: report\n    allowed_domains: [a.test,\n      b.test]\n";
+        assert!(apply(multi_line_flow, &plan(&[("a", true, &["x.test"])])).is_err());
+    }
+
+    #[test]
+    fn diff_hunks_merge_and_count() {
+        let source: String = (1..=20).map(|i| format!("line{i}\n")).collect();
+        let edits = vec![
+            Edit { start: 2, removed: 0, inserted: vec!["new-a".into()] },
+            Edit { start: 5, removed: 1, inserted: vec!["new-b".into(), "new-c".into()] },
+            Edit { start: 18, removed: 0, inserted: vec!["new-d".into()] },
+        ];
+        let diff = unified_diff("f.yaml", &source, &edits);
+        assert!(
+            diff.starts_with("--- a/f.yaml\n+++ b/f.yaml\n@@ -1,9 +1,11 @@\n line1\n line2\n+new-a\n line3\n"),
+            "{diff}"
+        );
+        assert!(diff.contains(" line5\n-line6\n+new-b\n+new-c\n line7\n"), "{diff}");
+        assert!(diff.contains("@@ -16,5 +18,6 @@\n line16\n line17\n line18\n+new-d\n line19\n line20\n"), "{diff}");
+    }
+
     #[test]
     fn flow_items_respect_quotes() {
         let line = r#"    allowed_domains: [a.com, "*.b,c.com", 'x''y', "q\"]"]  # keep"#;
