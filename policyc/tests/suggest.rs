@@ -381,3 +381,83 @@ fn stdin_and_usage_errors() {
     let broken = write(dir.path(), "broken.yaml", "version: v1\nservices:\n  - name: a\n    action: nope\n");
     assert_eq!(policyc(&["suggest", &broken, &policy]).code, 1);
 }
+
+/// Every accepted policy in the repository (shipped policies, fixtures in
+/// Smokescreen's and our own layouts) takes additions to each service and a
+/// new service, and the result still passes the checker and allows them.
+#[test]
+fn every_policy_in_the_repository_can_be_extended_and_still_checks() {
+    use egress_policy::decision::{PolicyTable, Reason};
+    use egress_policy::policy::{Action, ActionSet};
+    use egress_policy::{acl, host};
+    use policyc::suggest::{Plan, RoleSuggestion, SuggestedEntry};
+
+    fn yaml_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            if path.is_dir() {
+                yaml_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                out.push(path);
+            }
+        }
+    }
+    let entry = |pattern: &str, host: &str| SuggestedEntry {
+        pattern: pattern.into(),
+        hits: 2,
+        first_seen: None,
+        last_seen: None,
+        hosts: vec![host.into()],
+    };
+    let mut files = Vec::new();
+    for dir in ["policies", "tests/fixtures", "deploy"] {
+        yaml_files(&crate::repo_root().join(dir), &mut files);
+    }
+    let mut edited_count = 0;
+    for file in &files {
+        let source = std::fs::read_to_string(file).unwrap();
+        let Some(policy) = acl::check_source("p.yaml", &source, ActionSet::default()).policy else { continue };
+        let mut roles: Vec<RoleSuggestion> = policy
+            .services
+            .iter()
+            .map(|s| RoleSuggestion {
+                role: s.name.clone(),
+                service_exists: true,
+                new_service_action: None,
+                new_service_project: None,
+                entries: vec![entry("added.example", "added.example"), entry("*.wild.example", "a.wild.example")],
+            })
+            .collect();
+        roles.push(RoleSuggestion {
+            role: "brand-new role: \"x\"".into(),
+            service_exists: false,
+            new_service_action: Some(Action::Enforce),
+            new_service_project: Some("team".into()),
+            entries: vec![entry("new.example", "new.example")],
+        });
+        let plan = Plan { roles, ..Plan::default() };
+        let edited = policyc::policy_edit::apply(&source, &plan).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let checked = acl::check_source("edited.yaml", &edited.text, ActionSet::default());
+        let new_policy =
+            checked.policy.unwrap_or_else(|| panic!("{}: {:?}\n{}", file.display(), checked.diagnostics, edited.text));
+        let table = PolicyTable::new(&new_policy);
+        for role in &plan.roles {
+            for e in &role.entries {
+                let h = host::canonical(&e.hosts[0]).unwrap();
+                assert_eq!(table.decide(Some(&role.role), &h).reason, Reason::AllowedDomain, "{}", file.display());
+            }
+        }
+        // Lines outside the edits are the original lines, in order.
+        let kept: Vec<&str> = source.lines().collect();
+        let mut out = edited.text.lines();
+        let mut removed: std::collections::HashSet<usize> = std::collections::HashSet::new();
+        for edit in &edited.edits {
+            removed.extend(edit.start..edit.start + edit.removed);
+        }
+        for (i, line) in kept.iter().enumerate().filter(|(i, _)| !removed.contains(i)) {
+            assert!(out.any(|o| o == *line), "{}: line {} changed", file.display(), i + 1);
+        }
+        edited_count += 1;
+    }
+    assert!(edited_count >= 20, "only {edited_count} policies found");
+}
