@@ -367,6 +367,7 @@ pub fn read_stream(
 ) -> io::Result<()> {
     let mut line = Vec::with_capacity(1024);
     let mut number = 0u64;
+    let marker = memchr::memmem::Finder::new(DECISION_MESSAGE);
     loop {
         let status = read_bounded_line(&mut reader, &mut line, MAX_LINE_BYTES)?;
         let complete = match status {
@@ -380,7 +381,7 @@ pub fn read_stream(
             aggregate.malformed(source, number, format_args!("line longer than {MAX_LINE_BYTES} bytes"));
             continue;
         }
-        fold_line(&line, source, number, roles, aggregate);
+        fold_line(&line, &marker, source, number, roles, aggregate);
     }
 }
 
@@ -411,7 +412,7 @@ fn read_bounded_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -
             });
         }
         read_any = true;
-        let (chunk, used, done) = match available.iter().position(|b| *b == b'\n') {
+        let (chunk, used, done) = match memchr::memchr(b'\n', available) {
             Some(i) => (available.get(..i).unwrap_or_default(), i + 1, true),
             None => (available, available.len(), false),
         };
@@ -431,10 +432,17 @@ fn read_bounded_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -
 }
 
 /// Classifies one line and folds a decision into the aggregate.
-fn fold_line(line: &[u8], source: &str, number: u64, roles: Option<&HashSet<String>>, aggregate: &mut Aggregate) {
+fn fold_line(
+    line: &[u8],
+    marker: &memchr::memmem::Finder<'_>,
+    source: &str,
+    number: u64,
+    roles: Option<&HashSet<String>>,
+    aggregate: &mut Aggregate,
+) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     // Most lines of a busy log are other messages: skip them without parsing.
-    if !contains(line, DECISION_MESSAGE.as_bytes()) {
+    if marker.find(line).is_none() {
         aggregate.lines.skipped += 1;
         return;
     }
@@ -499,19 +507,6 @@ fn fold_line(line: &[u8], source: &str, number: u64, roles: Option<&HashSet<Stri
         None => aggregate.roles.entry(role.into()).or_default(),
     };
     per_role.entry(host).or_default().record(kind, at);
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    let Some(first) = needle.first() else { return true };
-    let mut rest = haystack;
-    while let Some(i) = rest.iter().position(|b| b == first) {
-        let Some(candidate) = rest.get(i..) else { return false };
-        if candidate.starts_with(needle) {
-            return true;
-        }
-        rest = candidate.get(1..).unwrap_or_default();
-    }
-    false
 }
 
 #[cfg(test)]
