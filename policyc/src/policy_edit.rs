@@ -355,6 +355,20 @@ fn edit_service(source: &Source<'_>, service: &Node, role: &RoleSuggestion, styl
         inserted.extend(item_lines(&item_indent, &role.entries, style.quote));
         return Ok(Edit { start: index(name_value.at.line) + 1, removed: 0, inserted });
     };
+    let after_key = {
+        let line = source.line(key.at.line);
+        let rest = line.get(source.before(key.at.line, key.at.column).len()..).unwrap_or("");
+        let colon = rest.find(':').map_or(rest.len(), |i| i + 1);
+        split_comment(rest.get(colon..).unwrap_or("")).0.trim_start()
+    };
+    if matches!(source.char_at(value), Some('*' | '&')) || after_key.starts_with(['&', '*']) {
+        // An anchored or aliased list may be shared by other services: adding
+        // to it would widen them too.
+        return Err(EditError::Unsupported(format!(
+            "`allowed_domains` of service {:?} is a YAML anchor or alias; give the service its own list",
+            role.role
+        )));
+    }
     let key_indent_width = source.before(key.at.line, key.at.column).chars().count();
     let item_indent = format!("{}{}", spaces(key_indent_width), spaces(style.seq_offset));
     let key_line = source.line(key.at.line);

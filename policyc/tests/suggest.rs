@@ -461,3 +461,21 @@ fn every_policy_in_the_repository_can_be_extended_and_still_checks() {
     }
     assert!(edited_count >= 20, "only {edited_count} policies found");
 }
+
+#[test]
+fn a_shared_yaml_anchor_is_never_widened_for_other_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(
+        dir.path(),
+        "acl.yaml",
+        "version: v1\nservices:\n  - name: a\n    project: p\n    action: report\n    allowed_domains: &shared\n      - one.test\n  - name: b\n    project: p\n    action: report\n    allowed_domains: *shared\ndefault:\n  project: other\n  action: enforce\n",
+    );
+    for role in ["a", "b"] {
+        let log = write(dir.path(), "d.log", &lines(&[report(role, "two.test:443")]));
+        let out = dir.path().join("out.yaml");
+        let run = policyc(&["suggest", "-o", out.to_str().unwrap(), &policy, &log]);
+        assert_eq!(run.code, 1, "role {role}: {}", run.stderr);
+        assert!(run.stderr.contains("anchor or alias") && run.stderr.contains("nothing written"), "{}", run.stderr);
+        assert!(!out.exists());
+    }
+}

@@ -2,14 +2,15 @@
 //! rule, editing the policy's text, checking the result with the real
 //! checker, and writing it only if it passes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use egress_policy::acl;
 use egress_policy::decision::{PolicyTable, Reason};
 use egress_policy::diagnostic::Diagnostic;
 use egress_policy::host;
-use egress_policy::policy::ActionSet;
+use egress_policy::pattern;
+use egress_policy::policy::{Action, ActionSet, Policy, Rule};
 use egress_policy::table;
 use serde::Serialize;
 
@@ -18,7 +19,7 @@ use crate::cli::SuggestFormat;
 use crate::decision_log::LineCounts;
 use crate::policy_edit;
 use crate::report::{print_human, to_json, write_stdout};
-use crate::suggest::{self, Options, Plan};
+use crate::suggest::{self, Options, Plan, RoleSuggestion};
 
 #[derive(Serialize)]
 struct JsonReport<'a> {
@@ -79,6 +80,11 @@ pub fn run(
         );
         return Err(Failure::Refused("the edited policy does not pass check; nothing written".into()));
     };
+    if let Err(why) = only_planned_changes(&old_policy, &new_policy, &plan) {
+        return Err(Failure::Refused(format!(
+            "the edited policy would change more than the suggested entries ({why}); nothing written"
+        )));
+    }
     let new_table = PolicyTable::new(&new_policy);
     for role in &plan.roles {
         for entry in &role.entries {
@@ -164,4 +170,46 @@ fn report_left_out(plan: &Plan) {
     for unusable in &plan.unusable_roles {
         eprintln!("skipped role {}: control characters cannot name a service", role(unusable));
     }
+}
+
+/// The edited policy must be the old one plus exactly the planned entries
+/// and services: nothing else may change (a shared YAML anchor, say, would
+/// widen other services too).
+fn only_planned_changes(old: &Policy, new: &Policy, plan: &Plan) -> Result<(), String> {
+    if old.default != new.default || old.global_allow_list != new.global_allow_list {
+        return Err("the default rule or the global allow list changed".into());
+    }
+    if old.global_deny_list != new.global_deny_list {
+        return Err("the global deny list changed".into());
+    }
+    let planned: HashMap<&str, &RoleSuggestion> = plan.roles.iter().map(|r| (r.role.as_str(), r)).collect();
+    let parse = |p: &str| pattern::parse(p).map(|p| p.pattern).map_err(|e| e.to_string());
+    let mut expected: Vec<Rule> = Vec::with_capacity(new.services.len());
+    for rule in &old.services {
+        let mut rule = rule.clone();
+        if let Some(role) = planned.get(rule.name.as_str()) {
+            for entry in &role.entries {
+                rule.allowed_domains.push(parse(&entry.pattern)?);
+            }
+        }
+        expected.push(rule);
+    }
+    for role in plan.roles.iter().filter(|r| !r.service_exists) {
+        expected.push(Rule {
+            name: role.role.clone(),
+            project: role.new_service_project.clone().unwrap_or_default(),
+            action: role.new_service_action.unwrap_or(Action::Enforce),
+            allowed_domains: role.entries.iter().map(|e| parse(&e.pattern)).collect::<Result<_, _>>()?,
+        });
+    }
+    if expected.len() != new.services.len() {
+        return Err(format!("{} services expected, {} written", expected.len(), new.services.len()));
+    }
+    let by_name: HashMap<&str, &Rule> = new.services.iter().map(|r| (r.name.as_str(), r)).collect();
+    for rule in &expected {
+        if by_name.get(rule.name.as_str()) != Some(&rule) {
+            return Err(format!("service {} is not as planned", crate::diff::printable(&rule.name)));
+        }
+    }
+    Ok(())
 }
