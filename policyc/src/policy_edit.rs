@@ -159,6 +159,22 @@ fn dash_column(source: &Source<'_>, item: &Node) -> Option<usize> {
     dash.chars().all(|c| c == ' ').then(|| dash.chars().count())
 }
 
+/// Index (0-based) of the line after the node that starts on 1-based `line`:
+/// following lines indented deeper than `column` (0-based, in characters)
+/// continue it (a scalar folded over several lines), unless blank or a comment.
+fn end_of_node(source: &Source<'_>, line: u64, column: usize) -> usize {
+    let mut end = index(line) + 1;
+    while let Some(next) = source.lines.get(end) {
+        let trimmed = next.text.trim_start_matches(' ');
+        let indent = next.text.len() - trimmed.len();
+        if trimmed.trim().is_empty() || trimmed.starts_with('#') || indent <= column {
+            break;
+        }
+        end += 1;
+    }
+    end
+}
+
 /// A value from a log (role, project) as a YAML scalar: plain when it is a
 /// safe word, else double-quoted with every non-printable-ASCII character escaped.
 pub fn yaml_string(value: &str) -> String {
@@ -353,7 +369,8 @@ fn edit_service(source: &Source<'_>, service: &Node, role: &RoleSuggestion, styl
         let mut inserted = vec![format!("{key_indent}allowed_domains:")];
         let item_indent = format!("{key_indent}{}", spaces(style.seq_offset));
         inserted.extend(item_lines(&item_indent, &role.entries, style.quote));
-        return Ok(Edit { start: index(name_value.at.line) + 1, removed: 0, inserted });
+        let name_column = source.before(name_key.at.line, name_key.at.column).chars().count();
+        return Ok(Edit { start: end_of_node(source, name_value.at.line, name_column), removed: 0, inserted });
     };
     let after_key = {
         let line = source.line(key.at.line);
@@ -430,7 +447,8 @@ fn edit_service(source: &Source<'_>, service: &Node, role: &RoleSuggestion, styl
                 .iter()
                 .map(|e| format!("{indent}-{gap}{} {}", list_quote.render(&e.pattern), comment(e)))
                 .collect();
-            Ok(Edit { start: index(last.at.line) + 1, removed: 0, inserted })
+            let dash = indent.chars().count();
+            Ok(Edit { start: end_of_node(source, last.at.line, dash), removed: 0, inserted })
         }
         Value::Null => {
             // `allowed_domains:` (or `~`/`null`): keep the key and its comment, add the items.
@@ -493,7 +511,8 @@ fn append_services(
             let mut end = next_key_line.unwrap_or(source.lines.len()).min(source.lines.len());
             while end > 0 {
                 let text = source.lines.get(end - 1).map_or("", |l| l.text);
-                if text.trim().is_empty() || text.starts_with('#') {
+                // Blank lines, top-level comments and a document end marker belong after `services`.
+                if text.trim().is_empty() || text.starts_with('#') || text.trim_end() == "..." {
                     end -= 1;
                 } else {
                     break;
@@ -698,6 +717,24 @@ mod tests {
             apply("version: v1\nservices:\n  - name: a\n    action: enforce", &plan(&[("b", false, &["b.test"])]))
                 .unwrap();
         assert_eq!(checked(&appended.text).services.len(), 2, "{}", appended.text);
+    }
+
+    #[test]
+    fn folded_scalars_and_document_end_markers() {
+        let source = "version: v1\nservices:\n  - name:\n      folded-\n      name\n    action: report\n  - name: b\n    action: report\n    allowed_domains:\n      - \"a.\\\n        test\"\n...\n";
+        let parsed = checked(source);
+        assert_eq!(parsed.services[0].name, "folded- name");
+        assert_eq!(parsed.services[1].allowed_domains[0].to_string(), "a.test");
+        let edited = apply(
+            source,
+            &plan(&[("folded- name", true, &["x.test"]), ("b", true, &["y.test"]), ("c", false, &["z.test"])]),
+        )
+        .unwrap();
+        assert!(edited.text.ends_with("...\n"), "{}", edited.text);
+        let policy = checked(&edited.text);
+        assert_eq!(policy.services.len(), 3, "{}", edited.text);
+        assert_eq!(policy.services[0].allowed_domains.len(), 1, "{}", edited.text);
+        assert_eq!(policy.services[1].allowed_domains.len(), 2, "{}", edited.text);
     }
 
     #[test]
