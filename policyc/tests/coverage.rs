@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::policyc;
+use crate::{assert_matches_schema, policyc};
 
 const POLICY: &str = "\
 version: v1
@@ -55,6 +55,7 @@ fn entries_hits_unused_roles_never_seen_and_default_rule_hosts() {
     let run = policyc(&["coverage", "--format", "json", policy, log_path]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let json: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_matches_schema("policyc-coverage.schema.json", &json);
     let billing = &json["roles"][0];
     assert_eq!(billing["role"], "billing");
     assert_eq!(billing["entries"][0], serde_json::json!({"pattern": "api.stripe.com", "hits": 12}));

@@ -51,3 +51,15 @@ pub fn fixture(path: &str) -> String {
     let full = repo_root().join("tests/fixtures").join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("cannot read {}: {e}", full.display()))
 }
+
+/// Validates `instance` against `schema/<name>` (draft 2020-12), listing every error.
+pub fn assert_matches_schema(name: &str, instance: &serde_json::Value) {
+    let path = repo_root().join("schema").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    jsonschema::meta::validate(&schema).unwrap_or_else(|e| panic!("{name} is not a valid JSON Schema: {e}"));
+    let validator = jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("{name} does not compile: {e}"));
+    let errors: Vec<String> =
+        validator.iter_errors(instance).map(|e| format!("at {:?}: {e}", e.instance_path().as_str())).collect();
+    assert!(errors.is_empty(), "output does not match {name}:\n{}\n{instance}", errors.join("\n"));
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::policyc;
+use crate::{assert_matches_schema, policyc};
 
 const POLICY: &str = "\
 # Egress policy for the payments team.
@@ -178,6 +178,7 @@ fn collapse_never_goes_above_a_registrable_domain_or_over_the_deny_list() {
     let run = policyc(&["suggest", "--collapse", "3", "--format", "json", &policy, &log]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let json: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_matches_schema("policyc-suggest.schema.json", &json);
     let patterns: Vec<&str> =
         json["roles"][0]["entries"].as_array().unwrap().iter().map(|e| e["pattern"].as_str().unwrap()).collect();
     assert!(patterns.contains(&"*.cdn.vendor.test"), "{patterns:?}");
@@ -272,6 +273,7 @@ fn bad_lines_are_counted_reported_with_file_line_and_fail_only_with_strict() {
     assert!(!run.stderr.contains("bad.log:7: "), "only the first five are shown");
     assert!(run.stderr.contains("and 2 more malformed"), "{}", run.stderr);
     let json: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_matches_schema("policyc-suggest.schema.json", &json);
     assert_eq!(json["lines"]["malformed"], 7);
     assert_eq!(json["roles"][0]["entries"][0]["pattern"], "good.test");
 
@@ -316,6 +318,7 @@ fn min_count_role_filter_and_include_denied() {
     let run = policyc(&["suggest", "--format", "json", "--min-count", "2", "--role", "billing", &policy, &log]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let json: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_matches_schema("policyc-suggest.schema.json", &json);
     assert_eq!(json["roles"].as_array().unwrap().len(), 1, "{json}");
     assert_eq!(json["roles"][0]["role"], "billing");
     assert_eq!(json["roles"][0]["entries"][0]["pattern"], "often.test");
