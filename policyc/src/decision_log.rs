@@ -586,6 +586,22 @@ mod tests {
     }
 
     #[test]
+    fn hosts_are_read_as_the_proxy_reads_them() {
+        for (raw, canonical) in [
+            ("API.Example.com.:443", "api.example.com"),
+            ("[::1]:443", "::1"),
+            ("[::ffff:127.0.0.1]:8443", "127.0.0.1"),
+            ("bücher.example:443", "xn--bcher-kva.example"),
+            ("plain-http.example", "plain-http.example"),
+        ] {
+            assert_eq!(parse_requested_host(raw).unwrap().as_str(), canonical, "{raw}");
+        }
+        for bad in ["", "::1:443", "a b:443", "0x7f.0.0.1:443", "host:0", "host:99999", "user@host:443"] {
+            assert!(parse_requested_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn undecided_roleless_and_address_lines_are_told_apart() {
         let a = read(concat!(
             r#"{"message":"CANONICAL-PROXY-DECISION","requested_host":"a.test:443","allow":false,"refusal":"bad_request"}"#,
