@@ -113,6 +113,7 @@ kubernetes-policy:
 bench:
 	$(CARGO) bench --locked -p egress-policy --bench decide
 	$(CARGO) bench --locked -p policyc --bench diff
+	$(CARGO) bench --locked -p policyc --bench suggest
 	$(CARGO) bench --locked -p proxyd --bench load
 	$(CARGO) bench --locked -p proxyd --bench reload
 
@@ -122,7 +123,7 @@ bench:
 fuzz-smoke:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
 	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build
-	@set -e; for t in acl_check table_decode authority host_canonical proxy_protocol address_classify policytest_parse policy_diff; do \
+	@set -e; for t in acl_check table_decode authority host_canonical proxy_protocol address_classify policytest_parse policy_diff decision_log suggest_edit; do \
 		mkdir -p fuzz/scratch/$$t; \
 		echo "fuzz-smoke: $$t for $${FUZZ_SECONDS:-20}s"; \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t fuzz/scratch/$$t fuzz/corpus/$$t -- \

@@ -106,6 +106,61 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+    /// Suggest `allowed_domains` entries from decision logs: what each role
+    /// reached that its rule does not allow (report mode → enforce).
+    Suggest {
+        /// The ACL (YAML) to add to; it is only changed when -o names it.
+        policy: PathBuf,
+        /// Decision logs (proxyd or Smokescreen JSON lines); `-` is stdin, `.gz` is read transparently.
+        #[arg(required = true, value_name = "LOG")]
+        logs: Vec<PathBuf>,
+        /// Write the result here atomically instead of to stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Only these roles (repeatable).
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Leave out hosts seen fewer than N times (they are listed on stderr).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        min_count: u64,
+        /// K or more hosts under one parent become `*.parent` (never above a
+        /// registrable domain, never over the global deny list).
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(2..))]
+        collapse: Option<u64>,
+        /// Also count requests the proxy denied (enforce roles); off by
+        /// default, since a denial may be an attack rather than a need.
+        #[arg(long)]
+        include_denied: bool,
+        #[arg(long, value_enum, default_value_t = SuggestFormat::Yaml)]
+        format: SuggestFormat,
+        /// Exit 1 if any log line is malformed.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Show which `allowed_domains` entries the decision logs use, and which they never do.
+    Coverage {
+        /// An ACL (YAML) or a compiled table.
+        policy: PathBuf,
+        /// Decision logs (proxyd or Smokescreen JSON lines); `-` is stdin, `.gz` is read transparently.
+        #[arg(required = true, value_name = "LOG")]
+        logs: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        /// Exit 1 if any log line is malformed.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+/// What `suggest` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SuggestFormat {
+    /// The whole policy with the additions.
+    Yaml,
+    /// Only a unified diff against the input policy.
+    Diff,
+    /// The additions as one JSON document.
+    Json,
 }
 
 /// How `diff` reports.

@@ -527,7 +527,7 @@ fn role_label(role: Option<&str>) -> String {
 /// Role names are free text: quote any with control, bidirectional or other
 /// invisible characters so a terminal or a comment shows them, never
 /// interprets them.
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     if s.is_empty() || s.chars().any(needs_escape) { format!("{s:?}") } else { s.to_owned() }
 }
 

@@ -77,6 +77,24 @@ impl Daemon {
         assert!(sent.expect("run kill").success(), "kill -{signal} failed");
     }
 
+    /// Every stderr line, raw and in order, up to and including the
+    /// `count`-th JSON line matching `pred` (10 s at most): what a log
+    /// shipper would have collected, for tests that feed logs to other tools.
+    pub fn collect_lines(&mut self, count: usize, pred: impl Fn(&Value) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut lines = Vec::new();
+        let mut matched = 0;
+        while matched < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).expect("expected log line in time");
+            if serde_json::from_str::<Value>(&line).is_ok_and(|v| pred(&v)) {
+                matched += 1;
+            }
+            lines.push(line);
+        }
+        lines
+    }
+
     /// Sends SIGTERM and waits (10 s at most) for the exit status.
     pub fn terminate(mut self) -> ExitStatus {
         let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");

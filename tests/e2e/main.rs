@@ -1,9 +1,11 @@
 //! Cross-binary end-to-end tests: a policy goes through the real `policyc`
 //! (check, test, compile) and the table it writes is served by the real
 //! `proxyd`, with the in-test DNS server and upstreams on loopback. What CI
-//! does with a policy, then what the data plane does with the artifact.
+//! does with a policy, then what the data plane does with the artifact, and
+//! back: the data plane's decision logs turned into a policy by `suggest`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a test failure
 
 mod pipeline;
+mod suggest;
 mod support;

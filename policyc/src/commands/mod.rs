@@ -27,10 +27,12 @@ use crate::report;
 pub mod check;
 pub mod compile;
 pub mod completions;
+pub mod coverage;
 pub mod diff;
 pub mod explain;
 pub mod inspect;
 pub mod man;
+pub mod suggest;
 pub mod test;
 
 /// A failure that ends the command, with its exit code.
@@ -61,6 +63,15 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Completions { shell } => completions::run(shell),
         Command::Man { dir } => man::run(&dir),
+        Command::Suggest { policy, logs, output, roles, min_count, collapse, include_denied, format, strict } => {
+            let options = crate::suggest::Options {
+                min_count,
+                collapse: collapse.map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
+                include_denied,
+            };
+            suggest::run(&policy, &logs, output.as_deref(), &roles, options, format, strict)
+        }
+        Command::Coverage { policy, logs, format, strict } => coverage::run(&policy, &logs, format, strict),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -144,4 +155,47 @@ pub(crate) fn read_test_files(paths: &[PathBuf]) -> Result<Vec<(TestFile, Vec<u8
             Ok((policytest::parse_bytes(&path.display().to_string(), &bytes), bytes))
         })
         .collect()
+}
+
+/// Reads decision logs for `suggest` and `coverage`; an unreadable file or a
+/// broken `.gz` is an I/O error (exit 2) naming the file.
+pub(crate) fn read_logs(
+    paths: &[PathBuf],
+    roles: Option<&std::collections::HashSet<String>>,
+) -> Result<crate::decision_log::Aggregate, Failure> {
+    use crate::decision_log::{LogSource, read_all};
+    if paths.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
+        return Err(Failure::Usage("`-` (standard input) can be given only once".into()));
+    }
+    let sources: Vec<LogSource> = paths.iter().map(|p| LogSource::from_arg(p)).collect();
+    read_all(&sources, roles).map_err(|e| Failure::Usage(format!("cannot read decision log {e}")))
+}
+
+/// One stderr summary of what the logs held, with the first malformed lines.
+pub(crate) fn print_line_counts(lines: &crate::decision_log::LineCounts) {
+    eprintln!(
+        "logs: {} line{} read, {} decision{}, {} other line{} skipped, {} malformed",
+        lines.total,
+        report::plural(usize::try_from(lines.total).unwrap_or(2)),
+        lines.decisions,
+        report::plural(usize::try_from(lines.decisions).unwrap_or(2)),
+        lines.skipped,
+        report::plural(usize::try_from(lines.skipped).unwrap_or(2)),
+        lines.malformed
+    );
+    for example in &lines.malformed_examples {
+        eprintln!("  malformed: {}", crate::diff::printable(example));
+    }
+    if lines.malformed > lines.malformed_examples.len() as u64 {
+        eprintln!("  … and {} more malformed line(s)", lines.malformed - lines.malformed_examples.len() as u64);
+    }
+    for (count, what) in [
+        (lines.without_role, "decision line(s) without a role (no rule to add to)"),
+        (lines.undecided, "line(s) for requests refused before the policy was asked"),
+        (lines.filtered_out, "decision line(s) of roles outside --role"),
+    ] {
+        if count > 0 {
+            eprintln!("  {count} {what}");
+        }
+    }
 }

@@ -1,0 +1,202 @@
+//! `policyc suggest` and `coverage` on big decision logs, through the real
+//! binary: 1,000,000 mixed proxyd/Smokescreen lines (10,000 distinct hosts
+//! over 200 roles, plus other log lines) written to a temp file, timed
+//! (wall, and CPU time and peak RSS via `/usr/bin/time` when present).
+//! Then 10,000,000 lines through stdin, generated on the fly, to show that
+//! memory follows distinct (role, host) pairs rather than lines.
+//!
+//! Targets (issue 14): ≤ 3 s and ≤ 200 MiB for 1M lines, for both commands.
+//!
+//! Under `cargo bench` (`--bench` given) the full run happens. Under `cargo
+//! test --benches` only a 10,000-line log is run once through both commands
+//! (and checked), so the test suite stays fast.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a benchmark: a panic is a failure
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROLES: usize = 200;
+const HOSTS: usize = 10_000;
+
+fn benchmark_mode() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().any(|a| a == "--bench")
+        && !args.iter().any(|a| a == "--test" || a == "--list" || a.starts_with("--profile-time"))
+}
+
+/// 200 report-mode services, each already allowing a few of its hosts.
+fn policy_text() -> String {
+    let mut p = String::from("version: v1\nservices:\n");
+    for r in 0..ROLES {
+        p.push_str(&format!(
+            "  - name: role-{r}\n    project: p{r}\n    action: report\n    allowed_domains:\n      - h{r}.svc{r}.example.com\n      - \"*.static{r}.example.net\"\n"
+        ));
+    }
+    p.push_str("default:\n  project: other\n  action: enforce\nglobal_deny_list:\n  - \"*.evil.example\"\n");
+    p
+}
+
+/// Line `i` of the log: host `i * k mod HOSTS` owned by role `host % ROLES`,
+/// alternating proxyd and Smokescreen formats, one line in ten something else.
+fn line(i: usize, out: &mut impl Write) -> std::io::Result<()> {
+    let host = i.wrapping_mul(7919) % HOSTS;
+    let role = host % ROLES;
+    let name = format!("h{host}.svc{role}.example.com");
+    let second = 1_700_000_000 + i / 1000;
+    match i % 10 {
+        0 => writeln!(
+            out,
+            "{{\"time\":\"2026-11-21T10:00:00Z\",\"level\":\"info\",\"msg\":\"CANONICAL-PROXY-CN-CLOSE\",\"role\":\"role-{role}\",\"bytes_in\":10}}"
+        ),
+        n if n % 2 == 1 => writeln!(
+            out,
+            "{{\"timestamp\":\"2026-11-21T10:{:02}:{:02}.{:06}Z\",\"level\":\"INFO\",\"message\":\"CANONICAL-PROXY-DECISION\",\"id\":\"{i:016x}\",\"proxy_type\":\"connect\",\"role\":\"role-{role}\",\"project\":\"p{role}\",\"requested_host\":\"{name}:443\",\"allow\":true,\"decision_reason\":\"rule has allow and report policy\",\"enforce_would_deny\":true,\"default_rule\":false,\"inbound_remote_addr\":\"10.0.0.1:40000\",\"dst_ip\":\"203.0.113.7\",\"dst_port\":443,\"dns_lookup_time_ms\":1,\"policy_revision\":\"abcdef012345\"}}",
+            (second / 60) % 60,
+            second % 60,
+            i % 1_000_000
+        ),
+        _ => writeln!(
+            out,
+            "{{\"allow\":true,\"decision_reason\":\"rule has allow and report policy\",\"dns_lookup_time_ms\":0,\"enforce_would_deny\":true,\"id\":\"cmd{i:017}\",\"inbound_remote_addr\":\"10.0.0.2:5555\",\"level\":\"info\",\"msg\":\"CANONICAL-PROXY-DECISION\",\"project\":\"p{role}\",\"proxy_type\":\"connect\",\"requested_host\":\"{name}:443\",\"role\":\"role-{role}\",\"start_time\":\"2026-11-21T10:00:00.123456789Z\",\"time\":\"2026-11-21T10:{:02}:{:02}Z\",\"trace_id\":\"\"}}",
+            (second / 60) % 60,
+            second % 60
+        ),
+    }
+}
+
+fn write_log(path: &Path, lines: usize) {
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    for i in 0..lines {
+        line(i, &mut out).unwrap();
+    }
+    out.flush().unwrap();
+}
+
+struct Measured {
+    wall: Duration,
+    /// User + system CPU time of the child (single-threaded: its wall time on an idle machine).
+    cpu: Option<Duration>,
+    peak_rss_kib: Option<u64>,
+}
+
+/// Runs the real binary (under `/usr/bin/time -f %M` when it exists), with
+/// `stdin_lines` lines generated into its stdin when given.
+fn run(args: &[&str], stdin_lines: Option<usize>) -> Measured {
+    let binary = env!("CARGO_BIN_EXE_policyc");
+    let time = Path::new("/usr/bin/time");
+    let mut command = if time.exists() {
+        let mut c = Command::new(time);
+        c.args(["-f", "%U %S %M", binary]);
+        c
+    } else {
+        Command::new(binary)
+    };
+    command.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    command.stdin(if stdin_lines.is_some() { Stdio::piped() } else { Stdio::null() });
+    let started = Instant::now();
+    let mut child = command.spawn().unwrap();
+    if let Some(lines) = stdin_lines {
+        let stdin = child.stdin.take().unwrap();
+        let mut out = BufWriter::with_capacity(1 << 20, stdin);
+        for i in 0..lines {
+            line(i, &mut out).unwrap();
+        }
+        out.flush().unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let wall = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "policyc {args:?} failed: {stderr}");
+    let last: Vec<&str> =
+        if time.exists() { stderr.lines().last().unwrap_or_default().split_whitespace().collect() } else { Vec::new() };
+    let seconds = |i: usize| last.get(i).and_then(|s| s.parse::<f64>().ok());
+    let cpu = seconds(0).zip(seconds(1)).map(|(user, sys)| Duration::from_secs_f64(user + sys));
+    let peak_rss_kib = last.get(2).and_then(|s| s.parse().ok());
+    Measured { wall, cpu, peak_rss_kib }
+}
+
+fn cpu(m: &Measured) -> String {
+    m.cpu.map_or_else(|| "unavailable".to_owned(), |c| format!("{c:.2?}"))
+}
+
+/// The load average, since wall times on a shared machine depend on it.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map_or_else(|_| "unknown".to_owned(), |l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+}
+
+fn mib(m: &Measured) -> String {
+    m.peak_rss_kib.map_or_else(|| "unavailable".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("acl.yaml");
+    std::fs::write(&policy, policy_text()).unwrap();
+    let policy = policy.to_str().unwrap();
+    let out = dir.path().join("suggested.yaml");
+    let out = out.to_str().unwrap();
+
+    if !benchmark_mode() {
+        let log = dir.path().join("small.log");
+        write_log(&log, 10_000);
+        let log = log.to_str().unwrap();
+        run(&["suggest", "--collapse", "3", "-o", out, policy, log], None);
+        let check = Command::new(env!("CARGO_BIN_EXE_policyc")).args(["check", out]).output().unwrap();
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+        run(&["coverage", "--format", "json", policy, log], None);
+        println!("suggest bench: test mode, 10,000 lines through suggest and coverage");
+        return;
+    }
+
+    let log = dir.path().join("decisions.log");
+    let started = Instant::now();
+    write_log(&log, 1_000_000);
+    let size = std::fs::metadata(&log).unwrap().len();
+    println!("generated 1,000,000 lines ({:.0} MiB) in {:.2?}", size as f64 / 1048576.0, started.elapsed());
+    let log = log.to_str().unwrap();
+
+    let suggest = run(&["suggest", "-o", out, policy, log], None);
+    let suggest_json = run(&["suggest", "--format", "json", policy, log], None);
+    let collapse = run(&["suggest", "--collapse", "3", "--format", "json", policy, log], None);
+    let coverage = run(&["coverage", "--format", "json", policy, log], None);
+    // Targets are checked on CPU time: the process is single-threaded, so that
+    // is its wall time on an idle machine; wall time here depends on the load.
+    let target = |m: &Measured| {
+        let time_ok = m.cpu.unwrap_or(m.wall) <= Duration::from_secs(3);
+        let rss_ok = m.peak_rss_kib.is_none_or(|k| k <= 200 * 1024);
+        if time_ok && rss_ok { "within target (≤ 3 s, ≤ 200 MiB)" } else { "MISSES target (≤ 3 s, ≤ 200 MiB)" }
+    };
+    println!("load average before the runs: {}", load());
+    for (name, m) in [
+        ("1M lines  suggest -o (yaml)          ", &suggest),
+        ("1M lines  suggest --format json      ", &suggest_json),
+        ("1M lines  suggest --collapse 3 (json)", &collapse),
+        ("1M lines  coverage --format json     ", &coverage),
+    ] {
+        println!("{name}  cpu {:>8}  wall {:>8.2?}  peak RSS {:>10}  {}", cpu(m), m.wall, mib(m), target(m));
+    }
+
+    let big_suggest = run(&["suggest", "--format", "json", policy, "-"], Some(10_000_000));
+    let big_coverage = run(&["coverage", "--format", "json", policy, "-"], Some(10_000_000));
+    println!(
+        "10M lines suggest --format json (stdin)  cpu {:>8}  peak RSS {:>10}",
+        cpu(&big_suggest),
+        mib(&big_suggest)
+    );
+    println!(
+        "10M lines coverage --format json (stdin) cpu {:>8}  peak RSS {:>10}",
+        cpu(&big_coverage),
+        mib(&big_coverage)
+    );
+    if let (Some(small), Some(big)) = (suggest_json.peak_rss_kib, big_suggest.peak_rss_kib) {
+        println!("peak RSS 10M / 1M, suggest:  {:.2}x", big as f64 / small as f64);
+    }
+    if let (Some(small), Some(big)) = (coverage.peak_rss_kib, big_coverage.peak_rss_kib) {
+        println!("peak RSS 10M / 1M, coverage: {:.2}x", big as f64 / small as f64);
+    }
+    println!("load average after the runs: {}", load());
+}
