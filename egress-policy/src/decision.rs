@@ -5,6 +5,15 @@
 //! deny "no rule matched"); then the rule's `allowed_domains` (allow); then
 //! the global deny list; then the global allow list; then the rule's action.
 //! Reason strings are Smokescreen's, so existing dashboards keep working.
+//!
+//! Policy v2, when the port is known ([`PolicyTable::decide_at`]): first the
+//! rule's internal destinations (exact host and port: allowed, and the
+//! decision carries the exception for the address stage); then a host
+//! matched by `allowed_domains` or the global allow list on a port outside
+//! the rule's `allowed_ports` is decided like an unlisted host under the
+//! rule's action, with reason `port_not_allowed`. The global deny list still
+//! denies first. A rule without ports and exceptions (every v1 rule) skips
+//! both checks.
 //! `policyc explain` and `proxyd` both call [`PolicyTable::decide`], so what
 //! CI explains is exactly what the proxy does.
 
@@ -12,10 +21,11 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::address::PolicyNetwork;
 use crate::host::CanonicalHost;
 use crate::index::{HostKey, Index, IndexBuilder, ListId};
 use crate::pattern::PatternMatch;
-use crate::policy::{Action, Policy};
+use crate::policy::{Action, InternalDestination, Policy, PortRange, port_allowed};
 
 /// The outcome of the name stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -72,11 +82,15 @@ pub enum Reason {
     EnforcePolicy,
     DefaultRulePolicy,
     NoRuleMatched,
+    /// v2: the host is listed but the port is outside the rule's `allowed_ports`.
+    PortNotAllowed,
+    /// v2: the host and port are one of the rule's `internal_destinations`.
+    InternalDestination,
 }
 
 impl Reason {
     /// Every reason, in declaration order: `ALL[r.index()] == r`.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 10] = [
         Reason::AllowedDomain,
         Reason::GlobalDenyList,
         Reason::GlobalAllowList,
@@ -85,6 +99,8 @@ impl Reason {
         Reason::EnforcePolicy,
         Reason::DefaultRulePolicy,
         Reason::NoRuleMatched,
+        Reason::PortNotAllowed,
+        Reason::InternalDestination,
     ];
 
     /// Position in [`Reason::ALL`], for dense per-reason tables.
@@ -103,6 +119,8 @@ impl Reason {
             Reason::EnforcePolicy => "rule has enforce policy",
             Reason::DefaultRulePolicy => "default rule policy used",
             Reason::NoRuleMatched => "no rule matched",
+            Reason::PortNotAllowed => "port not in rule's allowed ports",
+            Reason::InternalDestination => "host matched internal destination in rule",
         }
     }
 
@@ -117,6 +135,8 @@ impl Reason {
             Reason::EnforcePolicy => "enforce_policy",
             Reason::DefaultRulePolicy => "default_rule_policy",
             Reason::NoRuleMatched => "no_rule_matched",
+            Reason::PortNotAllowed => "port_not_allowed",
+            Reason::InternalDestination => "internal_destination",
         }
     }
 }
@@ -177,6 +197,9 @@ pub struct Decision<'t> {
     pub rule: RuleRef<'t>,
     /// The pattern that matched, and the list it came from.
     pub matched: Option<(ListKind, PatternMatch<'t>)>,
+    /// v2: the internal destination that allowed the name; the address
+    /// stage lets addresses inside its networks pass (and only those).
+    pub internal_destination: Option<&'t InternalDestination>,
 }
 
 impl Decision<'_> {
@@ -187,6 +210,7 @@ impl Decision<'_> {
         project: "",
         rule: RuleRef::None,
         matched: None,
+        internal_destination: None,
     };
 
     /// Whether the default rule was used (Smokescreen's `Default` flag).
@@ -202,6 +226,10 @@ struct IndexedRule {
     name: Box<str>,
     project: Box<str>,
     action: Action,
+    /// Empty: every port (always, for v1).
+    ports: Box<[PortRange]>,
+    /// Empty for v1 and for most v2 rules.
+    internal: Box<[InternalDestination]>,
 }
 
 /// A policy organised for deciding, in three flat [`Index`]es: role names,
@@ -220,6 +248,8 @@ pub struct PolicyTable {
     globals: Index,
     global_deny: ListId,
     global_allow: ListId,
+    /// The policy's `network` rules (empty for v1).
+    network: PolicyNetwork,
 }
 
 impl PolicyTable {
@@ -237,6 +267,8 @@ impl PolicyTable {
                 name: rule.name.as_str().into(),
                 project: rule.project.as_str().into(),
                 action: rule.action,
+                ports: rule.allowed_ports.clone().into_boxed_slice(),
+                internal: rule.internal_destinations.clone().into_boxed_slice(),
             });
         }
         let default = policy.default.as_ref().map(|_| policy.services.len());
@@ -251,7 +283,13 @@ impl PolicyTable {
             globals: globals.build(),
             global_deny,
             global_allow,
+            network: PolicyNetwork::new(&policy.network),
         }
+    }
+
+    /// The policy's `network` rules, prepared for the address stage.
+    pub fn network(&self) -> &PolicyNetwork {
+        &self.network
     }
 
     /// Whether `role` has a rule of its own (not the default).
@@ -267,7 +305,22 @@ impl PolicyTable {
 
     /// The name stage. `role` is `None` for a client without a role, which
     /// gets the default rule when there is one.
+    ///
+    /// This is the port-agnostic decision (v1's): `allowed_ports` and
+    /// `internal_destinations` are not consulted. The proxy always knows the
+    /// port and calls [`PolicyTable::decide_at`].
     pub fn decide(&self, role: Option<&str>, host: &CanonicalHost) -> Decision<'_> {
+        self.decide_inner(role, host, None)
+    }
+
+    /// The name stage for a CONNECT to `host:port`: as [`PolicyTable::decide`],
+    /// plus the rule's internal destinations and `allowed_ports`. For a rule
+    /// without either (every v1 rule) the result is `decide`'s.
+    pub fn decide_at(&self, role: Option<&str>, host: &CanonicalHost, port: u16) -> Decision<'_> {
+        self.decide_inner(role, host, Some(port))
+    }
+
+    fn decide_inner(&self, role: Option<&str>, host: &CanonicalHost, port: Option<u16>) -> Decision<'_> {
         let service = role.and_then(|r| self.roles.name(r)).map(|i| i as usize);
         let (index, rule_ref) = match (service, self.default) {
             (Some(i), _) => (i, None),
@@ -279,23 +332,55 @@ impl PolicyTable {
         let list = ListId(index as u32);
         let Some(rule) = self.rules.get(index) else { return Decision::NO_RULE };
         let rule_ref = rule_ref.unwrap_or(RuleRef::Service(&rule.name));
-        let decided =
-            |verdict, reason, matched| Decision { verdict, reason, project: &rule.project, rule: rule_ref, matched };
+        let decided = |verdict, reason, matched| Decision {
+            verdict,
+            reason,
+            project: &rule.project,
+            rule: rule_ref,
+            matched,
+            internal_destination: None,
+        };
+        let by_action = match rule.action {
+            Action::Open => Verdict::Allow,
+            Action::Report => Verdict::AllowAndReport,
+            Action::Enforce => Verdict::Deny,
+        };
+
+        if let Some(port) = port
+            && !rule.internal.is_empty()
+            && let Some(exception) = rule.internal.iter().find(|d| d.covers(host, port))
+        {
+            return Decision {
+                internal_destination: Some(exception),
+                ..decided(Verdict::Allow, Reason::InternalDestination, None)
+            };
+        }
+        // A listed host on a port the rule does not allow is an unlisted host.
+        let port_ok = match port {
+            Some(port) if !rule.ports.is_empty() => port_allowed(&rule.ports, port),
+            _ => true,
+        };
 
         let key = HostKey::new(host);
         if let Some(m) = self.services.find(list, &key) {
+            if !port_ok {
+                return decided(by_action, Reason::PortNotAllowed, Some((ListKind::AllowedDomains, m)));
+            }
             return decided(Verdict::Allow, Reason::AllowedDomain, Some((ListKind::AllowedDomains, m)));
         }
         if let Some(m) = self.globals.find(self.global_deny, &key) {
             return decided(Verdict::Deny, Reason::GlobalDenyList, Some((ListKind::GlobalDenyList, m)));
         }
         if let Some(m) = self.globals.find(self.global_allow, &key) {
+            if !port_ok {
+                return decided(by_action, Reason::PortNotAllowed, Some((ListKind::GlobalAllowList, m)));
+            }
             return decided(Verdict::Allow, Reason::GlobalAllowList, Some((ListKind::GlobalAllowList, m)));
         }
         let (verdict, reason) = match rule.action {
-            Action::Open => (Verdict::Allow, Reason::OpenPolicy),
-            Action::Report => (Verdict::AllowAndReport, Reason::ReportPolicy),
-            Action::Enforce => (Verdict::Deny, Reason::EnforcePolicy),
+            Action::Open => (by_action, Reason::OpenPolicy),
+            Action::Report => (by_action, Reason::ReportPolicy),
+            Action::Enforce => (by_action, Reason::EnforcePolicy),
         };
         let reason = if rule_ref == RuleRef::Default { Reason::DefaultRulePolicy } else { reason };
         decided(verdict, reason, None)
@@ -393,6 +478,8 @@ global_allow_list: [good.example]
             Reason::EnforcePolicy => 5,
             Reason::DefaultRulePolicy => 6,
             Reason::NoRuleMatched => 7,
+            Reason::PortNotAllowed => 8,
+            Reason::InternalDestination => 9,
         };
         for (i, r) in Reason::ALL.into_iter().enumerate() {
             assert_eq!((position(r), r.index()), (i, i));

@@ -7,6 +7,12 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::address::AddressSpec;
+use crate::host::CanonicalHost;
 use crate::pattern::HostPattern;
 
 /// What a rule does with a host outside its `allowed_domains`.
@@ -103,6 +109,29 @@ pub struct Rule {
     pub project: String,
     pub action: Action,
     pub allowed_domains: Vec<HostPattern>,
+    /// v2: the ports the role may reach through its lists; empty is any port.
+    pub allowed_ports: Vec<PortRange>,
+    /// v2: audited private exceptions (service rules only).
+    pub internal_destinations: Vec<InternalDestination>,
+}
+
+impl Rule {
+    /// A v1 rule: no port restriction, no exceptions.
+    pub fn v1(
+        name: impl Into<String>,
+        project: impl Into<String>,
+        action: Action,
+        allowed_domains: Vec<HostPattern>,
+    ) -> Self {
+        Rule {
+            name: name.into(),
+            project: project.into(),
+            action,
+            allowed_domains,
+            allowed_ports: Vec::new(),
+            internal_destinations: Vec::new(),
+        }
+    }
 }
 
 /// A whole ACL, validated.
@@ -112,6 +141,10 @@ pub struct Policy {
     pub default: Option<Rule>,
     pub global_allow_list: Vec<HostPattern>,
     pub global_deny_list: Vec<HostPattern>,
+    /// Which edition the source was written in.
+    pub version: PolicyVersion,
+    /// v2: the policy's own address rules.
+    pub network: NetworkRules,
 }
 
 impl Policy {
@@ -125,5 +158,125 @@ impl Policy {
         self.services.iter().chain(self.default.iter()).map(|r| r.allowed_domains.len()).sum::<usize>()
             + self.global_allow_list.len()
             + self.global_deny_list.len()
+    }
+
+    /// Rules (services and default) with an `allowed_ports` list.
+    pub fn port_rule_count(&self) -> usize {
+        self.services.iter().chain(self.default.iter()).filter(|r| !r.allowed_ports.is_empty()).count()
+    }
+
+    /// Total number of `internal_destinations` entries.
+    pub fn internal_destination_count(&self) -> usize {
+        self.services.iter().chain(self.default.iter()).map(|r| r.internal_destinations.len()).sum()
+    }
+}
+
+/// Which edition of the language a file was written in. v2 is a superset
+/// of v1; a v1 file never uses (and never pays for) v2 features.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PolicyVersion {
+    #[default]
+    V1,
+    V2,
+}
+
+impl PolicyVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyVersion::V1 => "v1",
+            PolicyVersion::V2 => "v2",
+        }
+    }
+}
+
+impl fmt::Display for PolicyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An inclusive port range; a single port is `start == end`. Never port 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn single(port: u16) -> Self {
+        PortRange { start: port, end: port }
+    }
+
+    pub fn contains(self, port: u16) -> bool {
+        self.start <= port && port <= self.end
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end { write!(f, "{}", self.start) } else { write!(f, "{}-{}", self.start, self.end) }
+    }
+}
+
+/// Whether `port` is in `ports`; an empty list means every port.
+pub fn port_allowed(ports: &[PortRange], port: u16) -> bool {
+    ports.is_empty() || ports.iter().any(|r| r.contains(port))
+}
+
+/// Renders a port list as written in YAML (`443, 8000-8999`); `any` when empty.
+pub fn ports_text(ports: &[PortRange]) -> String {
+    if ports.is_empty() {
+        return "any".to_owned();
+    }
+    ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// An audited exception (`internal_destinations`): for one role, one exact
+/// host, on these ports, resolved addresses inside `cidrs` pass the address
+/// stage although they are private. Never the never-openable set
+/// ([`crate::address::never_openable`]), never what an operator flag denies.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InternalDestination {
+    pub host: CanonicalHost,
+    /// Canonical networks (no host bits, no IPv4-mapped IPv6 ranges).
+    pub cidrs: Vec<IpNet>,
+    /// Never empty.
+    pub ports: Vec<PortRange>,
+    /// Why the exception exists: the audit trail. Never empty.
+    pub reason: String,
+}
+
+impl InternalDestination {
+    /// Whether this exception is about `host` on `port`.
+    pub fn covers(&self, host: &CanonicalHost, port: u16) -> bool {
+        self.host == *host && self.ports.iter().any(|r| r.contains(port))
+    }
+
+    /// The exception's network that contains `ip` (IPv4-mapped IPv6 is
+    /// matched as its IPv4 address).
+    pub fn network_of(&self, ip: IpAddr) -> Option<IpNet> {
+        let ip = ip.to_canonical();
+        self.cidrs.iter().copied().find(|net| net.contains(&ip))
+    }
+}
+
+/// The policy's own address rules (the `network` section): same meaning as
+/// proxyd's `--allow-range`/`--deny-range`/`--allow-address`/`--deny-address`,
+/// merged under them (an operator deny is a floor the policy cannot open).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkRules {
+    pub allow_ranges: Vec<IpNet>,
+    pub deny_ranges: Vec<IpNet>,
+    pub allow_addresses: Vec<AddressSpec>,
+    pub deny_addresses: Vec<AddressSpec>,
+}
+
+impl NetworkRules {
+    pub fn is_empty(&self) -> bool {
+        self.rule_count() == 0
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.allow_ranges.len() + self.deny_ranges.len() + self.allow_addresses.len() + self.deny_addresses.len()
     }
 }
