@@ -10,6 +10,7 @@ mod cli;
 mod diff;
 mod formats;
 mod policy_tests;
+mod policy_v2;
 mod schema;
 
 use std::path::{Path, PathBuf};
