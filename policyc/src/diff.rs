@@ -283,12 +283,32 @@ pub fn diff_with_limit(old: &Policy, new: &Policy, max_examples: usize) -> Polic
         hosts.sort_unstable();
         hosts.dedup();
 
+        // v2: when the role's ports or internal destinations differ, decide at
+        // every port where either rule's port sets change membership (plus
+        // 443), and add the internal destinations' hosts: each port class and
+        // each exception then has a candidate. Otherwise the port-agnostic
+        // decision is exact and no port is named.
+        let ports = ports_to_try(&rules);
+        if !ports.is_empty() {
+            for rule in rules.iter().flatten() {
+                hosts.extend(rule.rule.internal_destinations.iter().map(|d| &d.host));
+            }
+            hosts.sort_unstable();
+            hosts.dedup();
+        }
+        let at_ports: Vec<Option<u16>> =
+            if ports.is_empty() { vec![None] } else { ports.iter().copied().map(Some).collect() };
+
         // Decide everything, but own strings only for the examples kept.
-        let mut changed: Vec<(bool, &CanonicalHost, Decision<'_>, Decision<'_>)> = hosts
+        let mut changed: Vec<(bool, &CanonicalHost, Option<u16>, Decision<'_>, Decision<'_>)> = hosts
             .into_iter()
-            .filter_map(|host| {
-                let (o, n) = (old_table.decide(role, host), new_table.decide(role, host));
-                (o.verdict != n.verdict || o.reason != n.reason).then_some((o.verdict == n.verdict, host, o, n))
+            .flat_map(|host| at_ports.iter().map(move |port| (host, *port)))
+            .filter_map(|(host, port)| {
+                let (o, n) = match port {
+                    Some(port) => (old_table.decide_at(role, host, port), new_table.decide_at(role, host, port)),
+                    None => (old_table.decide(role, host), new_table.decide(role, host)),
+                };
+                (o.verdict != n.verdict || o.reason != n.reason).then_some((o.verdict == n.verdict, host, port, o, n))
             })
             .collect();
         if changed.is_empty() {
@@ -301,8 +321,11 @@ pub fn diff_with_limit(old: &Policy, new: &Policy, max_examples: usize) -> Polic
         let changes = changed
             .into_iter()
             .take(max_examples)
-            .map(|(_, host, o, n)| DecisionChange {
-                host: host.to_string(),
+            .map(|(_, host, port, o, n)| DecisionChange {
+                host: match port {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_string(),
+                },
                 stands_for: candidates.stands_for(host),
                 old: DecisionSummary::new(&o),
                 new: DecisionSummary::new(&n),
@@ -311,6 +334,33 @@ pub fn diff_with_limit(old: &Policy, new: &Policy, max_examples: usize) -> Polic
         out.decisions.push(RoleDecisions { role: role.map(str::to_owned), changes, omitted });
     }
     out
+}
+
+/// Ports at which a role's decisions can differ between its two rules, when
+/// their `allowed_ports` or internal destinations differ: the edges of every
+/// range (start, end, and the ports just outside) and 443. Empty when both
+/// rules agree on both (then the port-agnostic decision is exact).
+fn ports_to_try(rules: &[Option<&RuleSet<'_>>; 2]) -> Vec<u16> {
+    let [old, new] = rules;
+    let same = |a: &Option<&RuleSet<'_>>, b: &Option<&RuleSet<'_>>| match (a, b) {
+        (Some(a), Some(b)) => a.rule.allowed_ports == b.rule.allowed_ports && a.internal == b.internal,
+        (None, None) => true,
+        (Some(r), None) | (None, Some(r)) => r.rule.allowed_ports.is_empty() && r.internal.is_empty(),
+    };
+    if same(old, new) {
+        return Vec::new();
+    }
+    let mut ports: BTreeSet<u16> = BTreeSet::from([443]);
+    for rule in rules.iter().flatten() {
+        let ranges =
+            rule.rule.allowed_ports.iter().chain(rule.rule.internal_destinations.iter().flat_map(|d| &d.ports));
+        for range in ranges {
+            ports.extend([range.start, range.end]);
+            ports.extend(range.start.checked_sub(1).filter(|p| *p > 0));
+            ports.extend(range.end.checked_add(1));
+        }
+    }
+    ports.into_iter().collect()
 }
 
 /// A rule with its entries as a sorted set of their spellings.

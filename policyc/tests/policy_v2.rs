@@ -209,4 +209,15 @@ fn diff_shows_ports_exceptions_and_network_with_reasons() {
     let json: Value = serde_json::from_str(&policyc(&["diff", "--format", "json", s(&old), s(&new)]).stdout).unwrap();
     assert_eq!(json["network"]["removed"][0], "deny_range 198.51.100.0/24", "{json}");
     assert_eq!(json["services"][0]["allowed_ports"]["new"], "443, 8443");
+    // A port change is a decision change, shown at a port that changed.
+    assert_eq!(json["decision_changes"], true, "{json}");
+    let changes = json["decisions"][0]["changes"].as_array().unwrap();
+    let at_8443 = changes.iter().find(|c| c["host"] == "api.stripe.com:8443").expect("api.stripe.com:8443 changes");
+    assert_eq!(
+        (at_8443["old"]["reason_code"].as_str(), at_8443["new"]["decision"].as_str()),
+        (Some("port_not_allowed"), Some("allow"))
+    );
+    assert!(changes.iter().all(|c| c["host"] != "api.stripe.com:443"), "443 did not change: {changes:?}");
+    let exit = policyc(&["diff", "--exit-code", s(&old), s(&new)]);
+    assert_eq!(exit.code, 1, "{}", exit.stderr);
 }
