@@ -226,10 +226,26 @@ struct IndexedRule {
     name: Box<str>,
     project: Box<str>,
     action: Action,
-    /// Empty: every port (always, for v1).
-    ports: Box<[PortRange]>,
-    /// Empty for v1 and for most v2 rules.
-    internal: Box<[InternalDestination]>,
+}
+
+/// The v2 parts of rule `i` (`PolicyTable::extras[i]`): slices of the
+/// table's shared port and exception arrays, so a decision touches one small
+/// contiguous record instead of scattered allocations, and a filter of the
+/// exception hosts' hashes so most hosts skip the exceptions without reading
+/// them. v1 tables have no extras at all.
+#[derive(Clone, Copy, Debug, Default)]
+struct RuleExtras {
+    ports_start: u32,
+    /// 0: every port.
+    ports_len: u32,
+    internal_start: u32,
+    internal_len: u32,
+    /// One bit per exception host (by its hash).
+    internal_filter: u64,
+}
+
+fn filter_bit(host_hash: u64) -> u64 {
+    1u64 << (host_hash >> 58)
 }
 
 /// A policy organised for deciding, in three flat [`Index`]es: role names,
@@ -250,6 +266,11 @@ pub struct PolicyTable {
     global_allow: ListId,
     /// The policy's `network` rules (empty for v1).
     network: PolicyNetwork,
+    /// v2 only (empty for v1, and for a v2 policy without ports and
+    /// exceptions): one record per rule, and the arrays they slice.
+    extras: Vec<RuleExtras>,
+    port_ranges: Vec<PortRange>,
+    internal: Vec<InternalDestination>,
 }
 
 impl PolicyTable {
@@ -257,7 +278,30 @@ impl PolicyTable {
         let mut services = IndexBuilder::default();
         let mut rules = Vec::with_capacity(policy.services.len() + 1);
         let mut roles = IndexBuilder::default();
+        let mut extras = Vec::new();
+        let mut port_ranges = Vec::new();
+        let mut internal: Vec<InternalDestination> = Vec::new();
+        let has_extras = policy
+            .services
+            .iter()
+            .chain(policy.default.iter())
+            .any(|r| !r.allowed_ports.is_empty() || !r.internal_destinations.is_empty());
         for rule in policy.services.iter().chain(policy.default.iter()) {
+            if has_extras {
+                let mut x = RuleExtras {
+                    ports_start: port_ranges.len() as u32,
+                    ports_len: rule.allowed_ports.len() as u32,
+                    internal_start: internal.len() as u32,
+                    internal_len: rule.internal_destinations.len() as u32,
+                    internal_filter: 0,
+                };
+                port_ranges.extend_from_slice(&rule.allowed_ports);
+                for d in &rule.internal_destinations {
+                    x.internal_filter |= filter_bit(HostKey::new(&d.host).whole_hash());
+                    internal.push(d.clone());
+                }
+                extras.push(x);
+            }
             let list = services.add_list(&rule.allowed_domains);
             debug_assert_eq!(list, ListId(rules.len() as u32), "rule i owns list i");
             if rules.len() < policy.services.len() {
@@ -267,8 +311,6 @@ impl PolicyTable {
                 name: rule.name.as_str().into(),
                 project: rule.project.as_str().into(),
                 action: rule.action,
-                ports: rule.allowed_ports.clone().into_boxed_slice(),
-                internal: rule.internal_destinations.clone().into_boxed_slice(),
             });
         }
         let default = policy.default.as_ref().map(|_| policy.services.len());
@@ -284,6 +326,9 @@ impl PolicyTable {
             global_deny,
             global_allow,
             network: PolicyNetwork::new(&policy.network),
+            extras,
+            port_ranges,
+            internal,
         }
     }
 
@@ -346,24 +391,37 @@ impl PolicyTable {
             Action::Enforce => Verdict::Deny,
         };
 
-        if let Some(port) = port
-            && !rule.internal.is_empty()
-            && let Some(exception) = rule.internal.iter().find(|d| d.covers(host, port))
+        let key = HostKey::new(host);
+        // v2: only when the port is known and the table has extras (never v1).
+        let extras = match port {
+            Some(port) if !self.extras.is_empty() => self.extras.get(index).map(|x| (x, port)),
+            _ => None,
+        };
+        if let Some((x, port)) = extras
+            && x.internal_filter & filter_bit(key.whole_hash()) != 0
         {
-            return Decision {
-                internal_destination: Some(exception),
-                ..decided(Verdict::Allow, Reason::InternalDestination, None)
-            };
+            let start = x.internal_start as usize;
+            let candidates = self.internal.get(start..start + x.internal_len as usize).unwrap_or_default();
+            if let Some(exception) = candidates.iter().find(|d| d.covers(host, port)) {
+                return Decision {
+                    internal_destination: Some(exception),
+                    ..decided(Verdict::Allow, Reason::InternalDestination, None)
+                };
+            }
         }
-        // A listed host on a port the rule does not allow is an unlisted host.
-        let port_ok = match port {
-            Some(port) if !rule.ports.is_empty() => port_allowed(&rule.ports, port),
+        // A listed host on a port the rule does not allow is an unlisted
+        // host; read only when a list matched.
+        let port_ok = || match extras {
+            Some((x, port)) if x.ports_len > 0 => {
+                let start = x.ports_start as usize;
+                // Never "any port" by accident: a missing slice allows nothing.
+                self.port_ranges.get(start..start + x.ports_len as usize).is_some_and(|r| port_allowed(r, port))
+            }
             _ => true,
         };
 
-        let key = HostKey::new(host);
         if let Some(m) = self.services.find(list, &key) {
-            if !port_ok {
+            if !port_ok() {
                 return decided(by_action, Reason::PortNotAllowed, Some((ListKind::AllowedDomains, m)));
             }
             return decided(Verdict::Allow, Reason::AllowedDomain, Some((ListKind::AllowedDomains, m)));
@@ -372,7 +430,7 @@ impl PolicyTable {
             return decided(Verdict::Deny, Reason::GlobalDenyList, Some((ListKind::GlobalDenyList, m)));
         }
         if let Some(m) = self.globals.find(self.global_allow, &key) {
-            if !port_ok {
+            if !port_ok() {
                 return decided(by_action, Reason::PortNotAllowed, Some((ListKind::GlobalAllowList, m)));
             }
             return decided(Verdict::Allow, Reason::GlobalAllowList, Some((ListKind::GlobalAllowList, m)));

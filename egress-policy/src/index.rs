@@ -120,6 +120,12 @@ impl<'h> HostKey<'h> {
         key
     }
 
+    /// The hash of the whole host (the decision's filter of internal
+    /// destination hosts uses it).
+    pub fn whole_hash(&self) -> u64 {
+        self.whole().1
+    }
+
     /// The whole host.
     fn whole(&self) -> (u32, u64) {
         self.suffixes.first().copied().unwrap_or((0, 0))
