@@ -10,7 +10,11 @@
 //! - `canonicalize_and_decide/large`: `host::canonical` of a raw, mixed-case,
 //!   trailing-dot host, then decide (what the proxy pays per request);
 //! - `compile/100k`: `acl::check_source` + `table::encode` of the 100k YAML;
-//! - `load_and_verify/100k`: `table::decode` of the encoded table.
+//! - `load_and_verify/100k`: `table::decode` of the encoded table;
+//! - `decide_v2/small`, `decide_v2/large`: the same policies as `version: v2`,
+//!   every role with 3 port ranges and 2 internal destinations, decided with
+//!   the port (`decide_at`, port 443) as the proxy does: the same-run pass
+//!   prints v2 large against v1 large (target within 10%) and v2 large/small.
 //!
 //! Under `cargo bench` (criterion gets `--bench`), a final pass re-measures
 //! with plain loops, interleaving small and large in several rounds, and
@@ -171,8 +175,17 @@ fn queries(shape: &Shape, seed: u64) -> Vec<Query> {
 /// Checks that every query decides the way its kind says, so the mix really
 /// exercises the paths it claims to.
 fn check_queries(table: &PolicyTable, queries: &[Query]) {
+    check_queries_with(queries, |q| table.decide(q.role.as_deref(), &q.host));
+}
+
+/// The same check for the v2 tables, decided at port 443.
+fn check_queries_v2(table: &PolicyTable, queries: &[Query]) {
+    check_queries_with(queries, |q| table.decide_at(q.role.as_deref(), &q.host, V2_PORT));
+}
+
+fn check_queries_with<'t>(queries: &[Query], decide: impl Fn(&Query) -> egress_policy::decision::Decision<'t>) {
     for q in queries {
-        let d = table.decide(q.role.as_deref(), &q.host);
+        let d = decide(q);
         let ok = match q.kind {
             Kind::Exact => {
                 matches!(d.matched, Some((ListKind::AllowedDomains, PatternMatch::Exact(_))))
@@ -195,7 +208,12 @@ fn check_queries(table: &PolicyTable, queries: &[Query]) {
 // Fixtures
 // ---------------------------------------------------------------------------
 
+/// The port the v2 queries connect to (inside every role's `allowed_ports`).
+const V2_PORT: u16 = 443;
+
 struct Fixtures {
+    v2_small: PolicyTable,
+    v2_large: PolicyTable,
     small: PolicyTable,
     small_queries: Vec<Query>,
     large: PolicyTable,
@@ -226,6 +244,19 @@ impl Fixtures {
         let large_queries = queries(&LARGE, 0x5eed_0002);
         check_queries(&large, &large_queries);
 
+        let (v2_small_policy, _) = compile(&acl_yaml_v2(&SMALL));
+        let v2_small = PolicyTable::new(&v2_small_policy);
+        check_queries_v2(&v2_small, &small_queries);
+        let (v2_large_policy, v2_large_bytes) = compile(&acl_yaml_v2(&LARGE));
+        assert_eq!(v2_large_policy.internal_destination_count(), LARGE_ROLES * V2_INTERNAL_PER_ROLE);
+        assert_eq!(v2_large_policy.port_rule_count(), LARGE_ROLES);
+        let v2_large = table::decode(&v2_large_bytes).expect("encoded v2 table must decode").table;
+        check_queries_v2(&v2_large, &large_queries);
+        // The exceptions really decide: one role's database on its port.
+        let db = host::canonical(&internal_host(7, 1)).unwrap();
+        let d = v2_large.decide_at(Some(&role_name(7)), &db, 5433);
+        assert_eq!(d.reason, Reason::InternalDestination, "{d:?}");
+
         eprintln!(
             "fixtures: large ACL {:.1} MiB YAML, {} patterns, table {:.1} MiB; {} queries per set; built in {:.1?}",
             large_yaml.len() as f64 / (1024.0 * 1024.0),
@@ -234,7 +265,7 @@ impl Fixtures {
             QUERIES,
             started.elapsed()
         );
-        Fixtures { small, small_queries, large, large_queries, large_yaml, large_bytes }
+        Fixtures { v2_small, v2_large, small, small_queries, large, large_queries, large_yaml, large_bytes }
     }
 }
 
@@ -248,6 +279,14 @@ fn decide_next(table: &PolicyTable, queries: &[Query], i: &mut usize) {
     let q = &queries[*i & QUERY_MASK];
     *i = i.wrapping_add(1);
     black_box(table.decide(black_box(q.role.as_deref()), black_box(&q.host)));
+}
+
+/// One v2 decision at port 443, cycling through the query set.
+#[inline(always)]
+fn decide_v2_next(table: &PolicyTable, queries: &[Query], i: &mut usize) {
+    let q = &queries[*i & QUERY_MASK];
+    *i = i.wrapping_add(1);
+    black_box(table.decide_at(black_box(q.role.as_deref()), black_box(&q.host), black_box(V2_PORT)));
 }
 
 #[inline(always)]
@@ -269,6 +308,19 @@ fn bench_decide(c: &mut Criterion, fx: &Fixtures) {
     group.bench_function("large", |b| {
         let mut i = 0;
         b.iter(|| decide_next(&fx.large, &fx.large_queries, &mut i));
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("decide_v2");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(4));
+    group.bench_function("small", |b| {
+        let mut i = 0;
+        b.iter(|| decide_v2_next(&fx.v2_small, &fx.small_queries, &mut i));
+    });
+    group.bench_function("large", |b| {
+        let mut i = 0;
+        b.iter(|| decide_v2_next(&fx.v2_large, &fx.large_queries, &mut i));
     });
     group.finish();
 
@@ -332,20 +384,31 @@ fn print_ratios(fx: &Fixtures) {
     let small = |i: &mut usize| decide_next(&fx.small, &fx.small_queries, i);
     let large = |i: &mut usize| decide_next(&fx.large, &fx.large_queries, i);
     let canon = |i: &mut usize| canonicalize_and_decide_next(&fx.large, &fx.large_queries, i);
+    let v2_small = |i: &mut usize| decide_v2_next(&fx.v2_small, &fx.small_queries, i);
+    let v2_large = |i: &mut usize| decide_v2_next(&fx.v2_large, &fx.large_queries, i);
 
     // Warm caches and branch predictors once, then interleave the rounds so
     // that a noisy neighbour hits all three alike.
     per_call_ns(small, CALLS_PER_ROUND / 4);
     per_call_ns(large, CALLS_PER_ROUND / 4);
     per_call_ns(canon, CALLS_PER_ROUND / 4);
+    per_call_ns(v2_small, CALLS_PER_ROUND / 4);
+    per_call_ns(v2_large, CALLS_PER_ROUND / 4);
     let (mut s, mut l, mut c, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut v2s, mut v2l, mut v2r, mut v2_vs_v1) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RATIO_ROUNDS {
         let sn = per_call_ns(small, CALLS_PER_ROUND);
         let ln = per_call_ns(large, CALLS_PER_ROUND);
         c.push(per_call_ns(canon, CALLS_PER_ROUND));
+        let v2sn = per_call_ns(v2_small, CALLS_PER_ROUND);
+        let v2ln = per_call_ns(v2_large, CALLS_PER_ROUND);
         s.push(sn);
         l.push(ln);
         r.push(ln / sn);
+        v2s.push(v2sn);
+        v2l.push(v2ln);
+        v2r.push(v2ln / v2sn);
+        v2_vs_v1.push(v2ln / ln);
     }
     // Whole compile and load runs: a few each, median.
     let compile_s = median(
@@ -377,6 +440,14 @@ fn print_ratios(fx: &Fixtures) {
     println!("decide small median = {small_ns:.0} ns/call");
     println!("decide large median = {large_ns:.0} ns/call (target <= 250){}", missed(large_ns <= 250.0));
     println!("canonicalize_and_decide large median = {canon_ns:.0} ns/call (no target)");
+    let (v2_small_ns, v2_large_ns) = (median(v2s), median(v2l));
+    let (v2_ratio, v2_vs_v1) = (median(v2r), median(v2_vs_v1));
+    println!(
+        "decide_v2 small median = {v2_small_ns:.0} ns/call (5,000-role v2 shape: 3 port ranges, 2 internal destinations per role)"
+    );
+    println!("decide_v2 large median = {v2_large_ns:.0} ns/call");
+    println!("ratio decide_v2 large / decide large (v1) = {v2_vs_v1:.2} (target <= 1.10){}", missed(v2_vs_v1 <= 1.10));
+    println!("ratio decide_v2 large/small = {v2_ratio:.2} (target <= 1.5){}", missed(v2_ratio <= 1.5));
     println!("compile 100k = {compile_s:.2} s (target <= 1 s){}", missed(compile_s <= 1.0));
     println!("load_and_verify 100k = {load_ms:.0} ms (target <= 100 ms){}", missed(load_ms <= 100.0));
 }

@@ -1,4 +1,6 @@
-//! The ACL checker: Smokescreen's v1 YAML format, read strictly.
+//! The ACL checker: Smokescreen's v1 YAML format, read strictly, and its
+//! superset `version: v2` (`allowed_ports`, `internal_destinations`, middle
+//! wildcards, the `network` section).
 //!
 //! It turns a YAML node tree into a validated [`Policy`] and reports every
 //! problem in one pass: everything Smokescreen rejects is an error, and the
@@ -9,14 +11,37 @@
 
 use std::collections::HashMap;
 
+use ipnet::IpNet;
+
+use crate::address::{self, AddressSpec};
 use crate::diagnostic::{Code, Diagnostic, Position};
+use crate::host;
 use crate::pattern::{self, HostPattern, PatternError};
-use crate::policy::{Action, ActionSet, Policy, Rule};
+use crate::policy::{Action, ActionSet, InternalDestination, NetworkRules, Policy, PolicyVersion, PortRange, Rule};
 use crate::yaml::{self, Node, Value};
 
 const TOP_KEYS: &[&str] = &["version", "services", "default", "global_allow_list", "global_deny_list"];
 const RULE_KEYS: &[&str] =
     &["name", "project", "action", "allowed_domains", "allowed_external_proxies", "mitm_domains"];
+/// Keys that only a `version: v2` file has.
+const V2_TOP_KEYS: &[&str] = &["version", "services", "default", "global_allow_list", "global_deny_list", "network"];
+const V2_RULE_KEYS: &[&str] = &[
+    "name",
+    "project",
+    "action",
+    "allowed_domains",
+    "allowed_ports",
+    "internal_destinations",
+    "allowed_external_proxies",
+    "mitm_domains",
+];
+/// Keys that exist only in v2 (a v1 file using one gets a hint to upgrade).
+const V2_ONLY_KEYS: &[&str] = &["allowed_ports", "internal_destinations", "network"];
+const INTERNAL_KEYS: &[&str] = &["host", "cidrs", "ports", "reason"];
+const NETWORK_KEYS: &[&str] = &["deny_ranges", "allow_ranges", "deny_addresses", "allow_addresses"];
+/// Widest exception CIDR without a warning.
+const WIDEST_V4_EXCEPTION: u8 = 16;
+const WIDEST_V6_EXCEPTION: u8 = 48;
 const MITM_KEYS: &[&str] = &["domain", "add_headers", "detailed_http_logs", "detailed_http_logs_full_headers"];
 
 /// The result of checking one file: the policy if there were no errors, and
@@ -81,7 +106,7 @@ impl Checked {
 /// assert_eq!(error.help.as_deref(), Some("use \"api.example.com\""));
 /// ```
 pub fn check_source(file: &str, source: &str, disabled: ActionSet) -> Checked {
-    let mut checker = Checker { file, disabled, diagnostics: Vec::new() };
+    let mut checker = Checker { file, disabled, diagnostics: Vec::new(), version: PolicyVersion::V1 };
     let policy = match yaml::parse(source) {
         Ok(root) => checker.document(&root),
         Err(e) => {
@@ -123,6 +148,8 @@ struct Checker<'a> {
     file: &'a str,
     disabled: ActionSet,
     diagnostics: Vec<Diagnostic>,
+    /// The file's `version` (v1 until it says `v2`).
+    version: PolicyVersion,
 }
 
 /// A pattern with where it was written.
@@ -164,8 +191,16 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let keys = self.keys(entries, TOP_KEYS, "the top level", |key| {
-            RULE_KEYS.contains(&key).then(|| format!("`{key}` belongs inside a rule under `services` or `default`"))
+        // The version decides which keys exist, so it is read first (the last
+        // one if duplicated, as `keys` does).
+        let version_node = entries.iter().rev().find(|(k, _)| k.value == Value::String("version".into()));
+        if version_node.and_then(|(_, v)| v.scalar_text()).as_deref() == Some("v2") {
+            self.version = PolicyVersion::V2;
+        }
+        let top_keys = if self.version == PolicyVersion::V2 { V2_TOP_KEYS } else { TOP_KEYS };
+        let keys = self.keys(entries, top_keys, "the top level", |key| {
+            (RULE_KEYS.contains(&key) || V2_RULE_KEYS.contains(&key))
+                .then(|| format!("`{key}` belongs inside a rule under `services` or `default`"))
         });
 
         match keys.get("version") {
@@ -174,13 +209,13 @@ impl Checker<'_> {
             }
             Some((_, node)) => {
                 let text = node.scalar_text();
-                if text.as_deref() != Some("v1") {
+                if text.as_deref() != Some("v1") && text.as_deref() != Some("v2") {
                     let found = text.unwrap_or_else(|| node.value.kind().to_owned());
                     self.report(
                         Code::UnsupportedVersion,
                         node.at,
-                        format!("expected version \"v1\", found {found:?}"),
-                        Some("this is Smokescreen's ACL format v1: write `version: v1`".into()),
+                        format!("expected version \"v1\" or \"v2\", found {found:?}"),
+                        Some("write `version: v1` (Smokescreen's ACL format) or `version: v2` (v1 plus ports, internal destinations, middle wildcards and `network`)".into()),
                     );
                 }
             }
@@ -253,12 +288,18 @@ impl Checker<'_> {
         let global_allow = self.pattern_list(keys.get("global_allow_list").map(|(_, n)| *n), "global_allow_list");
         let global_deny = self.pattern_list(keys.get("global_deny_list").map(|(_, n)| *n), "global_deny_list");
         self.lint_global_lists(&global_allow, &global_deny);
+        let network = match keys.get("network") {
+            Some((_, node)) => self.network(node),
+            None => NetworkRules::default(),
+        };
 
         Some(Policy {
             services,
             default,
             global_allow_list: global_allow.into_iter().map(|e| e.pattern).collect(),
             global_deny_list: global_deny.into_iter().map(|e| e.pattern).collect(),
+            version: self.version,
+            network,
         })
     }
 
@@ -284,6 +325,17 @@ impl Checker<'_> {
                 continue;
             };
             if !known.contains(&name.as_str()) {
+                if self.version == PolicyVersion::V1
+                    && let Some(v2_only) = V2_ONLY_KEYS.iter().find(|k| **k == name.as_str())
+                {
+                    self.report(
+                        Code::RequiresV2,
+                        key.at,
+                        format!("`{v2_only}` needs `version: v2` (this file says `version: v1`)"),
+                        Some("change the first line to `version: v2`: v2 accepts every v1 file unchanged".into()),
+                    );
+                    continue;
+                }
                 let help = misplaced(name)
                     .or_else(|| suggest(name, known).map(|s| format!("did you mean `{s}`?")))
                     .or_else(|| Some(format!("expected one of: {}", known.join(", "))));
@@ -310,8 +362,10 @@ impl Checker<'_> {
             return None;
         };
         let context = if is_default { "the default rule" } else { "a service rule" };
-        let keys = self.keys(entries, RULE_KEYS, context, |key| {
-            TOP_KEYS.contains(&key).then(|| format!("`{key}` is a top-level key; move it out of the rule"))
+        let rule_keys = if self.version == PolicyVersion::V2 { V2_RULE_KEYS } else { RULE_KEYS };
+        let keys = self.keys(entries, rule_keys, context, |key| {
+            (TOP_KEYS.contains(&key) || key == "network")
+                .then(|| format!("`{key}` is a top-level key; move it out of the rule"))
         });
         let mut ok = true;
 
@@ -446,8 +500,46 @@ impl Checker<'_> {
             self.mitm_domains(node, allowed_node);
         }
 
+        let allowed_ports = match keys.get("allowed_ports") {
+            Some((_, node)) => match self.ports(node, "allowed_ports") {
+                Some(ports) => ports,
+                None => {
+                    ok = false;
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let internal_destinations = match keys.get("internal_destinations") {
+            Some((key, _)) if is_default => {
+                self.report(
+                    Code::UnknownKey,
+                    key.at,
+                    "`internal_destinations` is not allowed in the default rule",
+                    Some("an exception is for one named service: move it into that service's rule".into()),
+                );
+                ok = false;
+                Vec::new()
+            }
+            Some((_, node)) => match self.internal_destinations(node) {
+                Some(list) => list,
+                None => {
+                    ok = false;
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+
         let action = action?;
-        ok.then(|| Rule { name, project, action, allowed_domains: allowed.into_iter().map(|e| e.pattern).collect() })
+        ok.then(|| Rule {
+            name,
+            project,
+            action,
+            allowed_domains: allowed.into_iter().map(|e| e.pattern).collect(),
+            allowed_ports,
+            internal_destinations,
+        })
     }
 
     fn mitm_domains(&mut self, node: &Node, allowed: Option<&Node>) {
@@ -484,6 +576,369 @@ impl Checker<'_> {
                 }
             }
         }
+    }
+
+    /// A list of ports and `"LO-HI"` ranges. `None` if any entry is bad;
+    /// an empty or null list is an error too (it would deny every port).
+    fn ports(&mut self, node: &Node, what: &str) -> Option<Vec<PortRange>> {
+        let items = match &node.value {
+            Value::Seq(items) if !items.is_empty() => items,
+            Value::Seq(_) | Value::Null => {
+                self.report(
+                    Code::MissingKey,
+                    node.at,
+                    format!("`{what}` is empty: no port could be reached"),
+                    Some("list the ports (`[443]`, `[\"8000-8999\"]`), or remove the key to allow every port".into()),
+                );
+                return None;
+            }
+            _ => {
+                self.wrong_type(node, what, "a list of ports and \"LO-HI\" ranges");
+                return None;
+            }
+        };
+        let mut ports = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            match self.port_entry(item, what) {
+                Some(range) => ports.push(range),
+                None => ok = false,
+            }
+        }
+        ports.sort();
+        ports.dedup();
+        ok.then_some(ports)
+    }
+
+    fn port_entry(&mut self, item: &Node, what: &str) -> Option<PortRange> {
+        let bad = |checker: &mut Self, text: &str| {
+            checker.report(
+                Code::InvalidPort,
+                item.at,
+                format!("invalid port {text:?} in `{what}`: ports are 1 to 65535"),
+                Some("write a port (`443`) or an inclusive range (`\"8000-8999\"`)".into()),
+            );
+            None
+        };
+        let text = match &item.value {
+            Value::Int(_) | Value::String(_) => item.scalar_text().unwrap_or_default(),
+            _ => {
+                self.wrong_type(item, &format!("{what}[]"), "a port number or a \"LO-HI\" range");
+                return None;
+            }
+        };
+        let (lo_text, hi_text) = match text.split_once('-') {
+            Some((lo, hi)) => (lo.trim(), hi.trim()),
+            None => (text.trim(), text.trim()),
+        };
+        let (Some(lo), Some(hi)) = (parse_port_number(lo_text), parse_port_number(hi_text)) else {
+            return bad(self, &text);
+        };
+        if lo > hi {
+            self.report(
+                Code::ReversedPortRange,
+                item.at,
+                format!("port range {text:?} in `{what}` is reversed: it contains no port"),
+                Some(format!("write \"{hi}-{lo}\"")),
+            );
+            return None;
+        }
+        Some(PortRange { start: lo, end: hi })
+    }
+
+    /// `internal_destinations`: a list of `{host, cidrs, ports, reason}`.
+    fn internal_destinations(&mut self, node: &Node) -> Option<Vec<InternalDestination>> {
+        let items = match &node.value {
+            Value::Null => return Some(Vec::new()),
+            Value::Seq(items) => items,
+            _ => {
+                self.wrong_type(node, "internal_destinations", "a list of {host, cidrs, ports, reason}");
+                return None;
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            match self.internal_destination(item) {
+                Some(d) => out.push(d),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn internal_destination(&mut self, item: &Node) -> Option<InternalDestination> {
+        let Value::Map(entries) = &item.value else {
+            self.wrong_type(item, "internal_destinations[]", "a mapping with host, cidrs, ports and reason");
+            return None;
+        };
+        let keys = self.keys(entries, INTERNAL_KEYS, "an internal_destinations entry", |_| None);
+        let mut ok = true;
+
+        let host = match keys.get("host") {
+            None => {
+                self.report(
+                    Code::MissingKey,
+                    item.at,
+                    "internal destination has no `host`",
+                    Some("add `host: <exact name>`".into()),
+                );
+                None
+            }
+            Some((_, value)) => self.internal_host(value),
+        };
+        ok &= host.is_some();
+
+        let cidrs = match keys.get("cidrs") {
+            None => {
+                self.report(
+                    Code::MissingKey,
+                    item.at,
+                    "internal destination has no `cidrs`",
+                    Some("add `cidrs: [10.20.0.0/16]`: the addresses this exception opens".into()),
+                );
+                None
+            }
+            Some((_, value)) => self.cidr_list(value, "cidrs", true),
+        };
+        ok &= cidrs.as_ref().is_some_and(|c| !c.is_empty());
+
+        let ports = match keys.get("ports") {
+            None => {
+                self.report(
+                    Code::MissingKey,
+                    item.at,
+                    "internal destination has no `ports`",
+                    Some("add `ports: [5432]`: an exception is always for named ports".into()),
+                );
+                None
+            }
+            Some((_, value)) => self.ports(value, "ports"),
+        };
+        ok &= ports.is_some();
+
+        let reason = match keys.get("reason").map(|(_, v)| (v, v.scalar_text())) {
+            Some((_, Some(text))) if !text.trim().is_empty() => Some(text),
+            found => {
+                let at = found.map_or(item.at, |(v, _)| v.at);
+                self.report(
+                    Code::MissingReason,
+                    at,
+                    "internal destination has no `reason`: every exception needs one",
+                    Some("say why this role may reach a private address (it appears in explain, diff, the decision log and /policy)".into()),
+                );
+                None
+            }
+        };
+        ok &= reason.is_some();
+        if !ok {
+            return None;
+        }
+        Some(InternalDestination { host: host?, cidrs: cidrs?, ports: ports?, reason: reason? })
+    }
+
+    /// An exception's host: one exact canonical name or IP literal.
+    fn internal_host(&mut self, value: &Node) -> Option<host::CanonicalHost> {
+        let Some(text) = value.scalar_text() else {
+            self.wrong_type(value, "host", "an exact host name");
+            return None;
+        };
+        if text.contains('*') {
+            self.report(
+                Code::WildcardInternalHost,
+                value.at,
+                format!("internal destination host {text:?} has a wildcard: an exception names one exact host"),
+                Some("list one entry per host".into()),
+            );
+            return None;
+        }
+        match self.pattern(value, &text, "internal_destinations") {
+            Some(HostPattern::Exact(host)) => Some(host),
+            Some(_) | None => None,
+        }
+    }
+
+    /// A list of canonical CIDRs. Exceptions (`exception`) are also linted
+    /// for what they overlap and how wide they are.
+    fn cidr_list(&mut self, node: &Node, what: &str, exception: bool) -> Option<Vec<IpNet>> {
+        let items = match &node.value {
+            Value::Null => Vec::new(),
+            Value::Seq(items) => items.iter().collect(),
+            _ => {
+                self.wrong_type(node, what, "a list of CIDRs such as 10.20.0.0/16");
+                return None;
+            }
+        };
+        if exception && items.is_empty() {
+            self.report(
+                Code::MissingKey,
+                node.at,
+                "`cidrs` is empty: the exception would open nothing",
+                Some("list the networks, e.g. `[10.20.0.0/16]`".into()),
+            );
+            return None;
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            match self.cidr(item, what) {
+                Some(net) => {
+                    if exception {
+                        self.lint_exception_cidr(item, net);
+                    }
+                    out.push(net);
+                }
+                None => ok = false,
+            }
+        }
+        out.sort();
+        out.dedup();
+        ok.then_some(out)
+    }
+
+    fn cidr(&mut self, item: &Node, what: &str) -> Option<IpNet> {
+        let Some(text) = item.scalar_text().filter(|_| matches!(item.value, Value::String(_))) else {
+            self.wrong_type(item, &format!("{what}[]"), "a CIDR string such as 10.20.0.0/16");
+            return None;
+        };
+        let Ok(net) = text.parse::<IpNet>() else {
+            self.report(
+                Code::InvalidCidr,
+                item.at,
+                format!("invalid CIDR {text:?} in `{what}`"),
+                Some("write an address and a prefix length, e.g. 10.20.0.0/16 or 2001:db8::/48".into()),
+            );
+            return None;
+        };
+        if let IpNet::V6(v6) = net
+            && let Some(v4) = v6.network().to_ipv4_mapped()
+        {
+            let v4_len = v6.prefix_len().saturating_sub(96);
+            let hint = if v6.prefix_len() >= 96 {
+                format!("write \"{}/{v4_len}\"", v4)
+            } else {
+                "write the IPv4 range instead".to_owned()
+            };
+            self.report(
+                Code::Ipv4MappedRange,
+                item.at,
+                format!("{text:?} in `{what}` is an IPv4-mapped IPv6 range"),
+                Some(hint),
+            );
+            return None;
+        }
+        if net.trunc() != net {
+            self.report(
+                Code::CidrHostBits,
+                item.at,
+                format!("{text:?} in `{what}` has host bits set"),
+                Some(format!("write \"{}\"", net.trunc())),
+            );
+            return None;
+        }
+        if text != net.to_string() {
+            self.report(
+                Code::InvalidCidr,
+                item.at,
+                format!("{text:?} in `{what}` is not written canonically"),
+                Some(format!("write \"{net}\"")),
+            );
+            return None;
+        }
+        Some(net)
+    }
+
+    /// Warns about an exception CIDR that overlaps addresses no exception
+    /// can open, or that is wider than a /16 (IPv4) or /48 (IPv6).
+    fn lint_exception_cidr(&mut self, item: &Node, net: IpNet) {
+        if let Some(blocked) = address::never_openable_overlap(net) {
+            self.report(
+                Code::ExceptionOverlapsNeverOpenable,
+                item.at,
+                format!("{net} overlaps {blocked}, which an exception never opens (it stays denied)"),
+                Some("narrow the range to the private network the service really needs".into()),
+            );
+        }
+        let (limit, family) = match net {
+            IpNet::V4(_) => (WIDEST_V4_EXCEPTION, "IPv4"),
+            IpNet::V6(_) => (WIDEST_V6_EXCEPTION, "IPv6"),
+        };
+        if net.prefix_len() < limit {
+            self.report(
+                Code::ExceptionTooWide,
+                item.at,
+                format!("exception {net} is wider than a /{limit} ({family})"),
+                Some("an exception should name the few addresses of one service; narrow it".into()),
+            );
+        }
+    }
+
+    /// The top-level `network` section.
+    fn network(&mut self, node: &Node) -> NetworkRules {
+        let mut rules = NetworkRules::default();
+        let entries = match &node.value {
+            Value::Null => return rules,
+            Value::Map(entries) => entries,
+            _ => {
+                self.wrong_type(
+                    node,
+                    "network",
+                    "a mapping with deny_ranges, allow_ranges, deny_addresses, allow_addresses",
+                );
+                return rules;
+            }
+        };
+        let keys = self.keys(entries, NETWORK_KEYS, "`network`", |_| None);
+        if let Some((_, v)) = keys.get("allow_ranges") {
+            rules.allow_ranges = self.cidr_list(v, "allow_ranges", false).unwrap_or_default();
+        }
+        if let Some((_, v)) = keys.get("deny_ranges") {
+            rules.deny_ranges = self.cidr_list(v, "deny_ranges", false).unwrap_or_default();
+        }
+        if let Some((_, v)) = keys.get("allow_addresses") {
+            rules.allow_addresses = self.address_list(v, "allow_addresses");
+        }
+        if let Some((_, v)) = keys.get("deny_addresses") {
+            rules.deny_addresses = self.address_list(v, "deny_addresses");
+        }
+        rules
+    }
+
+    fn address_list(&mut self, node: &Node, what: &str) -> Vec<AddressSpec> {
+        let items = match &node.value {
+            Value::Null => return Vec::new(),
+            Value::Seq(items) => items,
+            _ => {
+                self.wrong_type(node, what, "a list of IP or IP:PORT");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let Some(text) = item.scalar_text().filter(|_| matches!(item.value, Value::String(_))) else {
+                self.wrong_type(item, &format!("{what}[]"), "an IP or IP:PORT string");
+                continue;
+            };
+            let mapped = text.trim_start_matches('[').to_ascii_lowercase().starts_with("::ffff:") && text.contains('.');
+            match text.parse::<AddressSpec>() {
+                Ok(_) if mapped => self.report(
+                    Code::Ipv4MappedRange,
+                    item.at,
+                    format!("{text:?} in `{what}` is an IPv4-mapped IPv6 address"),
+                    Some("write the IPv4 address".into()),
+                ),
+                Ok(spec) => out.push(spec),
+                Err(error) => self.report(
+                    Code::InvalidAddress,
+                    item.at,
+                    format!("in `{what}`: {error}"),
+                    Some("write 10.0.0.1, 10.0.0.1:5432, 2001:db8::1 or [2001:db8::1]:443".into()),
+                ),
+            }
+        }
+        out.sort_by_key(|s| s.to_string());
+        out.dedup();
+        out
     }
 
     /// A list of host patterns; null or absent is empty.
@@ -525,7 +980,11 @@ impl Checker<'_> {
     }
 
     fn pattern(&mut self, node: &Node, text: &str, what: &str) -> Option<HostPattern> {
-        match pattern::parse(text) {
+        let parsed = match self.version {
+            PolicyVersion::V1 => pattern::parse(text),
+            PolicyVersion::V2 => pattern::parse_v2(text),
+        };
+        match parsed {
             Ok(parsed) => {
                 if parsed.had_trailing_dot {
                     self.report(
@@ -540,9 +999,10 @@ impl Checker<'_> {
             Err(error) => {
                 let code = match &error {
                     PatternError::NotCanonical { .. }
-                    | PatternError::InvalidHost { error: crate::host::HostError::NonCanonicalIpv4 { .. }, .. } => {
+                    | PatternError::InvalidHost { error: host::HostError::NonCanonicalIpv4 { .. }, .. } => {
                         Code::NonCanonicalPattern
                     }
+                    PatternError::PublicSuffix { .. } => Code::WildcardPublicSuffix,
                     _ => Code::InvalidPattern,
                 };
                 let help = error.help();
@@ -558,7 +1018,7 @@ impl Checker<'_> {
             .iter()
             .filter_map(|e| match &e.pattern {
                 HostPattern::Wildcard(suffix) => Some((&**suffix, e.at)),
-                HostPattern::Exact(_) => None,
+                HostPattern::Exact(_) | HostPattern::Middle { .. } => None,
             })
             .collect();
         if wildcards.is_empty() {
@@ -568,6 +1028,7 @@ impl Checker<'_> {
             let name = match &entry.pattern {
                 HostPattern::Exact(host) if host.is_name() => host.as_str(),
                 HostPattern::Wildcard(suffix) => suffix,
+                HostPattern::Middle { right, .. } => right,
                 HostPattern::Exact(_) => continue,
             };
             let mut rest = name;
@@ -593,7 +1054,7 @@ impl Checker<'_> {
             .iter()
             .filter_map(|e| match &e.pattern {
                 HostPattern::Wildcard(suffix) => Some((&**suffix, &e.pattern)),
-                HostPattern::Exact(_) => None,
+                HostPattern::Exact(_) | HostPattern::Middle { .. } => None,
             })
             .collect();
         for entry in allow {
@@ -602,6 +1063,7 @@ impl Checker<'_> {
             let mut rest = match &entry.pattern {
                 HostPattern::Exact(host) if host.is_name() => host.as_str(),
                 HostPattern::Wildcard(suffix) => suffix,
+                HostPattern::Middle { right, .. } => right,
                 HostPattern::Exact(_) => "",
             };
             while hit.is_none()
@@ -623,6 +1085,14 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// A port: 1 to 65535, decimal, no sign or leading zeros.
+fn parse_port_number(text: &str) -> Option<u16> {
+    if text.is_empty() || text.len() > 5 || text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u16>().ok()
 }
 
 /// A service's non-empty `name` and where it is written (the last one if

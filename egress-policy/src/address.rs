@@ -23,6 +23,14 @@
 //!    reachable;
 //! 6. everything else is globally reachable: allowed.
 //!
+//! Policy v2 adds two layers on top, in [`AddressPolicy::classify_with`]:
+//! the policy's own `network` rules and the request's internal destination
+//! (an audited exception). Flags are a floor: what an operator rule denies
+//! stays denied; a policy deny always applies; a policy allow or an
+//! exception only opens an address the built-in set denied, and never one
+//! of the never-openable set ([`never_openable`]: cloud metadata, loopback,
+//! unspecified, multicast, broadcast).
+//!
 //! Pure: no I/O, no DNS, no clock. [`AddressPolicy::classify`] never
 //! allocates and never panics. It must never allow an address of a denied
 //! special-purpose block unless an operator rule covers it, and never allow
@@ -280,6 +288,20 @@ pub enum AddressRule {
     DeniedEmbedding(&'static SpecialPurpose),
     /// In no special-purpose block: globally reachable.
     Global,
+    /// A rule of the policy's `network` section (v2).
+    Policy(OperatorRule),
+    /// The request's internal destination opened this network (v2).
+    InternalDestination {
+        /// The exception's CIDR that contains the address.
+        network: IpNet,
+    },
+    /// Never opened by a policy allow or an exception (metadata, loopback, ...).
+    NeverOpenable {
+        /// The never-openable block the address is in.
+        block: IpNet,
+        /// Its name, for logs and `explain`.
+        name: &'static str,
+    },
 }
 
 impl AddressRule {
@@ -295,6 +317,14 @@ impl AddressRule {
             AddressRule::SpecialPurpose(entry) | AddressRule::DeniedEmbedding(entry) => entry.code,
             AddressRule::EmbeddedIpv4 { inner, .. } => inner.rule.code(),
             AddressRule::Global => "global",
+            AddressRule::Policy(rule) => match rule {
+                OperatorRule::AllowAddress(_) => "policy_allow_address",
+                OperatorRule::DenyAddress(_) => "policy_deny_address",
+                OperatorRule::AllowRange(_) => "policy_allow_range",
+                OperatorRule::DenyRange(_) => "policy_deny_range",
+            },
+            AddressRule::InternalDestination { .. } => "internal_destination",
+            AddressRule::NeverOpenable { .. } => "never_openable",
         }
     }
 }
@@ -311,6 +341,14 @@ impl fmt::Display for AddressRule {
             }
             AddressRule::DeniedEmbedding(entry) => write!(f, "{entry}, an IPv4 embedding denied outright"),
             AddressRule::Global => f.write_str("globally reachable"),
+            AddressRule::Policy(rule) => {
+                let text = rule.to_string();
+                write!(f, "policy network {}", text.strip_prefix("operator ").unwrap_or(&text))
+            }
+            AddressRule::InternalDestination { network } => write!(f, "internal destination {network}"),
+            AddressRule::NeverOpenable { block, name } => {
+                write!(f, "{name} {block}, which no policy rule or exception can open")
+            }
         }
     }
 }
@@ -550,6 +588,164 @@ impl AddressPolicy {
                     || ip.is_unspecified()
                     || (listen.is_unspecified() && ip.is_loopback()))
         })
+    }
+}
+
+/// The never-openable set: no policy allow and no exception ever opens these
+/// (an operator flag still can, as before v2).
+pub const NEVER_OPENABLE: &[(&str, IpNet)] = &[
+    ("cloud metadata", IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 169, 254), 32))),
+    ("cloud metadata", IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 170, 2), 32))),
+    ("cloud metadata", IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 170, 23), 32))),
+    ("cloud metadata", IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(100, 100, 100, 200), 32))),
+    ("cloud metadata", IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(192, 0, 0, 192), 32))),
+    ("cloud metadata", IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254), 128))),
+    ("cloud metadata", IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23), 128))),
+    ("loopback", IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8))),
+    ("loopback", IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128))),
+    ("unspecified", IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(0, 0, 0, 0), 8))),
+    ("unspecified", IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::UNSPECIFIED, 128))),
+    ("multicast", IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 4))),
+    ("multicast", IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8))),
+    ("broadcast", IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::BROADCAST, 32))),
+];
+
+/// The never-openable block containing `ip` (or the IPv4 address it
+/// embeds: mapped, NAT64, 6to4), if any.
+pub fn never_openable(ip: IpAddr) -> Option<(&'static str, IpNet)> {
+    let find = |ip: IpAddr| NEVER_OPENABLE.iter().copied().find(|(_, net)| net.contains(&ip));
+    let ip = ip.to_canonical();
+    if let Some(hit) = find(ip) {
+        return Some(hit);
+    }
+    if let IpAddr::V6(v6) = ip
+        && let Some(entry) = special_purpose::lookup(ip)
+        && let Some(v4) = entry.embeds.ipv4(v6)
+    {
+        return find(IpAddr::V4(v4));
+    }
+    None
+}
+
+/// The first never-openable block that overlaps `net` (for `policyc check`).
+pub fn never_openable_overlap(net: IpNet) -> Option<String> {
+    NEVER_OPENABLE
+        .iter()
+        .find(|(_, block)| block.contains(&net.network()) || net.contains(&block.network()))
+        .map(|(name, block)| format!("{name} {block}"))
+}
+
+/// The policy's `network` rules, prepared for classifying (most specific
+/// first, deny before allow at equal specificity). Empty for v1 tables.
+/// A table's `network` section prepared for lookup: the policy's own address
+/// rules, kept apart from the operator's so the operator's stay a floor.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyNetwork {
+    v4_rules: Vec<OperatorRule>,
+    v6_rules: Vec<OperatorRule>,
+}
+
+impl PolicyNetwork {
+    /// Prepares the `network` section's rules (sorted, most specific first).
+    pub fn new(rules: &crate::policy::NetworkRules) -> Self {
+        let prepared = AddressPolicy::new(AddressRules {
+            allow_ranges: rules.allow_ranges.clone(),
+            deny_ranges: rules.deny_ranges.clone(),
+            allow_addresses: rules.allow_addresses.clone(),
+            deny_addresses: rules.deny_addresses.clone(),
+            ..AddressRules::default()
+        });
+        PolicyNetwork { v4_rules: prepared.v4_rules, v6_rules: prepared.v6_rules }
+    }
+
+    /// True when the policy has no address rules of its own (every v1 table).
+    pub fn is_empty(&self) -> bool {
+        self.v4_rules.is_empty() && self.v6_rules.is_empty()
+    }
+
+    /// Every rule, most specific first (IPv4 then IPv6), as `/policy` shows them.
+    pub fn rules(&self) -> impl Iterator<Item = &OperatorRule> {
+        self.v4_rules.iter().chain(self.v6_rules.iter())
+    }
+
+    /// The most specific rule matching the address (IPv4-mapped IPv6 is
+    /// matched as its IPv4 address).
+    fn matching(&self, addr: SocketAddr) -> Option<OperatorRule> {
+        let ip = addr.ip().to_canonical();
+        let rules = if ip.is_ipv4() { &self.v4_rules } else { &self.v6_rules };
+        first_match(rules, ip, addr.port())
+    }
+}
+
+impl AddressPolicy {
+    /// The operator rules, most specific first (for `/policy` and `explain`).
+    pub fn operator_rules(&self) -> impl Iterator<Item = &OperatorRule> {
+        self.v4_rules.iter().chain(self.v6_rules.iter())
+    }
+
+    /// Whether `--unsafe-allow-private-ranges` is on.
+    pub fn unsafe_allow_private_ranges(&self) -> bool {
+        self.unsafe_allow_private_ranges
+    }
+
+    /// The address stage with policy v2 layers: the operator's verdict
+    /// ([`AddressPolicy::classify`]), then the policy's `network` rules, then
+    /// the request's exception. With an empty `network` and no exception this
+    /// is exactly `classify`.
+    ///
+    /// * an operator deny rule (or the self-connection rule) is final;
+    /// * a policy deny applies even where the operator's verdict allowed;
+    /// * an address the operator's verdict allowed stays allowed otherwise;
+    /// * a policy allow or the exception (`exception`: the networks of the
+    ///   internal destination that decided the name stage) only opens an
+    ///   address the built-in set denied, never a never-openable one.
+    pub fn classify_with(
+        &self,
+        addr: SocketAddr,
+        network: &PolicyNetwork,
+        exception: Option<&crate::policy::InternalDestination>,
+    ) -> AddressVerdict {
+        let flags = self.classify(addr);
+        if network.is_empty() && exception.is_none() {
+            return flags;
+        }
+        if matches!(flags.rule, AddressRule::SelfConnection { .. }) {
+            return flags;
+        }
+        let policy = network.matching(addr);
+        if let Some(rule) = policy.filter(|r| !r.allows()) {
+            return AddressVerdict { allowed: false, rule: AddressRule::Policy(rule) };
+        }
+        if flags.allowed || decided_by_operator(&flags.rule) {
+            return flags;
+        }
+        if let Some((name, block)) = never_openable(addr.ip()) {
+            let opener = exception.and_then(|e| e.network_of(addr.ip())).is_some() || policy.is_some();
+            return if opener {
+                AddressVerdict { allowed: false, rule: AddressRule::NeverOpenable { block, name } }
+            } else {
+                flags
+            };
+        }
+        if let Some(network) = exception.and_then(|e| e.network_of(addr.ip())) {
+            return AddressVerdict { allowed: true, rule: AddressRule::InternalDestination { network } };
+        }
+        if let Some(rule) = policy {
+            return AddressVerdict { allowed: true, rule: AddressRule::Policy(rule) };
+        }
+        flags
+    }
+}
+
+/// Whether an operator rule (or the self-connection rule) made this verdict:
+/// such a verdict is the floor the policy cannot change.
+fn decided_by_operator(rule: &AddressRule) -> bool {
+    match rule {
+        AddressRule::SelfConnection { .. } | AddressRule::Operator(_) => true,
+        AddressRule::EmbeddedIpv4 { inner, .. } => {
+            matches!(inner.rule, Ipv4Rule::Operator(_) | Ipv4Rule::SelfConnection { .. })
+        }
+        _ => false,
     }
 }
 

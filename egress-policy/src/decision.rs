@@ -5,6 +5,15 @@
 //! deny "no rule matched"); then the rule's `allowed_domains` (allow); then
 //! the global deny list; then the global allow list; then the rule's action.
 //! Reason strings are Smokescreen's, so existing dashboards keep working.
+//!
+//! Policy v2, when the port is known ([`PolicyTable::decide_at`]): first the
+//! rule's internal destinations (exact host and port: allowed, and the
+//! decision carries the exception for the address stage); then a host
+//! matched by `allowed_domains` or the global allow list on a port outside
+//! the rule's `allowed_ports` is decided like an unlisted host under the
+//! rule's action, with reason `port_not_allowed`. The global deny list still
+//! denies first. A rule without ports and exceptions (every v1 rule) skips
+//! both checks.
 //! `policyc explain` and `proxyd` both call [`PolicyTable::decide`], so what
 //! CI explains is exactly what the proxy does.
 
@@ -12,10 +21,11 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::address::PolicyNetwork;
 use crate::host::CanonicalHost;
 use crate::index::{HostKey, Index, IndexBuilder, ListId};
 use crate::pattern::PatternMatch;
-use crate::policy::{Action, Policy};
+use crate::policy::{Action, InternalDestination, Policy, PortRange, port_allowed};
 
 /// The outcome of the name stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -85,11 +95,15 @@ pub enum Reason {
     DefaultRulePolicy,
     /// The role has no rule and there is no `default` rule: denied.
     NoRuleMatched,
+    /// v2: the host is listed but the port is outside the rule's `allowed_ports`.
+    PortNotAllowed,
+    /// v2: the host and port are one of the rule's `internal_destinations`.
+    InternalDestination,
 }
 
 impl Reason {
     /// Every reason, in declaration order: `ALL[r.index()] == r`.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 10] = [
         Reason::AllowedDomain,
         Reason::GlobalDenyList,
         Reason::GlobalAllowList,
@@ -98,6 +112,8 @@ impl Reason {
         Reason::EnforcePolicy,
         Reason::DefaultRulePolicy,
         Reason::NoRuleMatched,
+        Reason::PortNotAllowed,
+        Reason::InternalDestination,
     ];
 
     /// Position in [`Reason::ALL`], for dense per-reason tables.
@@ -116,6 +132,8 @@ impl Reason {
             Reason::EnforcePolicy => "rule has enforce policy",
             Reason::DefaultRulePolicy => "default rule policy used",
             Reason::NoRuleMatched => "no rule matched",
+            Reason::PortNotAllowed => "port not in rule's allowed ports",
+            Reason::InternalDestination => "host matched internal destination in rule",
         }
     }
 
@@ -130,6 +148,8 @@ impl Reason {
             Reason::EnforcePolicy => "enforce_policy",
             Reason::DefaultRulePolicy => "default_rule_policy",
             Reason::NoRuleMatched => "no_rule_matched",
+            Reason::PortNotAllowed => "port_not_allowed",
+            Reason::InternalDestination => "internal_destination",
         }
     }
 }
@@ -197,6 +217,9 @@ pub struct Decision<'t> {
     pub rule: RuleRef<'t>,
     /// The pattern that matched, and the list it came from.
     pub matched: Option<(ListKind, PatternMatch<'t>)>,
+    /// v2: the internal destination that allowed the name; the address
+    /// stage lets addresses inside its networks pass (and only those).
+    pub internal_destination: Option<&'t InternalDestination>,
 }
 
 impl Decision<'_> {
@@ -207,6 +230,7 @@ impl Decision<'_> {
         project: "",
         rule: RuleRef::None,
         matched: None,
+        internal_destination: None,
     };
 
     /// Whether the default rule was used (Smokescreen's `Default` flag).
@@ -222,6 +246,26 @@ struct IndexedRule {
     name: Box<str>,
     project: Box<str>,
     action: Action,
+}
+
+/// The v2 parts of rule `i` (`PolicyTable::extras[i]`): slices of the
+/// table's shared port and exception arrays, so a decision touches one small
+/// contiguous record instead of scattered allocations, and a filter of the
+/// exception hosts' hashes so most hosts skip the exceptions without reading
+/// them. v1 tables have no extras at all.
+#[derive(Clone, Copy, Debug, Default)]
+struct RuleExtras {
+    ports_start: u32,
+    /// 0: every port.
+    ports_len: u32,
+    internal_start: u32,
+    internal_len: u32,
+    /// One bit per exception host (by its hash).
+    internal_filter: u64,
+}
+
+fn filter_bit(host_hash: u64) -> u64 {
+    1u64 << (host_hash >> 58)
 }
 
 /// A policy organised for deciding, in three flat [`Index`]es: role names,
@@ -240,6 +284,13 @@ pub struct PolicyTable {
     globals: Index,
     global_deny: ListId,
     global_allow: ListId,
+    /// The policy's `network` rules (empty for v1).
+    network: PolicyNetwork,
+    /// v2 only (empty for v1, and for a v2 policy without ports and
+    /// exceptions): one record per rule, and the arrays they slice.
+    extras: Vec<RuleExtras>,
+    port_ranges: Vec<PortRange>,
+    internal: Vec<InternalDestination>,
 }
 
 impl PolicyTable {
@@ -249,7 +300,30 @@ impl PolicyTable {
         let mut services = IndexBuilder::default();
         let mut rules = Vec::with_capacity(policy.services.len() + 1);
         let mut roles = IndexBuilder::default();
+        let mut extras = Vec::new();
+        let mut port_ranges = Vec::new();
+        let mut internal: Vec<InternalDestination> = Vec::new();
+        let has_extras = policy
+            .services
+            .iter()
+            .chain(policy.default.iter())
+            .any(|r| !r.allowed_ports.is_empty() || !r.internal_destinations.is_empty());
         for rule in policy.services.iter().chain(policy.default.iter()) {
+            if has_extras {
+                let mut x = RuleExtras {
+                    ports_start: port_ranges.len() as u32,
+                    ports_len: rule.allowed_ports.len() as u32,
+                    internal_start: internal.len() as u32,
+                    internal_len: rule.internal_destinations.len() as u32,
+                    internal_filter: 0,
+                };
+                port_ranges.extend_from_slice(&rule.allowed_ports);
+                for d in &rule.internal_destinations {
+                    x.internal_filter |= filter_bit(HostKey::new(&d.host).whole_hash());
+                    internal.push(d.clone());
+                }
+                extras.push(x);
+            }
             let list = services.add_list(&rule.allowed_domains);
             debug_assert_eq!(list, ListId(rules.len() as u32), "rule i owns list i");
             if rules.len() < policy.services.len() {
@@ -273,7 +347,16 @@ impl PolicyTable {
             globals: globals.build(),
             global_deny,
             global_allow,
+            network: PolicyNetwork::new(&policy.network),
+            extras,
+            port_ranges,
+            internal,
         }
+    }
+
+    /// The policy's `network` rules, prepared for the address stage.
+    pub fn network(&self) -> &PolicyNetwork {
+        &self.network
     }
 
     /// Whether `role` has a rule of its own (not the default).
@@ -289,6 +372,10 @@ impl PolicyTable {
 
     /// The name stage. `role` is `None` for a client without a role, which
     /// gets the default rule when there is one.
+    ///
+    /// This is the port-agnostic decision (v1's): `allowed_ports` and
+    /// `internal_destinations` are not consulted. The proxy always knows the
+    /// port and calls [`PolicyTable::decide_at`].
     ///
     /// ```rust
     /// use egress_policy::{acl, host, policy::ActionSet};
@@ -326,6 +413,17 @@ impl PolicyTable {
     /// # Ok::<(), egress_policy::host::HostError>(())
     /// ```
     pub fn decide(&self, role: Option<&str>, host: &CanonicalHost) -> Decision<'_> {
+        self.decide_inner(role, host, None)
+    }
+
+    /// The name stage for a CONNECT to `host:port`: as [`PolicyTable::decide`],
+    /// plus the rule's internal destinations and `allowed_ports`. For a rule
+    /// without either (every v1 rule) the result is `decide`'s.
+    pub fn decide_at(&self, role: Option<&str>, host: &CanonicalHost, port: u16) -> Decision<'_> {
+        self.decide_inner(role, host, Some(port))
+    }
+
+    fn decide_inner(&self, role: Option<&str>, host: &CanonicalHost, port: Option<u16>) -> Decision<'_> {
         let service = role.and_then(|r| self.roles.name(r)).map(|i| i as usize);
         let (index, rule_ref) = match (service, self.default) {
             (Some(i), _) => (i, None),
@@ -337,23 +435,68 @@ impl PolicyTable {
         let list = ListId(index as u32);
         let Some(rule) = self.rules.get(index) else { return Decision::NO_RULE };
         let rule_ref = rule_ref.unwrap_or(RuleRef::Service(&rule.name));
-        let decided =
-            |verdict, reason, matched| Decision { verdict, reason, project: &rule.project, rule: rule_ref, matched };
+        let decided = |verdict, reason, matched| Decision {
+            verdict,
+            reason,
+            project: &rule.project,
+            rule: rule_ref,
+            matched,
+            internal_destination: None,
+        };
+        let by_action = match rule.action {
+            Action::Open => Verdict::Allow,
+            Action::Report => Verdict::AllowAndReport,
+            Action::Enforce => Verdict::Deny,
+        };
 
         let key = HostKey::new(host);
+        // v2: only when the port is known and the table has extras (never v1).
+        let extras = match port {
+            Some(port) if !self.extras.is_empty() => self.extras.get(index).map(|x| (x, port)),
+            _ => None,
+        };
+        if let Some((x, port)) = extras
+            && x.internal_filter & filter_bit(key.whole_hash()) != 0
+        {
+            let start = x.internal_start as usize;
+            let candidates = self.internal.get(start..start + x.internal_len as usize).unwrap_or_default();
+            if let Some(exception) = candidates.iter().find(|d| d.covers(host, port)) {
+                return Decision {
+                    internal_destination: Some(exception),
+                    ..decided(Verdict::Allow, Reason::InternalDestination, None)
+                };
+            }
+        }
+        // A listed host on a port the rule does not allow is an unlisted
+        // host; read only when a list matched.
+        let port_ok = || match extras {
+            Some((x, port)) if x.ports_len > 0 => {
+                let start = x.ports_start as usize;
+                // Never "any port" by accident: a missing slice allows nothing.
+                self.port_ranges.get(start..start + x.ports_len as usize).is_some_and(|r| port_allowed(r, port))
+            }
+            _ => true,
+        };
+
         if let Some(m) = self.services.find(list, &key) {
+            if !port_ok() {
+                return decided(by_action, Reason::PortNotAllowed, Some((ListKind::AllowedDomains, m)));
+            }
             return decided(Verdict::Allow, Reason::AllowedDomain, Some((ListKind::AllowedDomains, m)));
         }
         if let Some(m) = self.globals.find(self.global_deny, &key) {
             return decided(Verdict::Deny, Reason::GlobalDenyList, Some((ListKind::GlobalDenyList, m)));
         }
         if let Some(m) = self.globals.find(self.global_allow, &key) {
+            if !port_ok() {
+                return decided(by_action, Reason::PortNotAllowed, Some((ListKind::GlobalAllowList, m)));
+            }
             return decided(Verdict::Allow, Reason::GlobalAllowList, Some((ListKind::GlobalAllowList, m)));
         }
         let (verdict, reason) = match rule.action {
-            Action::Open => (Verdict::Allow, Reason::OpenPolicy),
-            Action::Report => (Verdict::AllowAndReport, Reason::ReportPolicy),
-            Action::Enforce => (Verdict::Deny, Reason::EnforcePolicy),
+            Action::Open => (by_action, Reason::OpenPolicy),
+            Action::Report => (by_action, Reason::ReportPolicy),
+            Action::Enforce => (by_action, Reason::EnforcePolicy),
         };
         let reason = if rule_ref == RuleRef::Default { Reason::DefaultRulePolicy } else { reason };
         decided(verdict, reason, None)
@@ -451,6 +594,8 @@ global_allow_list: [good.example]
             Reason::EnforcePolicy => 5,
             Reason::DefaultRulePolicy => 6,
             Reason::NoRuleMatched => 7,
+            Reason::PortNotAllowed => 8,
+            Reason::InternalDestination => 9,
         };
         for (i, r) in Reason::ALL.into_iter().enumerate() {
             assert_eq!((position(r), r.index()), (i, i));

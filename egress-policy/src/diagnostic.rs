@@ -34,7 +34,7 @@ pub enum Code {
     WrongType,
     /// A required key is absent or null.
     MissingKey,
-    /// `version` is not `v1`.
+    /// `version` is not `v1` or `v2`.
     UnsupportedVersion,
     /// A service `name` is empty.
     EmptyName,
@@ -58,6 +58,26 @@ pub enum Code {
     UnknownReason,
     /// A policy test case whose actual decision or reason differs from the expected one.
     TestFailed,
+    /// A v2 key in a `version: v1` file.
+    RequiresV2,
+    /// A port that is 0, above 65535 or not a number.
+    InvalidPort,
+    /// A port range whose start is above its end.
+    ReversedPortRange,
+    /// A CIDR that does not parse or is not written canonically.
+    InvalidCidr,
+    /// A CIDR with host bits set (10.0.0.1/8).
+    CidrHostBits,
+    /// An IPv4-mapped IPv6 range or address (write the IPv4 one).
+    Ipv4MappedRange,
+    /// An internal destination without a non-empty reason.
+    MissingReason,
+    /// An internal destination host with a wildcard.
+    WildcardInternalHost,
+    /// A middle wildcard whose right side is a public suffix.
+    WildcardPublicSuffix,
+    /// A network address that is not IP or IP:PORT.
+    InvalidAddress,
     /// No `default` rule: unknown roles are denied.
     NoDefaultRule,
     /// The same entry twice in one list.
@@ -72,11 +92,15 @@ pub enum Code {
     TrailingDot,
     /// A Smokescreen key that a CONNECT-only proxy cannot honour.
     IgnoredKey,
+    /// An exception CIDR overlapping addresses no exception opens.
+    ExceptionOverlapsNeverOpenable,
+    /// An exception CIDR wider than /16 (IPv4) or /48 (IPv6).
+    ExceptionTooWide,
 }
 
 impl Code {
     /// Every code, in code order.
-    pub const ALL: [Code; 24] = [
+    pub const ALL: [Code; 36] = [
         Code::YamlSyntax,
         Code::UnknownKey,
         Code::DuplicateKey,
@@ -94,6 +118,16 @@ impl Code {
         Code::UnknownDecision,
         Code::UnknownReason,
         Code::TestFailed,
+        Code::RequiresV2,
+        Code::InvalidPort,
+        Code::ReversedPortRange,
+        Code::InvalidCidr,
+        Code::CidrHostBits,
+        Code::Ipv4MappedRange,
+        Code::MissingReason,
+        Code::WildcardInternalHost,
+        Code::WildcardPublicSuffix,
+        Code::InvalidAddress,
         Code::NoDefaultRule,
         Code::DuplicateEntry,
         Code::ShadowedEntry,
@@ -101,9 +135,11 @@ impl Code {
         Code::AllowedDomainsOnOpenRule,
         Code::TrailingDot,
         Code::IgnoredKey,
+        Code::ExceptionOverlapsNeverOpenable,
+        Code::ExceptionTooWide,
     ];
 
-    /// The stable code, `P001` to `P017` (errors) and `P101` to `P107` (warnings).
+    /// The stable code, `P001` to `P027` (errors) and `P101` to `P109` (warnings).
     pub fn as_str(self) -> &'static str {
         match self {
             Code::YamlSyntax => "P001",
@@ -130,6 +166,18 @@ impl Code {
             Code::AllowedDomainsOnOpenRule => "P105",
             Code::TrailingDot => "P106",
             Code::IgnoredKey => "P107",
+            Code::RequiresV2 => "P018",
+            Code::InvalidPort => "P019",
+            Code::ReversedPortRange => "P020",
+            Code::InvalidCidr => "P021",
+            Code::CidrHostBits => "P022",
+            Code::Ipv4MappedRange => "P023",
+            Code::MissingReason => "P024",
+            Code::WildcardInternalHost => "P025",
+            Code::WildcardPublicSuffix => "P026",
+            Code::InvalidAddress => "P027",
+            Code::ExceptionOverlapsNeverOpenable => "P108",
+            Code::ExceptionTooWide => "P109",
         }
     }
 
@@ -160,6 +208,18 @@ impl Code {
             Code::AllowedDomainsOnOpenRule => "AllowedDomainsOnOpenRule",
             Code::TrailingDot => "TrailingDot",
             Code::IgnoredKey => "IgnoredKey",
+            Code::RequiresV2 => "RequiresV2",
+            Code::InvalidPort => "InvalidPort",
+            Code::ReversedPortRange => "ReversedPortRange",
+            Code::InvalidCidr => "InvalidCidr",
+            Code::CidrHostBits => "CidrHostBits",
+            Code::Ipv4MappedRange => "Ipv4MappedRange",
+            Code::MissingReason => "MissingReason",
+            Code::WildcardInternalHost => "WildcardInternalHost",
+            Code::WildcardPublicSuffix => "WildcardPublicSuffix",
+            Code::InvalidAddress => "InvalidAddress",
+            Code::ExceptionOverlapsNeverOpenable => "ExceptionOverlapsNeverOpenable",
+            Code::ExceptionTooWide => "ExceptionTooWide",
         }
     }
 
@@ -171,7 +231,7 @@ impl Code {
             Code::DuplicateKey => "The same key twice in one mapping.",
             Code::WrongType => "A value of the wrong type.",
             Code::MissingKey => "A required key is absent, null or empty.",
-            Code::UnsupportedVersion => "The ACL version is not v1.",
+            Code::UnsupportedVersion => "The ACL version is not v1 or v2.",
             Code::EmptyName => "A service rule has an empty name.",
             Code::DuplicateService => "Two service rules have the same name.",
             Code::UnknownAction => "An action that is not open, report or enforce.",
@@ -192,6 +252,22 @@ impl Code {
             }
             Code::TrailingDot => "A trailing dot in an entry (accepted, normalised away).",
             Code::IgnoredKey => "A key that has no effect in a CONNECT-only proxy.",
+            Code::RequiresV2 => "A key that only `version: v2` files have, used in a v1 file.",
+            Code::InvalidPort => "A port or port range entry that is not 1 to 65535.",
+            Code::ReversedPortRange => "A port range whose start is above its end (it contains no port).",
+            Code::InvalidCidr => "A CIDR that does not parse or is not written canonically.",
+            Code::CidrHostBits => "A CIDR with host bits set (write the network address).",
+            Code::Ipv4MappedRange => "An IPv4-mapped IPv6 range or address where the IPv4 form belongs.",
+            Code::MissingReason => "An internal destination without a non-empty reason (the audit trail).",
+            Code::WildcardInternalHost => "An internal destination whose host is a wildcard instead of one exact name.",
+            Code::WildcardPublicSuffix => {
+                "A middle wildcard whose right-hand side is a public suffix (ICANN section of the PSL)."
+            }
+            Code::InvalidAddress => "A network section address that is not IP or IP:PORT.",
+            Code::ExceptionOverlapsNeverOpenable => {
+                "An exception CIDR that overlaps metadata, loopback, unspecified, multicast or broadcast addresses (they stay denied)."
+            }
+            Code::ExceptionTooWide => "An exception CIDR wider than a /16 (IPv4) or /48 (IPv6).",
         }
     }
 

@@ -11,6 +11,12 @@
 //! The index is built once from trusted, validated patterns and never
 //! mutated: probe sequences are bounded by the longest one seen at build
 //! time, so no query can make a lookup longer. Pure: no I/O.
+//!
+//! Middle wildcards (`left.*.right`, policy v2) are keyed by a hash mixed
+//! from the hashes of `left` and `right`; a host tries each position of the
+//! `*` label once (cost grows with its labels, not with patterns), and an
+//! index without middle wildcards skips that step entirely, so v1 tables do
+//! not pay for it.
 
 use crate::pattern::{HostPattern, PatternMatch};
 
@@ -21,6 +27,7 @@ pub struct ListId(pub u32);
 const KIND_EXACT: u32 = 0;
 const KIND_WILDCARD: u32 = 1;
 const KIND_NAME: u32 = 2;
+const KIND_MIDDLE: u32 = 3;
 const KIND_BITS: u32 = 2;
 const EMPTY: u32 = u32::MAX;
 
@@ -115,6 +122,12 @@ impl<'h> HostKey<'h> {
         key
     }
 
+    /// The hash of the whole host (the decision's filter of internal
+    /// destination hosts uses it).
+    pub fn whole_hash(&self) -> u64 {
+        self.whole().1
+    }
+
     /// The whole host.
     fn whole(&self) -> (u32, u64) {
         self.suffixes.first().copied().unwrap_or((0, 0))
@@ -139,7 +152,8 @@ impl<'h> HostKey<'h> {
 /// Builds an index. Lists are numbered in the order they are added.
 #[derive(Debug, Default)]
 pub struct IndexBuilder {
-    keys: Vec<(u32, Box<str>)>,
+    /// `(meta, text, text hash)`.
+    keys: Vec<(u32, Box<str>, u64)>,
     filters: Vec<Filter>,
 }
 
@@ -149,12 +163,15 @@ impl IndexBuilder {
         let id = self.filters.len() as u32;
         let mut filter = Filter::default();
         for pattern in patterns {
-            let (kind, text): (u32, &str) = match pattern {
-                HostPattern::Exact(host) => (KIND_EXACT, host.as_str()),
-                HostPattern::Wildcard(suffix) => (KIND_WILDCARD, suffix),
+            let (kind, text, hash): (u32, Box<str>, u64) = match pattern {
+                HostPattern::Exact(host) => (KIND_EXACT, host.as_str().into(), hash_str(host.as_str())),
+                HostPattern::Wildcard(suffix) => (KIND_WILDCARD, suffix.clone(), hash_str(suffix)),
+                HostPattern::Middle { left, right } => {
+                    (KIND_MIDDLE, pattern.to_string().into(), middle_hash(hash_str(left), hash_str(right)))
+                }
             };
-            filter.insert(hash_str(text));
-            self.keys.push((id << KIND_BITS | kind, text.into()));
+            filter.insert(hash);
+            self.keys.push((id << KIND_BITS | kind, text, hash));
         }
         self.filters.push(filter);
         ListId(id)
@@ -162,7 +179,7 @@ impl IndexBuilder {
 
     /// Adds a name (a role) that maps to `value`.
     pub fn add_name(&mut self, name: &str, value: u32) {
-        self.keys.push((value << KIND_BITS | KIND_NAME, name.into()));
+        self.keys.push((value << KIND_BITS | KIND_NAME, name.into(), hash_str(name)));
     }
 
     /// Freezes the keys into a read-only [`Index`]; duplicate keys are stored once.
@@ -171,10 +188,11 @@ impl IndexBuilder {
         let capacity = (self.keys.len() * 2).next_power_of_two().max(16);
         let shift = 64 - capacity.trailing_zeros();
         let mut slots = vec![EMPTY_SLOT; capacity].into_boxed_slice();
-        let mut arena = String::with_capacity(self.keys.iter().map(|(_, k)| k.len()).sum());
+        let mut arena = String::with_capacity(self.keys.iter().map(|(_, k, _)| k.len()).sum());
         let mut max_probe = 0;
-        for (meta, text) in &self.keys {
-            let hash = slot_hash(hash_str(text), *meta);
+        let has_middle = self.keys.iter().any(|(meta, _, _)| meta & ((1 << KIND_BITS) - 1) == KIND_MIDDLE);
+        for (meta, text, text_hash) in &self.keys {
+            let hash = slot_hash(*text_hash, *meta);
             let mut i = home(hash, shift);
             let mut probe = 0;
             while let Some(slot) = slots.get_mut(i) {
@@ -183,7 +201,8 @@ impl IndexBuilder {
                     arena.push_str(text);
                     break;
                 }
-                if slot.meta == *meta && arena.get(slot.start as usize..(slot.start + slot.len) as usize) == Some(text)
+                if slot.meta == *meta
+                    && arena.get(slot.start as usize..(slot.start + slot.len) as usize) == Some(&**text)
                 {
                     break; // duplicate key: already present
                 }
@@ -192,7 +211,14 @@ impl IndexBuilder {
             }
             max_probe = max_probe.max(probe);
         }
-        Index { slots, shift, max_probe, arena: arena.into_boxed_str(), filters: self.filters.into_boxed_slice() }
+        Index {
+            slots,
+            shift,
+            max_probe,
+            arena: arena.into_boxed_str(),
+            filters: self.filters.into_boxed_slice(),
+            has_middle,
+        }
     }
 }
 
@@ -204,13 +230,20 @@ pub struct Index {
     max_probe: usize,
     arena: Box<str>,
     filters: Box<[Filter]>,
+    /// Whether any list has a middle wildcard (v1 indexes never do).
+    has_middle: bool,
 }
 
 impl Index {
     /// The value stored for `name` by [`IndexBuilder::add_name`].
     pub fn name(&self, name: &str) -> Option<u32> {
-        self.probe(hash_str(name), KIND_NAME, name, |meta| meta & ((1 << KIND_BITS) - 1) == KIND_NAME)
-            .map(|slot| slot.meta >> KIND_BITS)
+        self.probe(
+            hash_str(name),
+            KIND_NAME,
+            |meta| meta & ((1 << KIND_BITS) - 1) == KIND_NAME,
+            |slot| self.key_is(slot, name),
+        )
+        .map(|slot| slot.meta >> KIND_BITS)
     }
 
     /// The entry of list `list` that matches the host: the exact entry if
@@ -236,6 +269,45 @@ impl Index {
                 return Some(PatternMatch::Wildcard(self.text(at, suffix.len())));
             }
         }
+        if self.has_middle {
+            return self.find_middle(list, filter, host);
+        }
+        None
+    }
+
+    /// A `left.*.right` entry of `list` matching the host: tries the `*` at
+    /// every label that has a label to its left and two to its right.
+    fn find_middle(&self, list: ListId, filter: &Filter, host: &HostKey<'_>) -> Option<PatternMatch<'_>> {
+        let meta = list.0 << KIND_BITS | KIND_MIDDLE;
+        let text = host.text;
+        // `star` is where the candidate `*` label starts; the suffix after it is `right`.
+        let mut star: Option<u32> = None;
+        for (start, right_hash) in host.proper_suffixes() {
+            let Some(star_start) = star.replace(start) else { continue };
+            let right = text.get(start as usize..).unwrap_or_default();
+            if !right.contains('.') {
+                break; // `right` needs at least two labels
+            }
+            let left = text.get(..(star_start as usize).saturating_sub(1)).unwrap_or_default();
+            let hash = middle_hash(hash_str(left), right_hash);
+            if !filter.may_contain(hash) {
+                continue;
+            }
+            let found = self.probe(
+                hash,
+                meta,
+                |m| m == meta,
+                |slot| {
+                    slot.len as usize == left.len() + 3 + right.len()
+                        && self.text(slot.start, left.len()) == left
+                        && self.text(slot.start + left.len() as u32, 3) == ".*."
+                        && self.text(slot.start + left.len() as u32 + 3, right.len()) == right
+                },
+            );
+            if let Some(slot) = found {
+                return Some(PatternMatch::Middle(self.text(slot.start, slot.len as usize)));
+            }
+        }
         None
     }
 
@@ -255,8 +327,15 @@ impl Index {
 
     /// Walks the probe sequence of `(text, meta)` and returns the slot
     /// holding that key. `same_key` says whether a slot's `meta` is the key's
-    /// (names match on their kind alone: their value is not part of the key).
-    fn probe(&self, text_hash: u64, meta: u32, text: &str, same_key: impl Fn(u32) -> bool) -> Option<&Slot> {
+    /// (names match on their kind alone: their value is not part of the key);
+    /// `same_text` confirms the key's bytes.
+    fn probe(
+        &self,
+        text_hash: u64,
+        meta: u32,
+        same_key: impl Fn(u32) -> bool,
+        same_text: impl Fn(&Slot) -> bool,
+    ) -> Option<&Slot> {
         let hash = slot_hash(text_hash, meta);
         let mut i = home(hash, self.shift);
         let mask = self.slots.len() - 1;
@@ -265,7 +344,7 @@ impl Index {
             if slot.meta == EMPTY {
                 return None;
             }
-            if slot.tag == hash as u32 && same_key(slot.meta) && self.key_is(slot, text) {
+            if slot.tag == hash as u32 && same_key(slot.meta) && same_text(slot) {
                 return Some(slot);
             }
             i = (i + 1) & mask;
@@ -275,7 +354,7 @@ impl Index {
 
     /// Probes for an exact `(meta, text)` pattern key; returns its arena offset.
     fn probe_at(&self, text_hash: u64, meta: u32, text: &str) -> Option<u32> {
-        self.probe(text_hash, meta, text, |m| m == meta).map(|slot| slot.start)
+        self.probe(text_hash, meta, |m| m == meta, |slot| self.key_is(slot, text)).map(|slot| slot.start)
     }
 
     fn key_is(&self, slot: &Slot, text: &str) -> bool {
@@ -291,6 +370,12 @@ fn slot_hash(text_hash: u64, meta: u32) -> u64 {
     let x = text_hash ^ u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let x = (x ^ (x >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x ^ (x >> 32)
+}
+
+/// The key hash of a middle wildcard: its two sides' hashes, mixed.
+fn middle_hash(left: u64, right: u64) -> u64 {
+    let x = left.rotate_left(31) ^ right.wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 /// Fibonacci hashing: the high bits of a multiply are well mixed.
@@ -387,7 +472,61 @@ mod tests {
         assert!(index.is_empty());
     }
 
+    #[test]
+    fn middle_wildcards_match_exactly_one_label() {
+        let mut b = IndexBuilder::default();
+        let v2 = |p: &str| pattern::parse_v2(p).unwrap().pattern;
+        let list = b.add_list(&[v2("access-analyzer.*.amazonaws.com"), v2("a.b.*.example.co.uk"), v2("*.other.com")]);
+        let other = b.add_list(&[v2("x.*.example.com")]);
+        let index = b.build();
+        let find = |l, h: &str| {
+            let host = host::canonical(h).unwrap();
+            index.find(l, &HostKey::new(&host)).map(|m| m.to_string())
+        };
+        let m = Some("access-analyzer.*.amazonaws.com".to_owned());
+        assert_eq!(find(list, "access-analyzer.us-east-1.amazonaws.com"), m);
+        assert_eq!(find(list, "access-analyzer.amazonaws.com"), None, "not zero labels");
+        assert_eq!(find(list, "access-analyzer.a.b.amazonaws.com"), None, "not two labels");
+        assert_eq!(find(list, "x.access-analyzer.us-east-1.amazonaws.com"), None);
+        assert_eq!(find(list, "access-analyzer.us-east-1.amazonaws.com.evil.com"), None);
+        assert_eq!(find(list, "a.b.zz.example.co.uk").as_deref(), Some("a.b.*.example.co.uk"));
+        assert_eq!(find(list, "b.zz.example.co.uk"), None);
+        assert_eq!(find(list, "q.other.com").as_deref(), Some("*.other.com"));
+        assert_eq!(find(other, "access-analyzer.us-east-1.amazonaws.com"), None, "lists stay apart");
+        assert_eq!(find(other, "x.y.example.com").as_deref(), Some("x.*.example.com"));
+        // Deep hosts go through the overflow suffixes too.
+        let deep: Vec<String> = (0..30).map(|i| format!("l{i}")).collect();
+        assert_eq!(find(other, &format!("{}.x.y.example.com", deep.join("."))), None);
+    }
+
     proptest! {
+        /// Middle wildcards agree with a naive label-by-label comparison.
+        #[test]
+        fn middle_wildcards_agree_with_a_linear_scan(
+            entries in prop::collection::vec(("[a-c]{1,2}", "[a-c]{1,2}\\.[a-c]{1,2}\\.com"), 0..20),
+            queries in prop::collection::vec("[a-c]{1,2}(\\.[a-c]{1,2}){1,4}\\.com", 1..40),
+        ) {
+            let list: Vec<HostPattern> =
+                entries.iter().map(|(l, r)| pattern::parse_v2(&format!("{l}.*.{r}")).unwrap().pattern).collect();
+            let mut b = IndexBuilder::default();
+            let id = b.add_list(&list);
+            let index = b.build();
+            for q in queries {
+                let host = host::canonical(&q).unwrap();
+                let labels: Vec<&str> = q.split('.').collect();
+                let naive = list.iter().any(|p| match p {
+                    HostPattern::Middle { left, right } => {
+                        let (l, r) = (left.split('.').count(), right.split('.').count());
+                        labels.len() == l + 1 + r
+                            && labels[..l].join(".") == **left
+                            && labels[l + 1..].join(".") == **right
+                    }
+                    _ => false,
+                });
+                prop_assert_eq!(index.find(id, &HostKey::new(&host)).is_some(), naive, "{}", q);
+            }
+        }
+
         /// The index agrees with a naive scan of every pattern.
         #[test]
         fn agrees_with_a_linear_scan(
@@ -406,6 +545,7 @@ mod tests {
                 let naive = list.iter().any(|p| match p {
                     HostPattern::Exact(h) => h.as_str() == q,
                     HostPattern::Wildcard(s) => q.ends_with(&format!(".{s}")),
+                    HostPattern::Middle { .. } => false,
                 });
                 prop_assert_eq!(index.find(id, &HostKey::new(&host)).is_some(), naive, "{}", q);
             }

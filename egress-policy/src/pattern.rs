@@ -1,7 +1,10 @@
 //! Host patterns (`api.example.com`, `*.example.com`, `203.0.113.7`).
 //!
 //! A pattern is either an exact canonical host or a leading wildcard that
-//! matches every subdomain at any depth and never the apex. Patterns are
+//! matches every subdomain at any depth and never the apex; policy v2 adds a
+//! middle wildcard (`access-analyzer.*.amazonaws.com`): one whole `*` label
+//! that matches exactly one label, with a registrable domain (per the ICANN
+//! section of the Public Suffix List) or below to its right. Patterns are
 //! parsed strictly: only the canonical spelling is accepted, and the error
 //! names the spelling to use. Matching many patterns at once is `index`'s
 //! job. No I/O here.
@@ -17,6 +20,13 @@ pub enum HostPattern {
     Exact(CanonicalHost),
     /// `*.suffix`: matches any name ending in `.suffix`, never `suffix` itself.
     Wildcard(Box<str>),
+    /// `left.*.right` (v2): `left`, then exactly one label, then `right`.
+    Middle {
+        /// The labels left of the `*`.
+        left: Box<str>,
+        /// The labels right of the `*` (a registrable domain or below).
+        right: Box<str>,
+    },
 }
 
 impl fmt::Display for HostPattern {
@@ -24,6 +34,7 @@ impl fmt::Display for HostPattern {
         match self {
             HostPattern::Exact(host) => write!(f, "{host}"),
             HostPattern::Wildcard(suffix) => write!(f, "*.{suffix}"),
+            HostPattern::Middle { left, right } => write!(f, "{left}.*.{right}"),
         }
     }
 }
@@ -73,6 +84,26 @@ pub enum PatternError {
         /// Why the host canonicaliser refused it.
         error: HostError,
     },
+    /// v2: a `*` label in a place a middle wildcard may not be (it needs a
+    /// label to its left and at least two to its right).
+    #[error(
+        "{0:?}: a middle wildcard must be one whole \"*\" label with a label to its left and at least two to its right"
+    )]
+    MiddlePosition(String),
+    /// More than one `*` in one entry.
+    #[error("{0:?}: only one wildcard per entry")]
+    SeveralWildcards(String),
+    /// v2: the part right of a middle `*` is a public suffix (`foo.*.com`), so
+    /// the entry would match names of unrelated owners.
+    #[error(
+        "{pattern:?}: {right:?}, right of the middle \"*\", is a public suffix, so the entry would match names of unrelated owners"
+    )]
+    PublicSuffix {
+        /// The entry as written.
+        pattern: String,
+        /// The public suffix right of the `*`.
+        right: String,
+    },
 }
 
 impl PatternError {
@@ -88,6 +119,13 @@ impl PatternError {
             PatternError::NotPrefix(_) => {
                 Some("list each name, or use one leading wildcard such as \"*.example.com\"".into())
             }
+            PatternError::MiddlePosition(_) => {
+                Some("write it as \"api.*.example.com\" (one label) or \"*.example.com\" (any depth)".into())
+            }
+            PatternError::SeveralWildcards(_) => Some("list the names, or keep one wildcard".into()),
+            PatternError::PublicSuffix { right, .. } => Some(format!(
+                "put the wildcard under a domain someone owns, as in \"api.*.example.{right}\", or list the names"
+            )),
             PatternError::WildcardIp(p) => Some(format!("use \"{}\"", p.trim_start_matches("*."))),
             PatternError::NotCanonical { canonical, .. } => Some(format!("use \"{canonical}\"")),
             PatternError::InvalidHost { error, pattern } => match error {
@@ -173,6 +211,73 @@ pub fn parse(raw: &str) -> Result<ParsedPattern, PatternError> {
     Ok(ParsedPattern { pattern, had_trailing_dot: canonical.had_trailing_dot })
 }
 
+/// Parses an entry of a `version: v2` file: everything [`parse`] accepts,
+/// plus one middle `*` label (`access-analyzer.*.amazonaws.com`).
+pub fn parse_v2(raw: &str) -> Result<ParsedPattern, PatternError> {
+    let stars = raw.matches('*').count();
+    let leading = raw.starts_with("*.") && raw.len() > 2;
+    if stars == 0 || (stars == 1 && leading) || raw == "*" || raw == "*." {
+        return parse(raw);
+    }
+    if stars > 1 {
+        return Err(PatternError::SeveralWildcards(raw.to_owned()));
+    }
+    let trimmed = raw.strip_suffix('.').unwrap_or(raw);
+    let labels: Vec<&str> = trimmed.split('.').collect();
+    let Some(at) = labels.iter().position(|l| l.contains('*')) else {
+        return parse(raw);
+    };
+    // A whole label, with a label on each side; the right side is then
+    // checked against the Public Suffix List (so it has two labels or more).
+    if labels.get(at) != Some(&"*") || at == 0 || at + 2 > labels.len() {
+        return Err(PatternError::MiddlePosition(raw.to_owned()));
+    }
+    // Canonicalise with a placeholder label where the `*` is, then put it back.
+    const PLACEHOLDER: &str = "x";
+    let mut with_placeholder = labels.clone();
+    if let Some(slot) = with_placeholder.get_mut(at) {
+        *slot = PLACEHOLDER;
+    }
+    let joined = with_placeholder.join(".") + if trimmed.len() < raw.len() { "." } else { "" };
+    let canonical =
+        host::canonicalize(&joined).map_err(|error| PatternError::InvalidHost { pattern: raw.to_owned(), error })?;
+    if !canonical.host.is_name() {
+        return Err(PatternError::MiddlePosition(raw.to_owned()));
+    }
+    let text = canonical.host.as_str();
+    let canon_labels: Vec<&str> = text.split('.').collect();
+    if canon_labels.len() != labels.len() || canon_labels.get(at) != Some(&PLACEHOLDER) {
+        return Err(PatternError::MiddlePosition(raw.to_owned()));
+    }
+    let left = canon_labels.get(..at).unwrap_or_default().join(".");
+    let right = canon_labels.get(at + 1..).unwrap_or_default().join(".");
+    if canonical.rewritten {
+        return Err(PatternError::NotCanonical { pattern: raw.to_owned(), canonical: format!("{left}.*.{right}") });
+    }
+    if is_public_suffix(&right) {
+        return Err(PatternError::PublicSuffix { pattern: raw.to_owned(), right });
+    }
+    Ok(ParsedPattern {
+        pattern: HostPattern::Middle { left: left.into(), right: right.into() },
+        had_trailing_dot: canonical.had_trailing_dot,
+    })
+}
+
+/// Whether `domain` is itself a public suffix in the ICANN section of the
+/// Public Suffix List (`com`, `co.uk`, `*.ck` names), or has no registrable
+/// part at all. A suffix from the private section (`github.io`) is
+/// registrable under ICANN rules, so it is not one here.
+pub fn is_public_suffix(domain: &str) -> bool {
+    use psl::Psl as _;
+    let Some(suffix) = psl::List.suffix(domain.as_bytes()) else {
+        return true;
+    };
+    match suffix.typ() {
+        Some(psl::Type::Private) => false,
+        Some(psl::Type::Icann) | None => suffix.as_bytes().len() >= domain.len() || !domain.contains('.'),
+    }
+}
+
 /// Which entry of a set matched a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PatternMatch<'a> {
@@ -180,6 +285,8 @@ pub enum PatternMatch<'a> {
     Exact(&'a str),
     /// The suffix of the matching `*.suffix` entry.
     Wildcard(&'a str),
+    /// The whole `left.*.right` entry.
+    Middle(&'a str),
 }
 
 impl fmt::Display for PatternMatch<'_> {
@@ -187,6 +294,7 @@ impl fmt::Display for PatternMatch<'_> {
         match self {
             PatternMatch::Exact(host) => f.write_str(host),
             PatternMatch::Wildcard(suffix) => write!(f, "*.{suffix}"),
+            PatternMatch::Middle(pattern) => f.write_str(pattern),
         }
     }
 }
@@ -229,6 +337,48 @@ mod tests {
             assert!(matches!(err(middle), PatternError::NotPrefix(_)), "{middle}");
         }
         assert!(matches!(err("*.127.0.0.1"), PatternError::WildcardIp(_)));
+    }
+
+    #[test]
+    fn middle_wildcards_are_v2_only_and_psl_checked() {
+        let ok = |raw: &str| parse_v2(raw).unwrap_or_else(|e| panic!("{raw}: {e}")).pattern;
+        assert_eq!(
+            ok("access-analyzer.*.amazonaws.com"),
+            HostPattern::Middle { left: "access-analyzer".into(), right: "amazonaws.com".into() }
+        );
+        assert_eq!(ok("a.b.*.example.co.uk").to_string(), "a.b.*.example.co.uk");
+        assert_eq!(ok("x.*.project.github.io").to_string(), "x.*.project.github.io");
+        assert_eq!(ok("x.*.github.io").to_string(), "x.*.github.io", "private-section suffixes are registrable");
+        assert!(parse_v2("api.*.example.com.").unwrap().had_trailing_dot);
+        // v1 rules are unchanged in v2.
+        assert_eq!(ok("*.example.com").to_string(), "*.example.com");
+        assert_eq!(ok("example.com").to_string(), "example.com");
+        assert!(matches!(parse("api.*.example.com"), Err(PatternError::NotPrefix(_))));
+        let e = |raw: &str| parse_v2(raw).expect_err(raw);
+        for public in ["foo.*.com", "x.*.co.uk", "a.*.xn--p1ai", "a.*.b.ck"] {
+            assert!(
+                matches!(e(public), PatternError::PublicSuffix { .. } | PatternError::MiddlePosition(_)),
+                "{public}"
+            );
+        }
+        assert!(matches!(e("foo.*.com"), PatternError::PublicSuffix { .. }));
+        assert!(matches!(e("x.*.co.uk"), PatternError::PublicSuffix { .. }));
+        for position in ["example.*", "a.*.com.", "x.*", "ex*ample.com", "a.b*.example.com", "*a.b.example.com"] {
+            let err = e(position);
+            assert!(
+                matches!(
+                    err,
+                    PatternError::MiddlePosition(_) | PatternError::NotFullLabel(_) | PatternError::PublicSuffix { .. }
+                ),
+                "{position}: {err:?}"
+            );
+        }
+        assert!(matches!(e("*.*.example.com"), PatternError::SeveralWildcards(_)));
+        assert!(matches!(e("a.*.*.example.com"), PatternError::SeveralWildcards(_)));
+        assert!(matches!(e("API.*.example.com"), PatternError::NotCanonical { .. }));
+        assert_eq!(e("API.*.Example.com").help().unwrap(), "use \"api.*.example.com\"");
+        assert!(matches!(e("a..*.example.com"), PatternError::InvalidHost { .. } | PatternError::MiddlePosition(_)));
+        assert!(e("foo.*.com").help().is_some());
     }
 
     #[test]

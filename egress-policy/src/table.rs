@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic            b"PLCYTBL\0"
-//!      8     4  format version   u32 little-endian (currently 1)
+//!      8     4  format version   u32 little-endian (currently 2)
 //!     12     8  body length      u64 little-endian
 //!     20    32  SHA-256 of body
 //!     52     …  body             postcard encoding of `Body`
@@ -14,6 +14,11 @@
 //! from outside like any other), and only then builds the lookup form.
 //! Encoding is deterministic: no timestamps, services sorted by name, entries
 //! sorted, so the same policy gives byte-identical output.
+//!
+//! Format 2 (policy language v2) adds the source's language version, each
+//! rule's `allowed_ports` and `internal_destinations`, and the `network`
+//! section; a v1 policy encodes them as empty. Format 1 tables are refused
+//! with a message naming both versions: recompile them.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -22,14 +27,19 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use ipnet::IpNet;
+
+use crate::address::AddressSpec;
 use crate::decision::PolicyTable;
+use crate::host;
 use crate::pattern::{self, HostPattern};
-use crate::policy::{Action, ActionSet, Policy, Rule};
+use crate::policy::{Action, ActionSet, InternalDestination, NetworkRules, Policy, PolicyVersion, PortRange, Rule};
 
 /// The first 8 bytes of every table.
 pub const MAGIC: [u8; 8] = *b"PLCYTBL\0";
-/// The format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes and the only one it reads (2: policy
+/// language v2 in the body).
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes before the body: magic, version, body length, SHA-256.
 pub const HEADER_LEN: usize = 52;
 /// Upper bound on a body: 100,000 patterns take about 2 MiB.
@@ -72,6 +82,9 @@ struct Body {
     default: Option<RuleBody>,
     global_allow_list: Vec<String>,
     global_deny_list: Vec<String>,
+    /// The language version of the source (decides how patterns re-parse).
+    version: PolicyVersion,
+    network: NetworkBody,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -80,6 +93,24 @@ struct RuleBody {
     project: String,
     action: Action,
     allowed_domains: Vec<String>,
+    allowed_ports: Vec<PortRange>,
+    internal_destinations: Vec<InternalBody>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct InternalBody {
+    host: String,
+    cidrs: Vec<String>,
+    ports: Vec<PortRange>,
+    reason: String,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct NetworkBody {
+    allow_ranges: Vec<String>,
+    deny_ranges: Vec<String>,
+    allow_addresses: Vec<String>,
+    deny_addresses: Vec<String>,
 }
 
 /// Why a table was refused. Each variant names the problem precisely.
@@ -203,6 +234,13 @@ pub fn encode(policy: &Policy, metadata: &Metadata) -> Vec<u8> {
         default: policy.default.as_ref().map(rule_body),
         global_allow_list: sorted_patterns(&policy.global_allow_list),
         global_deny_list: sorted_patterns(&policy.global_deny_list),
+        version: policy.version,
+        network: NetworkBody {
+            allow_ranges: sorted_strings(&policy.network.allow_ranges),
+            deny_ranges: sorted_strings(&policy.network.deny_ranges),
+            allow_addresses: sorted_strings(&policy.network.allow_addresses),
+            deny_addresses: sorted_strings(&policy.network.deny_addresses),
+        },
     };
     // Serialising owned strings, enums and vectors into a Vec cannot fail.
     let body = postcard::to_stdvec(&body).unwrap_or_default();
@@ -221,11 +259,39 @@ fn rule_body(rule: &Rule) -> RuleBody {
         project: rule.project.clone(),
         action: rule.action,
         allowed_domains: sorted_patterns(&rule.allowed_domains),
+        allowed_ports: sorted_ports(&rule.allowed_ports),
+        internal_destinations: {
+            let mut list: Vec<InternalBody> = rule
+                .internal_destinations
+                .iter()
+                .map(|d| InternalBody {
+                    host: d.host.to_string(),
+                    cidrs: sorted_strings(&d.cidrs),
+                    ports: sorted_ports(&d.ports),
+                    reason: d.reason.clone(),
+                })
+                .collect();
+            list.sort_by(|a, b| {
+                (&a.host, &a.cidrs, &a.ports, &a.reason).cmp(&(&b.host, &b.cidrs, &b.ports, &b.reason))
+            });
+            list
+        },
     }
 }
 
 fn sorted_patterns(patterns: &[HostPattern]) -> Vec<String> {
-    let mut out: Vec<String> = patterns.iter().map(ToString::to_string).collect();
+    sorted_strings(patterns)
+}
+
+fn sorted_strings<T: ToString>(items: &[T]) -> Vec<String> {
+    let mut out: Vec<String> = items.iter().map(ToString::to_string).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn sorted_ports(ports: &[PortRange]) -> Vec<PortRange> {
+    let mut out = ports.to_vec();
     out.sort();
     out.dedup();
     out
@@ -339,33 +405,113 @@ fn validate(body: &Body) -> Result<Policy, TableError> {
         if !seen.insert(rule.name.as_str()) {
             return Err(TableError::Invalid(format!("service {:?} appears twice", rule.name)));
         }
-        services.push(validate_rule(rule)?);
+        services.push(validate_rule(rule, body.version)?);
     }
-    let default = body.default.as_ref().map(validate_rule).transpose()?;
+    let default = body.default.as_ref().map(|r| validate_rule(r, body.version)).transpose()?;
     if default.as_ref().is_some_and(|d| !d.name.is_empty()) {
         return Err(TableError::Invalid("the default rule has a name".into()));
+    }
+    if default.as_ref().is_some_and(|d| !d.internal_destinations.is_empty()) {
+        return Err(TableError::Invalid("the default rule has internal destinations".into()));
+    }
+    let network = validate_network(&body.network)?;
+    if body.version == PolicyVersion::V1 && !network.is_empty() {
+        return Err(TableError::Invalid("a v1 policy has a network section".into()));
     }
     Ok(Policy {
         services,
         default,
-        global_allow_list: validate_patterns(&body.global_allow_list, "global_allow_list")?,
-        global_deny_list: validate_patterns(&body.global_deny_list, "global_deny_list")?,
+        global_allow_list: validate_patterns(&body.global_allow_list, "global_allow_list", body.version)?,
+        global_deny_list: validate_patterns(&body.global_deny_list, "global_deny_list", body.version)?,
+        version: body.version,
+        network,
     })
 }
 
-fn validate_rule(rule: &RuleBody) -> Result<Rule, TableError> {
+fn validate_rule(rule: &RuleBody, version: PolicyVersion) -> Result<Rule, TableError> {
+    let invalid = |what: String| TableError::Invalid(format!("rule {:?}: {what}", rule.name));
+    if version == PolicyVersion::V1 && (!rule.allowed_ports.is_empty() || !rule.internal_destinations.is_empty()) {
+        return Err(invalid("a v1 rule has ports or internal destinations".into()));
+    }
+    validate_ports(&rule.allowed_ports).map_err(invalid)?;
+    let mut internal_destinations = Vec::with_capacity(rule.internal_destinations.len());
+    for d in &rule.internal_destinations {
+        let host = match host::canonicalize(&d.host) {
+            Ok(c) if !c.rewritten && !c.had_trailing_dot => c.host,
+            _ => return Err(invalid(format!("internal destination host {:?} is not canonical", d.host))),
+        };
+        if d.cidrs.is_empty() || d.ports.is_empty() || d.reason.trim().is_empty() {
+            return Err(invalid(format!("internal destination {:?} lacks cidrs, ports or reason", d.host)));
+        }
+        validate_ports(&d.ports).map_err(invalid)?;
+        internal_destinations.push(InternalDestination {
+            host,
+            cidrs: validate_cidrs(&d.cidrs).map_err(invalid)?,
+            ports: d.ports.clone(),
+            reason: d.reason.clone(),
+        });
+    }
     Ok(Rule {
         name: rule.name.clone(),
         project: rule.project.clone(),
         action: rule.action,
-        allowed_domains: validate_patterns(&rule.allowed_domains, &rule.name)?,
+        allowed_domains: validate_patterns(&rule.allowed_domains, &rule.name, version)?,
+        allowed_ports: rule.allowed_ports.clone(),
+        internal_destinations,
     })
 }
 
-fn validate_patterns(patterns: &[String], list: &str) -> Result<Vec<HostPattern>, TableError> {
+fn validate_ports(ports: &[PortRange]) -> Result<(), String> {
+    match ports.iter().find(|r| r.start == 0 || r.start > r.end) {
+        Some(bad) => Err(format!("invalid port range {}-{}", bad.start, bad.end)),
+        None => Ok(()),
+    }
+}
+
+fn validate_cidrs(cidrs: &[String]) -> Result<Vec<IpNet>, String> {
+    cidrs
+        .iter()
+        .map(|text| match text.parse::<IpNet>() {
+            Ok(net)
+                if net.trunc() == net
+                    && net.to_string() == *text
+                    && !matches!(net, IpNet::V6(v6) if v6.network().to_ipv4_mapped().is_some()) =>
+            {
+                Ok(net)
+            }
+            _ => Err(format!("CIDR {text:?} is not canonical")),
+        })
+        .collect()
+}
+
+fn validate_addresses(specs: &[String]) -> Result<Vec<AddressSpec>, String> {
+    specs
+        .iter()
+        .map(|text| match text.parse::<AddressSpec>() {
+            Ok(spec) if spec.to_string() == *text => Ok(spec),
+            _ => Err(format!("address {text:?} is not canonical")),
+        })
+        .collect()
+}
+
+fn validate_network(body: &NetworkBody) -> Result<NetworkRules, TableError> {
+    let invalid = |what: String| TableError::Invalid(format!("network: {what}"));
+    Ok(NetworkRules {
+        allow_ranges: validate_cidrs(&body.allow_ranges).map_err(invalid)?,
+        deny_ranges: validate_cidrs(&body.deny_ranges).map_err(invalid)?,
+        allow_addresses: validate_addresses(&body.allow_addresses).map_err(invalid)?,
+        deny_addresses: validate_addresses(&body.deny_addresses).map_err(invalid)?,
+    })
+}
+
+fn validate_patterns(patterns: &[String], list: &str, version: PolicyVersion) -> Result<Vec<HostPattern>, TableError> {
+    let parse = match version {
+        PolicyVersion::V1 => pattern::parse,
+        PolicyVersion::V2 => pattern::parse_v2,
+    };
     patterns
         .iter()
-        .map(|text| match pattern::parse(text) {
+        .map(|text| match parse(text) {
             Ok(parsed) if !parsed.had_trailing_dot && parsed.pattern.to_string() == *text => Ok(parsed.pattern),
             Ok(_) => Err(TableError::Invalid(format!("pattern {text:?} in {list} is not canonical"))),
             Err(e) => Err(TableError::Invalid(format!("pattern in {list}: {e}"))),
@@ -469,8 +615,13 @@ mod tests {
             assert!(decode(&flipped).is_err(), "bit flip at byte {i} was accepted");
         }
         let mut wrong_version = bytes.clone();
-        wrong_version[8] = 2;
-        assert!(matches!(decode(&wrong_version), Err(TableError::UnsupportedVersion { found: 2, supported: 1 })));
+        wrong_version[8] = 1;
+        let err = decode(&wrong_version).unwrap_err();
+        assert!(matches!(err, TableError::UnsupportedVersion { found: 1, supported: 2 }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("version 1") && message.contains("version 2"), "{message}");
+        wrong_version[8] = 3;
+        assert!(matches!(decode(&wrong_version), Err(TableError::UnsupportedVersion { found: 3, supported: 2 })));
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(matches!(decode(&extra), Err(TableError::TrailingBytes(1))));
@@ -490,10 +641,14 @@ mod tests {
                 project: String::new(),
                 action: Action::Enforce,
                 allowed_domains: vec!["EXAMPLE.com".into()],
+                allowed_ports: vec![],
+                internal_destinations: vec![],
             }],
             default: None,
             global_allow_list: vec![],
             global_deny_list: vec![],
+            version: PolicyVersion::V1,
+            network: NetworkBody::default(),
         };
         let body = postcard::to_stdvec(&forged).unwrap();
         let mut bytes = MAGIC.to_vec();

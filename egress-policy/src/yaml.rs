@@ -8,6 +8,7 @@
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::budget::Budget;
 use serde_saphyr::options::Options;
 use serde_saphyr::{DuplicateKeyPolicy, Location, Spanned};
 
@@ -15,6 +16,8 @@ use crate::diagnostic::Position;
 
 /// The largest ACL file we parse. The biggest real policies are a few MiB.
 pub const MAX_SOURCE_BYTES: usize = 64 * 1024 * 1024;
+/// The most YAML nodes (scalars, lists, mappings) one file may hold.
+pub const MAX_NODES: usize = 2_000_000;
 
 /// One YAML node and where it was written.
 #[derive(Clone, Debug, PartialEq)]
@@ -96,6 +99,14 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
     let mut options = Options::default();
     // Keep every duplicate: the visitor below sees them all and reports each.
     options.duplicate_keys = DuplicateKeyPolicy::LastWins;
+    // The default node budget (250,000) is below what a 5,000-role v2 policy
+    // needs (ports and internal destinations add about 30 nodes per role).
+    // The file size limit above still bounds the work; this only lets a
+    // large, legitimate policy through.
+    let mut budget = Budget::default();
+    budget.max_nodes = MAX_NODES;
+    budget.max_events = 2 * MAX_NODES;
+    options.budget = Some(budget);
     match serde_saphyr::from_str_with_options::<Option<Spanned<RawNode>>>(source, options) {
         Ok(Some(root)) => Ok(convert(root, source)),
         Ok(None) => Ok(Node { value: Value::Null, at: Position { line: 1, column: 1 }, source_text: None }),

@@ -28,7 +28,7 @@ use serde::{Serialize, Serializer};
 use egress_policy::decision::{Decision, PolicyTable, Reason, RuleRef, Verdict};
 use egress_policy::host::{self, CanonicalHost};
 use egress_policy::pattern::HostPattern;
-use egress_policy::policy::{Action, Policy, Rule};
+use egress_policy::policy::{Action, InternalDestination, Policy, Rule, ports_text};
 
 /// Version of the JSON shape produced by [`PolicyDiff::render_json`].
 pub const FORMAT_VERSION: u32 = 1;
@@ -56,6 +56,9 @@ pub struct PolicyDiff {
     pub default_rule: Option<RuleDiff>,
     pub global_allow_list: ListDiff,
     pub global_deny_list: ListDiff,
+    /// v2 `network` rules (`deny_range 10.0.0.0/8`, `allow_address 10.0.0.1:5432`, ...).
+    #[serde(skip_serializing_if = "ListDiff::is_empty")]
+    pub network: ListDiff,
     /// Roles with decision changes, by name; the role-less case last.
     pub decisions: Vec<RoleDecisions>,
 }
@@ -82,6 +85,12 @@ pub struct RuleDiff {
     pub project: Option<ValueChange<String>>,
     /// `allowed_domains` entries, as sets (order and duplicates do not count).
     pub allowed_domains: ListDiff,
+    /// v2: present when `allowed_ports` differs (`any` when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_ports: Option<ValueChange<String>>,
+    /// v2: `internal_destinations`, one line each: `host ports [cidrs] (reason: ...)`.
+    #[serde(skip_serializing_if = "ListDiff::is_empty")]
+    pub internal_destinations: ListDiff,
 }
 
 /// A value before and after; `None` where the rule does not exist.
@@ -206,6 +215,7 @@ impl PolicyDiff {
             && self.default_rule.is_none()
             && self.global_allow_list.is_empty()
             && self.global_deny_list.is_empty()
+            && self.network.is_empty()
             && self.decisions.is_empty()
     }
 }
@@ -236,6 +246,7 @@ pub fn diff_with_limit(old: &Policy, new: &Policy, max_examples: usize) -> Polic
     out.default_rule = rule_diff(None, old_rules.default.as_ref(), new_rules.default.as_ref());
     out.global_allow_list = list_diff(&old_rules.global_allow, &new_rules.global_allow);
     out.global_deny_list = list_diff(&old_rules.global_deny, &new_rules.global_deny);
+    out.network = list_diff(&network_lines(old), &network_lines(new));
 
     let globals_changed = !out.global_allow_list.is_empty() || !out.global_deny_list.is_empty();
     let roles: Vec<Option<&str>> = names.iter().map(|n| Some(*n)).chain([None]).collect();
@@ -272,12 +283,32 @@ pub fn diff_with_limit(old: &Policy, new: &Policy, max_examples: usize) -> Polic
         hosts.sort_unstable();
         hosts.dedup();
 
+        // v2: when the role's ports or internal destinations differ, decide at
+        // every port where either rule's port sets change membership (plus
+        // 443), and add the internal destinations' hosts: each port class and
+        // each exception then has a candidate. Otherwise the port-agnostic
+        // decision is exact and no port is named.
+        let ports = ports_to_try(&rules);
+        if !ports.is_empty() {
+            for rule in rules.iter().flatten() {
+                hosts.extend(rule.rule.internal_destinations.iter().map(|d| &d.host));
+            }
+            hosts.sort_unstable();
+            hosts.dedup();
+        }
+        let at_ports: Vec<Option<u16>> =
+            if ports.is_empty() { vec![None] } else { ports.iter().copied().map(Some).collect() };
+
         // Decide everything, but own strings only for the examples kept.
-        let mut changed: Vec<(bool, &CanonicalHost, Decision<'_>, Decision<'_>)> = hosts
+        let mut changed: Vec<(bool, &CanonicalHost, Option<u16>, Decision<'_>, Decision<'_>)> = hosts
             .into_iter()
-            .filter_map(|host| {
-                let (o, n) = (old_table.decide(role, host), new_table.decide(role, host));
-                (o.verdict != n.verdict || o.reason != n.reason).then_some((o.verdict == n.verdict, host, o, n))
+            .flat_map(|host| at_ports.iter().map(move |port| (host, *port)))
+            .filter_map(|(host, port)| {
+                let (o, n) = match port {
+                    Some(port) => (old_table.decide_at(role, host, port), new_table.decide_at(role, host, port)),
+                    None => (old_table.decide(role, host), new_table.decide(role, host)),
+                };
+                (o.verdict != n.verdict || o.reason != n.reason).then_some((o.verdict == n.verdict, host, port, o, n))
             })
             .collect();
         if changed.is_empty() {
@@ -290,8 +321,11 @@ pub fn diff_with_limit(old: &Policy, new: &Policy, max_examples: usize) -> Polic
         let changes = changed
             .into_iter()
             .take(max_examples)
-            .map(|(_, host, o, n)| DecisionChange {
-                host: host.to_string(),
+            .map(|(_, host, port, o, n)| DecisionChange {
+                host: match port {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_string(),
+                },
                 stands_for: candidates.stands_for(host),
                 old: DecisionSummary::new(&o),
                 new: DecisionSummary::new(&n),
@@ -302,19 +336,51 @@ pub fn diff_with_limit(old: &Policy, new: &Policy, max_examples: usize) -> Polic
     out
 }
 
+/// Ports at which a role's decisions can differ between its two rules, when
+/// their `allowed_ports` or internal destinations differ: the edges of every
+/// range (start, end, and the ports just outside) and 443. Empty when both
+/// rules agree on both (then the port-agnostic decision is exact).
+fn ports_to_try(rules: &[Option<&RuleSet<'_>>; 2]) -> Vec<u16> {
+    let [old, new] = rules;
+    let same = |a: &Option<&RuleSet<'_>>, b: &Option<&RuleSet<'_>>| match (a, b) {
+        (Some(a), Some(b)) => a.rule.allowed_ports == b.rule.allowed_ports && a.internal == b.internal,
+        (None, None) => true,
+        (Some(r), None) | (None, Some(r)) => r.rule.allowed_ports.is_empty() && r.internal.is_empty(),
+    };
+    if same(old, new) {
+        return Vec::new();
+    }
+    let mut ports: BTreeSet<u16> = BTreeSet::from([443]);
+    for rule in rules.iter().flatten() {
+        let ranges =
+            rule.rule.allowed_ports.iter().chain(rule.rule.internal_destinations.iter().flat_map(|d| &d.ports));
+        for range in ranges {
+            ports.extend([range.start, range.end]);
+            ports.extend(range.start.checked_sub(1).filter(|p| *p > 0));
+            ports.extend(range.end.checked_add(1));
+        }
+    }
+    ports.into_iter().collect()
+}
+
 /// A rule with its entries as a sorted set of their spellings.
 #[derive(Debug)]
 struct RuleSet<'p> {
     rule: &'p Rule,
     is_default: bool,
     entries: BTreeSet<String>,
+    internal: BTreeSet<String>,
 }
 
 impl RuleSet<'_> {
     /// Whether every host gets the same verdict and reason under both rules
     /// (given the same global lists). The project does not decide anything.
     fn same_decisions(&self, other: &RuleSet<'_>) -> bool {
-        self.is_default == other.is_default && self.rule.action == other.rule.action && self.entries == other.entries
+        self.is_default == other.is_default
+            && self.rule.action == other.rule.action
+            && self.entries == other.entries
+            && self.rule.allowed_ports == other.rule.allowed_ports
+            && self.internal == other.internal
     }
 }
 
@@ -329,7 +395,12 @@ struct RuleSets<'p> {
 
 impl<'p> RuleSets<'p> {
     fn new(policy: &'p Policy) -> Self {
-        let set = |rule: &'p Rule, is_default| RuleSet { rule, is_default, entries: entries(&rule.allowed_domains) };
+        let set = |rule: &'p Rule, is_default| RuleSet {
+            rule,
+            is_default,
+            entries: entries(&rule.allowed_domains),
+            internal: rule.internal_destinations.iter().map(internal_line).collect(),
+        };
         RuleSets {
             services: policy.services.iter().map(|r| (r.name.as_str(), set(r, false))).collect(),
             default: policy.default.as_ref().map(|r| set(r, true)),
@@ -342,6 +413,26 @@ impl<'p> RuleSets<'p> {
     fn applying(&self, role: Option<&str>) -> Option<&RuleSet<'p>> {
         role.and_then(|r| self.services.get(r)).or(self.default.as_ref())
     }
+}
+
+/// One internal destination as a diff line, with its reason (the audit trail).
+fn internal_line(d: &InternalDestination) -> String {
+    let cidrs: Vec<String> = d.cidrs.iter().map(ToString::to_string).collect();
+    format!("{} ports {} cidrs [{}] (reason: {})", d.host, ports_text(&d.ports), cidrs.join(", "), d.reason)
+}
+
+/// The `network` section as one line per rule.
+fn network_lines(policy: &Policy) -> BTreeSet<String> {
+    let n = &policy.network;
+    fn lines<T: fmt::Display>(kind: &str, list: &[T]) -> Vec<String> {
+        list.iter().map(|item| format!("{kind} {item}")).collect()
+    }
+    lines("allow_range", &n.allow_ranges)
+        .into_iter()
+        .chain(lines("deny_range", &n.deny_ranges))
+        .chain(lines("allow_address", &n.allow_addresses))
+        .chain(lines("deny_address", &n.deny_addresses))
+        .collect()
 }
 
 fn entries(list: &[HostPattern]) -> BTreeSet<String> {
@@ -365,10 +456,28 @@ fn rule_diff(role: Option<&str>, old: Option<&RuleSet<'_>>, new: Option<&RuleSet
         .then(|| ValueChange { old: old.map(|r| r.rule.project.clone()), new: new.map(|r| r.rule.project.clone()) });
     let empty = BTreeSet::new();
     let allowed_domains = list_diff(old.map_or(&empty, |r| &r.entries), new.map_or(&empty, |r| &r.entries));
-    if change == RuleChange::Changed && action.is_none() && project.is_none() && allowed_domains.is_empty() {
+    let ports = |r: Option<&RuleSet<'_>>| r.map(|r| ports_text(&r.rule.allowed_ports));
+    let allowed_ports = (old.is_some() && new.is_some() && ports(old) != ports(new))
+        .then(|| ValueChange { old: ports(old), new: ports(new) });
+    let internal_destinations = list_diff(old.map_or(&empty, |r| &r.internal), new.map_or(&empty, |r| &r.internal));
+    if change == RuleChange::Changed
+        && action.is_none()
+        && project.is_none()
+        && allowed_domains.is_empty()
+        && allowed_ports.is_none()
+        && internal_destinations.is_empty()
+    {
         return None;
     }
-    Some(RuleDiff { role: role.map(str::to_owned), change, action, project, allowed_domains })
+    Some(RuleDiff {
+        role: role.map(str::to_owned),
+        change,
+        action,
+        project,
+        allowed_domains,
+        allowed_ports,
+        internal_destinations,
+    })
 }
 
 /// Candidate hosts, chosen so that each stands for a whole class of hosts
@@ -384,6 +493,8 @@ struct Candidates {
     unmatched: Option<CanonicalHost>,
     /// Both policies' global entries, as candidates.
     globals: Vec<CanonicalHost>,
+    /// `left.*.right` → `left.<label>.right`, a name it matches.
+    middles: HashMap<String, CanonicalHost>,
 }
 
 /// RFC 1035's limit on a name, without the root dot.
@@ -414,6 +525,7 @@ impl Candidates {
             match pattern {
                 HostPattern::Exact(h) => exact.insert(h.as_str()),
                 HostPattern::Wildcard(s) => wildcard.insert(s),
+                HostPattern::Middle { .. } => false,
             };
         }
         // Each suffix needs at most |exact| + 1 tries to find a free label;
@@ -429,7 +541,17 @@ impl Candidates {
         }
         let suffix_of = subdomains.iter().filter_map(|(s, h)| Some((h.clone()?, s.clone()))).collect();
         let unmatched = unmatched_name(&exact, &wildcard);
-        let mut candidates = Candidates { subdomains, suffix_of, unmatched, globals: Vec::new() };
+        let middles = lists()
+            .flatten()
+            .filter_map(|p| match p {
+                HostPattern::Middle { left, right } => {
+                    let host = host::canonical(&format!("{left}.example.{right}")).ok()?;
+                    Some((p.to_string(), host))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut candidates = Candidates { subdomains, suffix_of, unmatched, globals: Vec::new(), middles };
         let mut globals: Vec<CanonicalHost> = [old, new]
             .iter()
             .flat_map(|p| p.global_allow_list.iter().chain(&p.global_deny_list))
@@ -454,6 +576,7 @@ impl Candidates {
         match pattern {
             HostPattern::Exact(h) => Some(h),
             HostPattern::Wildcard(suffix) => self.subdomains.get(suffix).and_then(Option::as_ref),
+            HostPattern::Middle { .. } => self.middles.get(&pattern.to_string()),
         }
     }
 
@@ -465,14 +588,10 @@ impl Candidates {
         let globals_only = |p: &Policy| {
             PolicyTable::new(&Policy {
                 services: Vec::new(),
-                default: Some(Rule {
-                    name: String::new(),
-                    project: String::new(),
-                    action: Action::Open,
-                    allowed_domains: Vec::new(),
-                }),
+                default: Some(Rule::v1("", "", Action::Open, Vec::new())),
                 global_allow_list: p.global_allow_list.clone(),
                 global_deny_list: p.global_deny_list.clone(),
+                ..Policy::default()
             })
         };
         let (o, n) = (globals_only(old), globals_only(new));
@@ -580,12 +699,21 @@ impl PolicyDiff {
             if let Some(p) = &d.project {
                 facts.push(format!("project {}", arrow(p)));
             }
+            if let Some(p) = &d.allowed_ports {
+                facts.push(format!("allowed_ports {}", arrow(p)));
+            }
             let _ = writeln!(o, "{name}: {}", facts.join(", "));
             human_list(&mut o, &d.allowed_domains);
+            if !d.internal_destinations.is_empty() {
+                o.push_str("  internal_destinations:\n");
+                human_list(&mut o, &d.internal_destinations);
+            }
         }
-        for (name, list) in
-            [("global_allow_list", &self.global_allow_list), ("global_deny_list", &self.global_deny_list)]
-        {
+        for (name, list) in [
+            ("global_allow_list", &self.global_allow_list),
+            ("global_deny_list", &self.global_deny_list),
+            ("network", &self.network),
+        ] {
             if !list.is_empty() {
                 let _ = writeln!(o, "{name}: changed");
                 human_list(&mut o, list);
@@ -672,7 +800,11 @@ impl PolicyDiff {
             .map(|d| (format!("role {}", md_code(d.role.as_deref().unwrap_or_default())), d))
             .chain(self.default_rule.iter().map(|d| ("default rule".to_owned(), d)))
             .collect();
-        let globals = [("global_allow_list", &self.global_allow_list), ("global_deny_list", &self.global_deny_list)];
+        let globals = [
+            ("global_allow_list", &self.global_allow_list),
+            ("global_deny_list", &self.global_deny_list),
+            ("network", &self.network),
+        ];
         if rules.is_empty() && globals.iter().all(|(_, l)| l.is_empty()) {
             return o;
         }
@@ -686,6 +818,9 @@ impl PolicyDiff {
             }
             if let Some(p) = &d.project {
                 facts.push(format!("project {}", md_arrow(p)));
+            }
+            if let Some(p) = &d.allowed_ports {
+                facts.push(format!("allowed_ports {}", md_arrow(p)));
             }
             let _ = writeln!(o, "- {name}: {}", facts.join(", "));
         }
@@ -703,6 +838,11 @@ impl PolicyDiff {
                 None => "default rule: allowed_domains".to_owned(),
             };
             md_details(&mut o, &name, &d.allowed_domains);
+            let name = match &d.role {
+                Some(role) => format!("role {}: internal_destinations", printable(role)),
+                None => "default rule: internal_destinations".to_owned(),
+            };
+            md_details(&mut o, &name, &d.internal_destinations);
         }
         for (name, list) in globals {
             md_details(&mut o, name, list);

@@ -9,7 +9,14 @@
 //!     destination: api.stripe.com:443   # HOST, HOST:PORT or [IPv6]:PORT
 //!     decision: allow                   # allow | report | deny
 //!     reason: allowed_domain            # optional: a reason code or Smokescreen's text
+//!     ip: 10.20.0.1                     # optional: run the address stage for this address too
 //! ```
+//!
+//! With a port in `destination`, a v2 policy's `allowed_ports` and
+//! `internal_destinations` apply, as in `proxyd`. With `ip`, the expected
+//! `decision` is the end result: a name the address stage refuses for that
+//! address (under the policy's `network` rules and the exception that
+//! allowed the name; no operator flags) is `deny`.
 //!
 //! Problems in a test file are [`Diagnostic`]s with `file:line:col`, like ACL
 //! problems; a case that decides differently becomes a `P017` diagnostic at
@@ -21,14 +28,17 @@ use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
+use std::net::{IpAddr, SocketAddr};
+
 use egress_policy::acl;
+use egress_policy::address::{AddressPolicy, AddressRules, AddressVerdict};
 use egress_policy::decision::{Decision, PolicyTable, Reason, RuleRef, Verdict};
 use egress_policy::destination::{self, Destination};
 use egress_policy::diagnostic::{self, Code, Diagnostic, Position};
 use egress_policy::yaml::{self, Node, Value};
 
 const TOP_KEYS: &[&str] = &["tests"];
-const CASE_KEYS: &[&str] = &["name", "role", "destination", "decision", "reason"];
+const CASE_KEYS: &[&str] = &["name", "role", "destination", "decision", "reason", "ip"];
 
 /// One case, valid by construction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +49,8 @@ pub struct TestCase {
     pub destination: Destination,
     pub decision: Verdict,
     pub reason: Option<Reason>,
+    /// Also run the address stage for this address.
+    pub ip: Option<IpAddr>,
     /// Where the case starts in its file.
     pub at: Position,
 }
@@ -268,12 +280,24 @@ impl Reader<'_> {
                 found.map(Some)
             }
         };
-        let (Some(role), Some(destination), Some(decision), Some(reason), true) =
-            (role, destination, decision, reason, ok)
+        let ip = match keys.get("ip").map(|(_, v)| *v) {
+            None => Some(None),
+            Some(node) => match node.scalar_text().and_then(|t| t.parse::<IpAddr>().ok()) {
+                Some(ip) => Some(Some(ip)),
+                None => {
+                    let shown = node.scalar_text().unwrap_or_else(|| node.value.kind().to_owned());
+                    let help = Some("write an IP address such as 10.20.0.1 or 2001:db8::1".to_owned());
+                    self.report(Code::InvalidDestination, node.at, format!("invalid ip {shown:?}"), help);
+                    None
+                }
+            },
+        };
+        let (Some(role), Some(destination), Some(decision), Some(reason), Some(ip), true) =
+            (role, destination, decision, reason, ip, ok)
         else {
             return None;
         };
-        Some(TestCase { name, role, destination, decision, reason, at: item.at })
+        Some(TestCase { name, role, destination, decision, reason, ip, at: item.at })
     }
 }
 
@@ -282,12 +306,22 @@ impl Reader<'_> {
 pub struct Outcome<'c, 't> {
     pub case: &'c TestCase,
     pub decision: Decision<'t>,
+    /// The address stage's verdict, when the case names an `ip`.
+    pub address: Option<AddressVerdict>,
 }
 
 impl Outcome<'_, '_> {
+    /// The end result: the name stage's verdict, or deny when the address stage refuses.
+    pub fn verdict(&self) -> Verdict {
+        match self.address {
+            Some(a) if !a.allowed && self.decision.verdict.is_allowed() => Verdict::Deny,
+            _ => self.decision.verdict,
+        }
+    }
+
     /// The decision matches, and so does the reason when the case names one.
     pub fn passed(&self) -> bool {
-        self.decision.verdict == self.case.decision && self.case.reason.is_none_or(|r| r == self.decision.reason)
+        self.verdict() == self.case.decision && self.case.reason.is_none_or(|r| r == self.decision.reason)
     }
 
     /// What decided: the rule, and the pattern with its list or the rule's action.
@@ -297,9 +331,16 @@ impl Outcome<'_, '_> {
             RuleRef::Default => "the default rule".to_owned(),
             RuleRef::None => return "no rule (the role has none and there is no default rule)".to_owned(),
         };
-        match self.decision.matched {
-            Some((list, pattern)) => format!("{rule}, pattern `{pattern}` in {}", list.as_str()),
-            None => format!("{rule}, by its action"),
+        let name = match (self.decision.matched, self.decision.internal_destination) {
+            (_, Some(d)) => format!("{rule}, internal destination {} (reason: {})", d.host, d.reason),
+            (Some((list, pattern)), None) => format!("{rule}, pattern `{pattern}` in {}", list.as_str()),
+            (None, None) => format!("{rule}, by its action"),
+        };
+        match (self.address, self.case.ip) {
+            (Some(a), Some(ip)) => {
+                format!("{name}; address {ip} {} by {}", if a.allowed { "allowed" } else { "denied" }, a.rule)
+            }
+            _ => name,
         }
     }
 
@@ -315,7 +356,7 @@ impl Outcome<'_, '_> {
         let message = format!(
             "{}: expected {expected}, got {} ({}), decided by {}",
             self.case.label(),
-            self.decision.verdict,
+            self.verdict(),
             self.decision.reason.code(),
             self.decided_by()
         );
@@ -335,12 +376,15 @@ impl Outcome<'_, '_> {
             self.case.role.as_deref().map_or("none (a client without a role)".to_owned(), |r| format!("{r:?}"))
         );
         let _ = writeln!(out, "  destination: {}", self.case.destination);
+        if let Some(ip) = self.case.ip {
+            let _ = writeln!(out, "  ip:          {ip}");
+        }
         let expected_reason = self.case.reason.map(|r| format!(" ({})", r.code())).unwrap_or_default();
         let _ = writeln!(out, "  expected:    {}{expected_reason}", self.case.decision);
         let _ = writeln!(
             out,
             "  actual:      {} ({}: {})",
-            self.decision.verdict,
+            self.verdict(),
             self.decision.reason.code(),
             self.decision.reason
         );
@@ -351,9 +395,21 @@ impl Outcome<'_, '_> {
 
 /// Runs every case of `file` against `table`, in file order.
 pub fn run<'c, 't>(table: &'t PolicyTable, file: &'c TestFile) -> Vec<Outcome<'c, 't>> {
+    let flags = AddressPolicy::new(AddressRules::default());
     file.cases
         .iter()
-        .map(|case| Outcome { case, decision: table.decide(case.role.as_deref(), &case.destination.host) })
+        .map(|case| {
+            let role = case.role.as_deref();
+            let decision = match case.destination.port {
+                Some(port) => table.decide_at(role, &case.destination.host, port),
+                None => table.decide(role, &case.destination.host),
+            };
+            let address = case.ip.map(|ip| {
+                let addr = SocketAddr::new(ip, case.destination.port.unwrap_or(443));
+                flags.classify_with(addr, table.network(), decision.internal_destination)
+            });
+            Outcome { case, decision, address }
+        })
         .collect()
 }
 
@@ -366,6 +422,8 @@ pub struct CaseReport {
     pub name: Option<String>,
     pub role: Option<String>,
     pub destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
     pub passed: bool,
     pub expected: Expected,
     pub actual: Actual,
@@ -385,6 +443,16 @@ pub struct Actual {
     pub rule: Option<String>,
     pub pattern: Option<String>,
     pub list: Option<&'static str>,
+    /// The address stage, when the case names an `ip`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<ActualAddress>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ActualAddress {
+    pub allowed: bool,
+    pub rule: String,
+    pub rule_code: &'static str,
 }
 
 impl CaseReport {
@@ -397,10 +465,11 @@ impl CaseReport {
             name: case.name.clone(),
             role: case.role.clone(),
             destination: case.destination.to_string(),
+            ip: case.ip,
             passed: outcome.passed(),
             expected: Expected { decision: case.decision.as_str(), reason_code: case.reason.map(Reason::code) },
             actual: Actual {
-                decision: d.verdict.as_str(),
+                decision: outcome.verdict().as_str(),
                 reason: d.reason.as_str(),
                 reason_code: d.reason.code(),
                 rule: match d.rule {
@@ -409,6 +478,11 @@ impl CaseReport {
                 },
                 pattern: d.matched.map(|(_, m)| m.to_string()),
                 list: d.matched.map(|(list, _)| list.as_str()),
+                address: outcome.address.map(|a| ActualAddress {
+                    allowed: a.allowed,
+                    rule: a.rule.to_string(),
+                    rule_code: a.rule.code(),
+                }),
             },
         }
     }

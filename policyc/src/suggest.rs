@@ -125,7 +125,8 @@ pub fn plan(policy: &Policy, table: &PolicyTable, aggregate: &Aggregate, options
                 continue;
             }
             match table.decide(Some(role), host).reason {
-                Reason::AllowedDomain | Reason::GlobalAllowList => continue,
+                // The port-agnostic decision: an internal destination allows its host.
+                Reason::AllowedDomain | Reason::GlobalAllowList | Reason::InternalDestination => continue,
                 Reason::GlobalDenyList => {
                     plan.globally_denied.push(LeftOut { role: role.to_owned(), host: host.to_string(), hits: count });
                     continue;
@@ -134,7 +135,8 @@ pub fn plan(policy: &Policy, table: &PolicyTable, aggregate: &Aggregate, options
                 | Reason::ReportPolicy
                 | Reason::EnforcePolicy
                 | Reason::DefaultRulePolicy
-                | Reason::NoRuleMatched => {}
+                | Reason::NoRuleMatched
+                | Reason::PortNotAllowed => {}
             }
             if count < options.min_count {
                 plan.below_min_count.push(LeftOut { role: role.to_owned(), host: host.to_string(), hits: count });
@@ -257,6 +259,10 @@ fn overlaps_global_deny(parent: &str, deny: &[HostPattern]) -> bool {
         HostPattern::Exact(host) => under(host.as_str()),
         HostPattern::Wildcard(suffix) => {
             under(suffix) || parent.strip_suffix(&**suffix).is_some_and(|rest| rest.ends_with('.'))
+        }
+        // `left.*.right` denies names under `right`: refuse any parent related to `right`.
+        HostPattern::Middle { right, .. } => {
+            under(right) || parent.strip_suffix(&**right).is_some_and(|rest| rest.ends_with('.'))
         }
     })
 }

@@ -70,7 +70,7 @@ fn errors_point_at_file_line_col_with_code_and_help() {
 #[test]
 fn every_file_is_checked_in_one_run() {
     let dir = tempfile::tempdir().unwrap();
-    let bad1 = write(dir.path(), "one.yaml", "version: v2\nservices: []\ndefault: {action: enforce}\n");
+    let bad1 = write(dir.path(), "one.yaml", "version: v3\nservices: []\ndefault: {action: enforce}\n");
     let good = write(dir.path(), "two.yaml", GOOD);
     let bad2 = write(
         dir.path(),
@@ -248,7 +248,7 @@ fn inspect_verifies_and_names_the_problem() {
     let run = policyc(&["inspect", s(&table), "--format", "json"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let v: Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["format_version"], 2);
     assert_eq!(v["services"], 1);
     assert_eq!(v["patterns"], 3);
     assert_eq!(v["source_name"], "a.yaml");
@@ -281,7 +281,7 @@ fn inspect_verifies_and_names_the_problem() {
                 b[8] = 9;
                 b
             },
-            "unsupported table format version 9 (this build reads version 1)",
+            "unsupported table format version 9 (this build reads version 2)",
         ),
         (
             "magic",

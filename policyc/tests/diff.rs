@@ -83,6 +83,8 @@ fn role_added() {
             action: action(None, Some(Action::Enforce)),
             project: project(None, Some("discovery")),
             allowed_domains: list(&["api.search.example"], &[]),
+            allowed_ports: None,
+            internal_destinations: ListDiff::default(),
         }],
         decisions: vec![role(
             Some("search"),
@@ -118,6 +120,8 @@ fn role_removed() {
             action: action(Some(Action::Enforce), None),
             project: project(Some("discovery"), None),
             allowed_domains: list(&[], &["api.search.example"]),
+            allowed_ports: None,
+            internal_destinations: ListDiff::default(),
         }],
         decisions: vec![role(
             Some("search"),
@@ -153,6 +157,8 @@ fn action_open_to_enforce() {
             action: action(Some(Action::Open), Some(Action::Enforce)),
             project: None,
             allowed_domains: list(&["api.stripe.com"], &[]),
+            allowed_ports: None,
+            internal_destinations: ListDiff::default(),
         }],
         decisions: vec![role(
             Some("billing"),
@@ -186,6 +192,8 @@ fn pattern_added_allows_a_host() {
             action: None,
             project: None,
             allowed_domains: list(&["api.new.com"], &[]),
+            allowed_ports: None,
+            internal_destinations: ListDiff::default(),
         }],
         decisions: vec![role(
             Some("billing"),
@@ -213,6 +221,8 @@ fn wildcard_narrowed() {
             action: None,
             project: None,
             allowed_domains: list(&["*.eu.hooks.example.com"], &["*.hooks.example.com"]),
+            allowed_ports: None,
+            internal_destinations: ListDiff::default(),
         }],
         decisions: vec![role(
             Some("billing"),
@@ -281,6 +291,8 @@ fn default_rule_removed() {
             action: action(Some(Action::Enforce), None),
             project: project(Some("other"), None),
             allowed_domains: list(&[], &[]),
+            allowed_ports: None,
+            internal_destinations: ListDiff::default(),
         }),
         decisions: vec![role(
             None,
@@ -322,6 +334,8 @@ fn shadowed_entry_and_project_rename_change_no_decision() {
             action: None,
             project: project(Some("payments"), Some("payments-platform")),
             allowed_domains: list(&["eu.hooks.example.com"], &[]),
+            allowed_ports: None,
+            internal_destinations: ListDiff::default(),
         }],
         ..PolicyDiff::default()
     };
@@ -403,6 +417,8 @@ fn action_strategy() -> impl Strategy<Value = Action> {
 
 fn rule_strategy(name: &'static str) -> impl Strategy<Value = Rule> {
     (action_strategy(), entries()).prop_map(move |(action, allowed_domains)| Rule {
+        allowed_ports: vec![],
+        internal_destinations: vec![],
         name: name.to_owned(),
         project: "p".to_owned(),
         action,
@@ -420,6 +436,8 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
         entries(),
     )
         .prop_map(|(a, b, c, default, global_allow_list, global_deny_list)| Policy {
+            version: Default::default(),
+            network: Default::default(),
             services: [a, b, c].into_iter().flatten().collect(),
             default,
             global_allow_list,
@@ -664,6 +682,8 @@ fn cli_yaml_and_compiled_tables_mix() {
 fn hostile_role_names_cannot_break_the_output() {
     let name = "a|b`c\n<script>| x";
     let rule = |action| Rule {
+        allowed_ports: vec![],
+        internal_destinations: vec![],
         name: name.to_owned(),
         project: "p".to_owned(),
         action,
@@ -699,6 +719,8 @@ fn markdown_stays_within_a_comment() {
     let policy = |entries: usize| {
         let services = (0..30)
             .map(|r| Rule {
+                allowed_ports: vec![],
+                internal_destinations: vec![],
                 name: format!("role-{r:02}"),
                 project: "p".to_owned(),
                 action: Action::Enforce,
@@ -723,8 +745,14 @@ fn markdown_stays_within_a_comment() {
 
 #[test]
 fn bidirectional_overrides_in_role_names_are_shown_escaped() {
-    let rule =
-        |action| Rule { name: "pay\u{202e}ments".to_owned(), project: "p".to_owned(), action, allowed_domains: vec![] };
+    let rule = |action| Rule {
+        allowed_ports: vec![],
+        internal_destinations: vec![],
+        name: "pay\u{202e}ments".to_owned(),
+        project: "p".to_owned(),
+        action,
+        allowed_domains: vec![],
+    };
     let old = Policy { services: vec![rule(Action::Open)], ..Policy::default() };
     let new = Policy { services: vec![rule(Action::Enforce)], ..Policy::default() };
     let d = diff::diff(&old, &new);

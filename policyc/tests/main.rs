@@ -15,6 +15,7 @@ mod docs;
 mod formats;
 mod manual;
 mod policy_tests;
+mod policy_v2;
 mod schema;
 mod suggest;
 

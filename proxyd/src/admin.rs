@@ -23,6 +23,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use egress_policy::address::{AddressPolicy, AddressRule};
+use egress_policy::policy::ports_text;
+
 use crate::metrics::{Metrics, PolicyReport};
 use crate::reload::PolicyState;
 
@@ -43,11 +46,23 @@ pub struct AdminState {
     metrics: Arc<Metrics>,
     policy: OnceLock<Arc<PolicyState>>,
     phase: AtomicU8,
+    /// The operator's address rules (flags), for `/policy`'s effective network rules.
+    operator_network: OnceLock<AddressPolicy>,
 }
 
 impl AdminState {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        AdminState { metrics, policy: OnceLock::new(), phase: AtomicU8::new(STARTING) }
+        AdminState {
+            metrics,
+            policy: OnceLock::new(),
+            phase: AtomicU8::new(STARTING),
+            operator_network: OnceLock::new(),
+        }
+    }
+
+    /// The operator's address rules are known (set once, at start).
+    pub fn operator_network(&self, rules: AddressPolicy) {
+        let _ = self.operator_network.set(rules);
     }
 
     /// The policy is loaded.
@@ -142,7 +157,9 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
         },
         "/policy" => match state.policy.get() {
             Some(policy) => {
-                let mut body = serde_json::to_string_pretty(&policy_json(policy)).unwrap_or_default();
+                let mut json = policy_json(policy);
+                add_network_json(&mut json, policy, state.operator_network.get());
+                let mut body = serde_json::to_string_pretty(&json).unwrap_or_default();
                 body.push('\n');
                 with_type(StatusCode::OK, body, "application/json")
             }
@@ -189,6 +206,45 @@ pub fn policy_json(state: &PolicyState) -> serde_json::Value {
         "reloads": status.counts().into_iter().map(|(result, n)| (result.to_owned(), n.into())).collect::<serde_json::Map<_, _>>(),
         "last_reload": last_reload,
     })
+}
+
+/// Policy v2 in `/policy`: the language version, the effective network
+/// rules (operator flags, then the active table's `network` section, each
+/// most specific first) and every role's internal destinations with reasons.
+fn add_network_json(json: &mut serde_json::Value, state: &PolicyState, operator: Option<&AddressPolicy>) {
+    let active = state.current();
+    let policy = &active.table.policy;
+    let Some(map) = json.as_object_mut() else { return };
+    let internal: Vec<serde_json::Value> = policy
+        .services
+        .iter()
+        .flat_map(|rule| {
+            rule.internal_destinations.iter().map(move |d| {
+                serde_json::json!({
+                    "role": rule.name,
+                    "host": d.host.as_str(),
+                    "cidrs": d.cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "ports": ports_text(&d.ports),
+                    "reason": d.reason,
+                })
+            })
+        })
+        .collect();
+    let operator_rules: Vec<String> =
+        operator.map(|o| o.operator_rules().map(ToString::to_string).collect()).unwrap_or_default();
+    let policy_rules: Vec<String> =
+        active.table.table.network().rules().map(|r| AddressRule::Policy(*r).to_string()).collect();
+    map.insert("language_version".into(), policy.version.as_str().into());
+    map.insert(
+        "network".into(),
+        serde_json::json!({
+            "operator_rules": operator_rules,
+            "unsafe_allow_private_ranges": operator.is_some_and(AddressPolicy::unsafe_allow_private_ranges),
+            "policy_rules": policy_rules,
+            "precedence": "operator deny > policy deny > operator allow and the built-in set > policy allow and internal destinations (never metadata, loopback, unspecified, multicast or broadcast)",
+        }),
+    );
+    map.insert("internal_destinations".into(), internal.into());
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

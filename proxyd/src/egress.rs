@@ -10,7 +10,8 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use egress_policy::address::{AddressPolicy, AddressRule};
+use egress_policy::address::{AddressPolicy, AddressRule, PolicyNetwork};
+use egress_policy::policy::InternalDestination;
 use tokio::net::TcpStream;
 
 use crate::config::EgressGuard;
@@ -35,13 +36,22 @@ pub enum AddressStage {
     Denied { ip: IpAddr, rule: AddressRule },
 }
 
-/// Classifies every address (with the request's port) and keeps the permitted ones.
-pub fn check(policy: &AddressPolicy, ips: &[IpAddr], port: u16) -> AddressStage {
+/// Classifies every address (with the request's port) and keeps the permitted
+/// ones. `network` is the active table's `network` section and `exception`
+/// the internal destination that allowed the name, if any (policy v2); the
+/// operator's rules in `policy` are a floor neither can open.
+pub fn check(
+    policy: &AddressPolicy,
+    network: &PolicyNetwork,
+    exception: Option<&InternalDestination>,
+    ips: &[IpAddr],
+    port: u16,
+) -> AddressStage {
     let mut permitted = Vec::with_capacity(ips.len());
     let mut first_denied = None;
     for ip in ips {
         let addr = SocketAddr::new(*ip, port);
-        let verdict = policy.classify(addr);
+        let verdict = policy.classify_with(addr, network, exception);
         if verdict.allowed {
             permitted.push(CheckedAddr(addr));
         } else if first_denied.is_none() {

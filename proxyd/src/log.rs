@@ -65,6 +65,9 @@ pub struct DecisionLine {
     /// Short stable label of the refusal, when the request was refused.
     pub refusal: Option<&'static str>,
     pub error: Option<String>,
+    /// Policy v2: the reason of the internal destination that allowed the
+    /// request (the exception's audit trail).
+    pub internal_destination_reason: Option<String>,
 }
 
 impl DecisionLine {
@@ -88,6 +91,7 @@ impl DecisionLine {
             trace_id_error = self.trace_id_error,
             refusal = self.refusal,
             error = self.error.as_deref(),
+            internal_destination_reason = self.internal_destination_reason.as_deref(),
             "CANONICAL-PROXY-DECISION"
         );
     }

@@ -154,7 +154,7 @@ impl<const N: usize> Histogram<N> {
 struct RoleCounters {
     label: Box<str>,
     /// `[verdict][reason]`, flattened.
-    decisions: [AtomicU64; 24],
+    decisions: [AtomicU64; Verdict::ALL.len() * Reason::ALL.len()],
 }
 
 impl RoleCounters {

@@ -129,6 +129,7 @@ pub async fn serve(
     let mut rules = config.address_rules.clone();
     rules.self_addresses.push(local);
     let addresses = AddressPolicy::new(rules);
+    admin_state.operator_network(addresses.clone());
     let (stop_sender, stop_tunnels) = watch::channel(false);
     let shared = Arc::new(Shared {
         tunnels: Arc::new(Semaphore::new(config.max_tunnels)),
@@ -464,7 +465,10 @@ async fn decide_and_connect(
     line.role = role.clone();
 
     // Name stage: a denied name is refused before any DNS query.
-    let decision = policy.table.decide(role.as_deref(), &destination.host);
+    let decision = policy.table.decide_at(role.as_deref(), &destination.host, destination.port);
+    if let Some(exception) = decision.internal_destination {
+        line.internal_destination_reason = Some(exception.reason.clone());
+    }
     line.project = Some(decision.project.to_owned());
     line.allow = Some(decision.verdict.is_allowed());
     line.decision_reason = Some(decision.reason.as_str().to_owned());
@@ -504,7 +508,8 @@ async fn decide_and_connect(
             usable
         }
     };
-    let candidates = match egress::check(&shared.addresses, &ips, destination.port) {
+    let exception = decision.internal_destination;
+    let candidates = match egress::check(&shared.addresses, policy.table.network(), exception, &ips, destination.port) {
         AddressStage::Permitted(candidates) => candidates,
         AddressStage::Denied { ip, rule } => {
             shared.metrics.address_denied(&rule);

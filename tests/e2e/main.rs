@@ -7,5 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a test failure
 
 mod pipeline;
+mod policy_v2;
 mod suggest;
 mod support;

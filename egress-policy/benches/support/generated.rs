@@ -83,8 +83,29 @@ pub fn allow_wildcard(k: usize) -> String {
 }
 
 pub fn acl_yaml(shape: &Shape) -> String {
-    let mut y = String::with_capacity(shape.roles * (PATTERNS_PER_ROLE * 40 + 100) + 16 * 1024);
-    y.push_str("version: v1\nservices:\n");
+    acl_yaml_with(shape, false)
+}
+
+/// Port ranges every role of the v2 policy gets (443 is inside, so the
+/// shared query mix decides as in v1 at port 443).
+pub const V2_PORTS: &str = "[443, \"8000-8099\", \"9443-9444\"]";
+/// Internal destinations per role in the v2 policy.
+pub const V2_INTERNAL_PER_ROLE: usize = 2;
+
+/// The host of role `role`'s `k`th internal destination in the v2 policy.
+pub fn internal_host(role: usize, k: usize) -> String {
+    format!("db-{role:04}-{k}.internal.example")
+}
+
+/// The same policy as [`acl_yaml`], as `version: v2` with every role given
+/// three port ranges and two internal destinations.
+pub fn acl_yaml_v2(shape: &Shape) -> String {
+    acl_yaml_with(shape, true)
+}
+
+fn acl_yaml_with(shape: &Shape, v2: bool) -> String {
+    let mut y = String::with_capacity(shape.roles * (PATTERNS_PER_ROLE * 40 + 400) + 16 * 1024);
+    y.push_str(if v2 { "version: v2\nservices:\n" } else { "version: v1\nservices:\n" });
     for i in 0..shape.roles {
         // Mostly enforce, some report, a few open: realistic, and all three
         // action arms of the decision run.
@@ -104,6 +125,20 @@ pub fn acl_yaml(shape: &Shape) -> String {
         }
         for j in 0..shape.wildcard_per_role {
             let _ = writeln!(y, "      - \"*.{}\"", wildcard_suffix(i, j));
+        }
+        if v2 {
+            let _ = writeln!(y, "    allowed_ports: {V2_PORTS}\n    internal_destinations:");
+            for k in 0..V2_INTERNAL_PER_ROLE {
+                let _ = writeln!(
+                    y,
+                    "      - host: {}\n        cidrs: [10.{}.{}.{}/25]\n        ports: [{}]\n        reason: generated exception {k} of role {i}",
+                    internal_host(i, k),
+                    i / 256,
+                    i % 256,
+                    k * 128,
+                    5432 + k
+                );
+            }
         }
     }
     y.push_str("default:\n  project: platform\n  action: enforce\n  allowed_domains:\n");

@@ -25,6 +25,14 @@ struct Inspection<'a> {
     patterns: usize,
     global_allow_list: usize,
     global_deny_list: usize,
+    /// Policy language version of the source (`v1`, `v2`).
+    language_version: &'static str,
+    /// v2: rules with `allowed_ports`.
+    rules_with_ports: usize,
+    /// v2: `internal_destinations` entries over every rule.
+    internal_destinations: usize,
+    /// v2: rules in the `network` section.
+    network_rules: usize,
 }
 
 pub fn run(path: &Path, format: Format) -> Result<(), Failure> {
@@ -47,6 +55,10 @@ pub fn run(path: &Path, format: Format) -> Result<(), Failure> {
         patterns: compiled.policy.pattern_count(),
         global_allow_list: compiled.policy.global_allow_list.len(),
         global_deny_list: compiled.policy.global_deny_list.len(),
+        language_version: compiled.policy.version.as_str(),
+        rules_with_ports: compiled.policy.port_rule_count(),
+        internal_destinations: compiled.policy.internal_destination_count(),
+        network_rules: compiled.policy.network.rule_count(),
     };
     match format {
         Format::Json => println!("{}", to_json(&i)),
@@ -66,6 +78,12 @@ pub fn run(path: &Path, format: Format) -> Result<(), Failure> {
                 "patterns:         {} ({} global allow, {} global deny)",
                 i.patterns, i.global_allow_list, i.global_deny_list
             );
+            println!("language:         {}", i.language_version);
+            if i.language_version != "v1" {
+                println!("ports:            {} rule(s) with allowed_ports", i.rules_with_ports);
+                println!("exceptions:       {} internal destination(s)", i.internal_destinations);
+                println!("network rules:    {}", i.network_rules);
+            }
         }
     }
     Ok(())

@@ -200,6 +200,8 @@ fn only_planned_changes(old: &Policy, new: &Policy, plan: &Plan) -> Result<(), S
             project: role.new_service_project.clone().unwrap_or_default(),
             action: role.new_service_action.unwrap_or(Action::Enforce),
             allowed_domains: role.entries.iter().map(|e| parse(&e.pattern)).collect::<Result<_, _>>()?,
+            allowed_ports: Vec::new(),
+            internal_destinations: Vec::new(),
         });
     }
     if expected.len() != new.services.len() {
