@@ -248,7 +248,7 @@ fn inspect_verifies_and_names_the_problem() {
     let run = policyc(&["inspect", s(&table), "--format", "json"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let v: Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["format_version"], 2);
     assert_eq!(v["services"], 1);
     assert_eq!(v["patterns"], 3);
     assert_eq!(v["source_name"], "a.yaml");
@@ -281,7 +281,7 @@ fn inspect_verifies_and_names_the_problem() {
                 b[8] = 9;
                 b
             },
-            "unsupported table format version 9 (this build reads version 1)",
+            "unsupported table format version 9 (this build reads version 2)",
         ),
         (
             "magic",

@@ -11,6 +11,7 @@ mod diff;
 mod formats;
 mod policy_tests;
 mod schema;
+mod signing;
 
 use std::path::{Path, PathBuf};
 

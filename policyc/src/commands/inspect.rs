@@ -25,6 +25,10 @@ struct Inspection<'a> {
     patterns: usize,
     global_allow_list: usize,
     global_deny_list: usize,
+    /// Whether a signature block is present (not whether it verifies: see `policyc verify`).
+    signed: bool,
+    serial: Option<u64>,
+    key_id: Option<String>,
 }
 
 pub fn run(path: &Path, format: Format) -> Result<(), Failure> {
@@ -47,6 +51,9 @@ pub fn run(path: &Path, format: Format) -> Result<(), Failure> {
         patterns: compiled.policy.pattern_count(),
         global_allow_list: compiled.policy.global_allow_list.len(),
         global_deny_list: compiled.policy.global_deny_list.len(),
+        signed: compiled.signature.is_some(),
+        serial: compiled.signature.as_ref().map(|s| s.serial),
+        key_id: compiled.signature.as_ref().map(|s| s.key_id.to_string()),
     };
     match format {
         Format::Json => println!("{}", to_json(&i)),
@@ -66,6 +73,12 @@ pub fn run(path: &Path, format: Format) -> Result<(), Failure> {
                 "patterns:         {} ({} global allow, {} global deny)",
                 i.patterns, i.global_allow_list, i.global_deny_list
             );
+            match (i.serial, &i.key_id) {
+                (Some(serial), Some(key_id)) => println!(
+                    "signature:        present: serial {serial}, key id {key_id} (not checked here: use `policyc verify`)"
+                ),
+                _ => println!("signature:        none (unsigned)"),
+            }
         }
     }
     Ok(())
