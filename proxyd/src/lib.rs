@@ -12,7 +12,9 @@
 //! [`tunnel`] (moving bytes), [`answer`] (failures to HTTP answers), [`log`],
 //! [`reload`] (the active table and live reload), [`metrics`] (the one
 //! instrumentation facade) with [`statsd`] (its UDP export), and [`admin`]
-//! (health, readiness, policy and metrics endpoints).
+//! (health, readiness, policy and metrics endpoints). [`policy_trust`]
+//! decides which tables may serve (signatures, rollback) and
+//! [`policy_fetch`] polls `--policy-url`.
 
 pub mod admin;
 pub mod answer;
@@ -20,6 +22,8 @@ pub mod config;
 pub mod egress;
 pub mod log;
 pub mod metrics;
+pub mod policy_fetch;
+pub mod policy_trust;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod resolver;

@@ -19,6 +19,7 @@ mod lifecycle;
 mod metrics;
 mod pki;
 mod reload;
+mod signing;
 mod ssrf;
 mod statsd;
 mod tls;
