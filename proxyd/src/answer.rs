@@ -148,6 +148,8 @@ mod tests {
         };
         assert_eq!(timeout.status(), 504);
         assert_eq!(Refusal::Draining.status(), 503);
+        assert_eq!(Refusal::NoPolicy.status(), 503);
+        assert_eq!(Refusal::NoPolicy.to_string(), "no policy loaded");
     }
 
     #[test]
@@ -169,6 +171,7 @@ mod tests {
             Refusal::Dns { host: String::new(), error: ResolveError::NotFound { name: String::new() } },
             Refusal::Connect { host: String::new(), addr, error: io::Error::from(io::ErrorKind::ConnectionRefused) },
             Refusal::ConnectTimeout { host: String::new(), addr, after: Duration::ZERO },
+            Refusal::NoPolicy,
         ];
         for refusal in &all {
             assert!(crate::metrics::OUTCOMES.contains(&refusal.kind()), "{} is not counted", refusal.kind());

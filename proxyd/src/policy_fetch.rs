@@ -17,7 +17,10 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -153,6 +156,8 @@ pub struct Fetcher {
     /// refused table is fetched (and refused) again rather than hidden
     /// behind a 304.
     pending: (Option<HeaderValue>, Option<HeaderValue>),
+    /// Bytes read from the connection by the last fetch (head and body).
+    last_read: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -168,11 +173,23 @@ impl Fetcher {
             Some("https") => Some(tls_connector(settings.ca_file.as_deref())?),
             _ => None,
         };
-        Ok(Fetcher { settings, tls, etag: None, last_modified: None, pending: (None, None) })
+        Ok(Fetcher {
+            settings,
+            tls,
+            etag: None,
+            last_modified: None,
+            pending: (None, None),
+            last_read: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     pub fn settings(&self) -> &RemoteSettings {
         &self.settings
+    }
+
+    /// Bytes the last fetch read from the socket: a 304 costs its head only.
+    pub fn bytes_read_last_fetch(&self) -> u64 {
+        self.last_read.load(Ordering::Relaxed)
     }
 
     /// Fetches the URL once, conditionally, within [`FETCH_TIMEOUT`].
@@ -196,6 +213,8 @@ impl Fetcher {
             Err(_) => return Err(FetchError::Connect(format!("{target}: timed out after {CONNECT_TIMEOUT:?}"))),
         };
         let _ = tcp.set_nodelay(true);
+        self.last_read.store(0, Ordering::Relaxed);
+        let tcp = CountingIo { inner: tcp, read: Arc::clone(&self.last_read) };
         let request = self.request()?;
         let response = match &self.tls {
             None => exchange(tcp, request, self.settings.max_bytes).await?,
@@ -235,6 +254,37 @@ impl Fetcher {
             request = request.header(header::IF_MODIFIED_SINCE, modified);
         }
         request.body(Empty::new()).map_err(|e| FetchError::Http(e.to_string()))
+    }
+}
+
+/// A connection that counts the bytes read from it.
+struct CountingIo<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CountingIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read.fetch_add(buf.filled().len().saturating_sub(before) as u64, Ordering::Relaxed);
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountingIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -573,6 +623,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
 
     use super::*;
+    use std::net::SocketAddr;
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -587,6 +638,67 @@ mod tests {
         assert_eq!(backoff(s, 500, 0.0), s * 5);
         let r = random_fraction();
         assert!((0.0..1.0).contains(&r));
+    }
+
+    /// Serves `body` with ETag "v" (304 when the request carries it) on
+    /// loopback, one connection per request.
+    async fn etag_server(body: Vec<u8>) -> SocketAddr {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = Arc::new(body);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let body = Arc::clone(&body);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1 {
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    if head.contains("if-none-match: \"v\"") {
+                        let _ = stream.write_all(b"HTTP/1.1 304 Not Modified\r\nETag: \"v\"\r\n\r\n").await;
+                    } else {
+                        let reply = format!("HTTP/1.1 200 OK\r\nETag: \"v\"\r\nContent-Length: {}\r\n\r\n", body.len());
+                        let _ = stream.write_all(reply.as_bytes()).await;
+                        let _ = stream.write_all(body.as_slice()).await;
+                    }
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A 304 reads the response head and nothing else, whatever the table's
+    /// size: the body buffer is allocated only after a 200.
+    #[tokio::test]
+    async fn a_304_costs_the_same_for_any_table_size() {
+        let mut per_304 = Vec::new();
+        for size in [1_000usize, 8 * 1024 * 1024] {
+            let addr = etag_server(vec![7u8; size]).await;
+            let settings = RemoteSettings {
+                url: format!("http://{addr}/p.bin").parse().unwrap(),
+                poll_interval: Duration::from_secs(1),
+                cache: None,
+                ca_file: None,
+                max_bytes: MAX_FETCH_BYTES,
+            };
+            let mut fetcher = Fetcher::new(settings).unwrap();
+            assert_eq!(fetcher.fetch().await.unwrap(), Fetched::Body(vec![7u8; size]));
+            assert!(fetcher.bytes_read_last_fetch() >= size as u64);
+            // Validators are used only once the table is accepted.
+            fetcher.accepted();
+            let started = std::time::Instant::now();
+            assert_eq!(fetcher.fetch().await.unwrap(), Fetched::NotModified);
+            let elapsed = started.elapsed();
+            let read = fetcher.bytes_read_last_fetch();
+            println!("table {size} bytes: a 304 poll read {read} bytes in {elapsed:?}");
+            per_304.push(read);
+        }
+        assert!(per_304.iter().all(|r| *r < 256), "{per_304:?}");
+        assert_eq!(per_304[0], per_304[1], "a 304 does not depend on the table size");
     }
 
     #[test]
