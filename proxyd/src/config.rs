@@ -536,6 +536,12 @@ fn policy_distribution(args: &Args, file: &FileConfig) -> Result<(TrustSettings,
     key_files.extend(args.policy_public_key.iter().cloned());
     let trust = TrustSettings::from_files(&key_files, args.allow_policy_rollback)
         .map_err(|message| invalid("--policy-public-key", message))?;
+    if args.allow_policy_rollback && !trust.checks_signatures() {
+        return Err(invalid(
+            "--allow-policy-rollback",
+            "has no effect without --policy-public-key (serials are only checked on signed tables)".into(),
+        ));
+    }
     let Some(url) = &args.policy_url else {
         for (flag, given) in [
             ("--policy-poll-interval", args.policy_poll_interval.is_some()),

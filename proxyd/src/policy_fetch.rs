@@ -545,13 +545,15 @@ impl RemotePolicy {
         backoff(self.fetcher.settings.poll_interval, self.failures, random_fraction())
     }
 
-    /// Polls until `stop` resolves. While nothing is active, a table that
-    /// verifies is installed into `slot` (and announced to `admin`).
+    /// Polls until `stop` resolves; SIGHUP (`sighup`) polls at once. While
+    /// nothing is active, a table that verifies is installed into `slot` (and
+    /// announced to `admin`).
     pub async fn poll(
         mut self,
         mut state: Option<Arc<PolicyState>>,
         slot: PolicySlot,
         admin: Arc<AdminState>,
+        mut sighup: tokio::sync::mpsc::Receiver<()>,
         stop: impl Future<Output = ()>,
     ) {
         tokio::pin!(stop);
@@ -559,6 +561,7 @@ impl RemotePolicy {
             tokio::select! {
                 () = &mut stop => return,
                 () = tokio::time::sleep(self.next_delay()) => {}
+                Some(()) = sighup.recv() => {}
             }
             let fetched = tokio::select! {
                 () = &mut stop => return,

@@ -174,11 +174,10 @@ pub async fn serve(
     let stopped = async move {
         let _ = watching_stopped.await;
     };
-    // A URL source is polled; a file is watched. Never both.
+    // A URL source is polled (SIGHUP polls at once); a file is watched. Never both.
     let watcher = match (remote, initial) {
         (Some(remote), initial) => {
-            drop(sighup_rx);
-            tokio::spawn(remote.poll(initial, Arc::clone(&shared.policy), Arc::clone(&admin_state), stopped))
+            tokio::spawn(remote.poll(initial, Arc::clone(&shared.policy), Arc::clone(&admin_state), sighup_rx, stopped))
         }
         (None, Some(initial)) => tokio::spawn(reload::watch(initial, shared.config.reload, sighup_rx, stopped)),
         (None, None) => tokio::spawn(stopped),

@@ -136,6 +136,12 @@ fn unsigned_wrong_or_corrupt_tables_are_refused_at_start() {
     assert!(e.contains("--policy"), "{e}");
     let e = refused_at_start(&["--policy", s(&path), "--policy-public-key", s(&path)]);
     assert!(e.contains("PUBLIC KEY"), "{e}");
+    let e = refused_at_start(&["--policy", s(&path), "--allow-policy-rollback"]);
+    assert!(e.contains("--policy-public-key"), "{e}");
+    let e = refused_at_start(&["--policy", s(&path), "--policy-cache", s(&path)]);
+    assert!(e.contains("--policy-url"), "{e}");
+    let e = refused_at_start(&["--policy-url", "ftp://127.0.0.1/p", "--policy-public-key", s(&public)]);
+    assert!(e.contains("http"), "{e}");
 }
 
 #[test]
@@ -156,6 +162,10 @@ fn reload_refusals_keep_the_active_table_and_serials_must_grow() {
             "--admin-listen",
             "127.0.0.1:0",
             "--allow-missing-role",
+            // The watcher starts just after the listening line; the periodic
+            // check catches a change made before it watches.
+            "--policy-check-interval",
+            "1s",
         ],
         &[],
     );
@@ -227,6 +237,8 @@ fn rollback_is_accepted_with_the_flag() {
         "--admin-listen",
         "127.0.0.1:0",
         "--allow-policy-rollback",
+        "--policy-check-interval",
+        "1s",
     ];
     let mut daemon = Daemon::start(proxyd_binary(), &args, &[]);
     let admin = admin(&daemon);
@@ -255,6 +267,8 @@ fn key_rotation_old_and_new_then_only_new() {
         s(&new_public),
         "--admin-listen",
         "127.0.0.1:0",
+        "--policy-check-interval",
+        "1s",
     ];
     let mut daemon = Daemon::start(proxyd_binary(), &both, &[]);
     let admin_addr = admin(&daemon);
@@ -265,7 +279,16 @@ fn key_rotation_old_and_new_then_only_new() {
     assert!(daemon.terminate().success());
 
     // The old key is revoked by removing it.
-    let only_new = ["--policy", s(&path), "--policy-public-key", s(&new_public), "--admin-listen", "127.0.0.1:0"];
+    let only_new = [
+        "--policy",
+        s(&path),
+        "--policy-public-key",
+        s(&new_public),
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--policy-check-interval",
+        "1s",
+    ];
     let mut daemon = Daemon::start(proxyd_binary(), &only_new, &[]);
     publish(&path, &signed(3, &old, 3));
     let line = next_reload(&mut daemon);

@@ -15,6 +15,9 @@ use ring::rand::SystemRandom;
 use super::Failure;
 
 pub fn run(private: &Path, public: &Path, force: bool) -> Result<(), Failure> {
+    if private == public {
+        return Err(Failure::Usage("--private and --public must be different files".into()));
+    }
     if !force {
         for path in [private, public] {
             if path.symlink_metadata().is_ok() {
