@@ -103,15 +103,18 @@ completions:
 	@ls target/completions
 
 ## kubernetes-policy: compile POLICY (default policies/default.yaml, with its tests) into
-## deploy/kubernetes/policy.bin, which the kustomization's ConfigMap generator ships.
+## deploy/kubernetes/policy.bin, signed with SIGNING_KEY (the deployment verifies it against
+## deploy/kubernetes/policy-signing.pub), which the kustomization's ConfigMap generator ships.
 kubernetes-policy:
 	$(POLICYC_RUN) compile $(or $(POLICY),policies/default.yaml) \
-		--test policies/tests/$$(basename $(or $(POLICY),policies/default.yaml)) -o deploy/kubernetes/policy.bin
+		--test policies/tests/$$(basename $(or $(POLICY),policies/default.yaml)) -o deploy/kubernetes/policy.bin \
+		--sign $(or $(SIGNING_KEY),$(error set SIGNING_KEY=path/to/private.key: see docs/signing.md))
 
 ## bench: every benchmark, each reporting ratios against a baseline measured in the same run:
 ## decide/compile/load (criterion), the daemon under load, and reload latency.
 bench:
 	$(CARGO) bench --locked -p egress-policy --bench decide
+	$(CARGO) bench --locked -p egress-policy --bench signature
 	$(CARGO) bench --locked -p policyc --bench diff
 	$(CARGO) bench --locked -p policyc --bench suggest
 	$(CARGO) bench --locked -p proxyd --bench load
@@ -123,7 +126,7 @@ bench:
 fuzz-smoke:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
 	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build
-	@set -e; for t in acl_check table_decode authority host_canonical proxy_protocol address_classify policytest_parse policy_diff decision_log suggest_edit; do \
+	@set -e; for t in acl_check table_decode signed_table authority host_canonical proxy_protocol address_classify policytest_parse policy_diff decision_log suggest_edit; do \
 		mkdir -p fuzz/scratch/$$t; \
 		echo "fuzz-smoke: $$t for $${FUZZ_SECONDS:-20}s"; \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t fuzz/scratch/$$t fuzz/corpus/$$t -- \

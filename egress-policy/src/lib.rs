@@ -9,6 +9,8 @@
 //! What this crate may not do: network I/O, read a clock, print, or depend on
 //! a CLI or async runtime. The only file I/O is [`table::read_file`] and
 //! [`table::write_atomically`]; everything else is a function of its input.
+//! [`signature`] signs and verifies tables with Ed25519 (ring); key
+//! generation takes the caller's random source.
 //!
 //! # The whole flow
 //!
@@ -62,6 +64,7 @@ pub mod host;
 pub mod index;
 pub mod pattern;
 pub mod policy;
+pub mod signature;
 pub mod special_purpose;
 pub mod table;
 pub mod yaml;

@@ -7,7 +7,11 @@
 //!     12     8  body length      u64 little-endian
 //!     20    32  SHA-256 of body
 //!     52     …  body             postcard encoding of `Body`
+//!  52+len    88  optional signature block (see [`crate::signature`])
 //! ```
+//!
+//! Version 2 added the optional signature block after the body; nothing may
+//! follow the body except exactly one such block.
 //!
 //! A reader checks all four header fields before decoding a byte of the body,
 //! bounds every length, re-validates every pattern and name (a table is input
@@ -29,6 +33,8 @@ use sha2::{Digest, Sha256};
 
 use ipnet::IpNet;
 
+use crate::signature::{self, SignatureBlock};
+
 use crate::address::AddressSpec;
 use crate::decision::PolicyTable;
 use crate::host;
@@ -44,6 +50,8 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 52;
 /// Upper bound on a body: 100,000 patterns take about 2 MiB.
 pub const MAX_BODY_LEN: u64 = 256 * 1024 * 1024;
+/// Largest valid table file: header, the largest body, a signature block.
+pub const MAX_FILE_LEN: u64 = HEADER_LEN as u64 + MAX_BODY_LEN + signature::BLOCK_LEN as u64;
 /// Hex digits of the body digest used as the revision.
 const REVISION_HEX_LEN: usize = 12;
 
@@ -155,6 +163,13 @@ pub enum TableError {
     /// Bytes after the body the header announces.
     #[error("{0} unexpected bytes after the body")]
     TrailingBytes(u64),
+    /// Bytes after the body that are not a signature block (the only block
+    /// that may follow).
+    #[error("unknown block after the body (magic {found:02x?}; only a signature block may follow)")]
+    UnknownBlock {
+        /// The first bytes found where a block's magic should be.
+        found: Vec<u8>,
+    },
     /// The body's SHA-256 differs from the header's: the table was damaged
     /// or altered after compiling.
     #[error("checksum mismatch: the body is corrupt (header says {expected}, body hashes to {actual})")]
@@ -203,6 +218,9 @@ pub struct CompiledTable {
     pub policy: Policy,
     /// The policy in lookup form, ready for [`PolicyTable::decide`].
     pub table: PolicyTable,
+    /// The signature block, if the table has one: decoded, not verified
+    /// (see [`signature::Keyring::verify`]).
+    pub signature: Option<SignatureBlock>,
     revision: String,
 }
 
@@ -330,7 +348,10 @@ fn sorted_ports(ports: &[PortRange]) -> Vec<PortRange> {
 /// ```
 pub fn decode(bytes: &[u8]) -> Result<CompiledTable, TableError> {
     let header = read_header(bytes)?;
-    let body = bytes.get(HEADER_LEN..).unwrap_or_default();
+    // read_header checked that the body fits; what follows it is the trailer.
+    let body_end = usize::try_from(header.body_len).map_or(bytes.len(), |len| HEADER_LEN.saturating_add(len));
+    let body = bytes.get(HEADER_LEN..body_end).unwrap_or_default();
+    let trailer = bytes.get(body_end..).unwrap_or_default();
     let actual: [u8; 32] = Sha256::digest(body).into();
     if actual != header.body_sha256 {
         return Err(TableError::ChecksumMismatch {
@@ -345,8 +366,16 @@ pub fn decode(bytes: &[u8]) -> Result<CompiledTable, TableError> {
         return Err(TableError::Corrupt(format!("{} bytes left after the body", rest.len())));
     }
     let policy = validate(&decoded)?;
+    let signature = SignatureBlock::decode_trailer(trailer)?;
     let revision = hex::encode(header.body_sha256).get(..REVISION_HEX_LEN).unwrap_or_default().to_owned();
-    Ok(CompiledTable { table: PolicyTable::new(&policy), header, metadata: decoded.metadata, policy, revision })
+    Ok(CompiledTable {
+        table: PolicyTable::new(&policy),
+        header,
+        metadata: decoded.metadata,
+        policy,
+        signature,
+        revision,
+    })
 }
 
 fn read_header(bytes: &[u8]) -> Result<Header, TableError> {
@@ -379,9 +408,7 @@ fn read_header(bytes: &[u8]) -> Result<Header, TableError> {
     if have < need {
         return Err(TableError::Truncated { what: "body", have, need });
     }
-    if have > need {
-        return Err(TableError::TrailingBytes(have - need));
-    }
+    // Anything after the body is the trailer, checked by `decode`.
     Ok(Header { format_version: version, body_len, body_sha256 })
 }
 
@@ -531,7 +558,7 @@ pub fn read_file(path: &Path) -> Result<CompiledTable, TableError> {
 /// Reads a table file whole, but never more than a valid table can be: a
 /// larger file is refused without being read into memory.
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>, TableError> {
-    let limit = HEADER_LEN as u64 + MAX_BODY_LEN;
+    let limit = MAX_FILE_LEN;
     let mut bytes = Vec::new();
     fs::File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {

@@ -56,6 +56,13 @@ pub enum Command {
         tests: Vec<PathBuf>,
         #[command(flatten)]
         disabled: Disabled,
+        /// Sign the table with this Ed25519 private key (PEM, from `policyc keygen`).
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+        /// The signature's serial (a positive integer that must grow with
+        /// every release; default: the current Unix time in seconds).
+        #[arg(long, value_name = "N", requires = "sign", value_parser = parse_serial)]
+        serial: Option<u64>,
     },
     /// Show how a policy decides a role's request for a host.
     Explain {
@@ -82,6 +89,38 @@ pub enum Command {
         table: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
+    },
+    /// Generate an Ed25519 key pair for signing tables (PEM text files).
+    Keygen {
+        /// Where to write the private key (created mode 0600; keep it secret).
+        #[arg(long = "private", value_name = "KEY")]
+        private: PathBuf,
+        /// Where to write the public key (give it to proxyd's --policy-public-key).
+        #[arg(long = "public", value_name = "PUB")]
+        public: PathBuf,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign an existing compiled table (replacing any signature it has).
+    Sign {
+        table: PathBuf,
+        /// The Ed25519 private key (PEM).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// The signature's serial (positive; default: the current Unix time in seconds).
+        #[arg(long, value_name = "N", value_parser = parse_serial)]
+        serial: Option<u64>,
+        /// Where to write the signed table (atomically); default: in place.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Check that a table is signed by one of the given public keys (exit 0), else exit 1 with the reason.
+    Verify {
+        table: PathBuf,
+        /// A trusted public key (PEM; repeatable, e.g. old and new during a rotation).
+        #[arg(long = "public-key", value_name = "PUB", required = true)]
+        public_keys: Vec<PathBuf>,
     },
     /// Show which role/host decisions change between two policies (YAML or tables).
     Diff {
@@ -184,6 +223,14 @@ pub struct Disabled {
 impl Disabled {
     pub fn set(&self) -> ActionSet {
         self.actions.iter().copied().collect()
+    }
+}
+
+fn parse_serial(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("the serial must be a positive integer (1 or more)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a positive integer")),
     }
 }
 

@@ -17,6 +17,7 @@ mod manual;
 mod policy_tests;
 mod policy_v2;
 mod schema;
+mod signing;
 mod suggest;
 
 use std::path::{Path, PathBuf};

@@ -190,7 +190,7 @@ pub fn policy_json(state: &PolicyState) -> serde_json::Value {
         .last_attempt
         .as_ref()
         .map(|(at, result, error)| serde_json::json!({ "time": rfc3339(*at), "result": result, "error": error }));
-    serde_json::json!({
+    let mut document = serde_json::json!({
         "revision": table.revision(),
         "policy_file": state.path().display().to_string(),
         "file_sha256": hex::encode(active.file_sha256),
@@ -205,7 +205,11 @@ pub fn policy_json(state: &PolicyState) -> serde_json::Value {
         "compiled_with_disabled_actions": table.metadata.disabled_actions.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
         "reloads": status.counts().into_iter().map(|(result, n)| (result.to_owned(), n.into())).collect::<serde_json::Map<_, _>>(),
         "last_reload": last_reload,
-    })
+    });
+    if let Some(fields) = document.as_object_mut() {
+        fields.extend(crate::policy_trust::provenance_json(state, rfc3339));
+    }
+    document
 }
 
 /// Policy v2 in `/policy`: the language version, the effective network

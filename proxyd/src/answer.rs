@@ -34,6 +34,9 @@ pub enum Refusal {
     TunnelCap,
     #[error("proxy is shutting down")]
     Draining,
+    /// `--policy-url` has not produced a verified table yet (and no cache).
+    #[error("no policy loaded")]
+    NoPolicy,
     #[error("Failed to resolve remote hostname '{host}': {error}")]
     Dns { host: String, error: ResolveError },
     #[error("Failed to connect to remote host '{host}' ({addr}): {error}")]
@@ -50,7 +53,7 @@ impl Refusal {
             Refusal::Denied { .. } | Refusal::MissingRole { .. } => StatusCode::FORBIDDEN,
             Refusal::AuthRequired | Refusal::BadCredentials => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Refusal::TunnelCap => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Draining | Refusal::NoPolicy => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Dns { error: ResolveError::Timeout { .. }, .. } | Refusal::ConnectTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -69,6 +72,7 @@ impl Refusal {
             Refusal::BadCredentials => "bad_credentials",
             Refusal::TunnelCap => "tunnel_cap",
             Refusal::Draining => "draining",
+            Refusal::NoPolicy => "no_policy",
             Refusal::Dns { error: ResolveError::Timeout { .. }, .. } => "dns_timeout",
             Refusal::Dns { .. } => "dns_error",
             Refusal::Connect { .. } => "connect_error",
@@ -144,6 +148,8 @@ mod tests {
         };
         assert_eq!(timeout.status(), 504);
         assert_eq!(Refusal::Draining.status(), 503);
+        assert_eq!(Refusal::NoPolicy.status(), 503);
+        assert_eq!(Refusal::NoPolicy.to_string(), "no policy loaded");
     }
 
     #[test]
@@ -165,6 +171,7 @@ mod tests {
             Refusal::Dns { host: String::new(), error: ResolveError::NotFound { name: String::new() } },
             Refusal::Connect { host: String::new(), addr, error: io::Error::from(io::ErrorKind::ConnectionRefused) },
             Refusal::ConnectTimeout { host: String::new(), addr, after: Duration::ZERO },
+            Refusal::NoPolicy,
         ];
         for refusal in &all {
             assert!(crate::metrics::OUTCOMES.contains(&refusal.kind()), "{} is not counted", refusal.kind());

@@ -43,7 +43,11 @@ pub fn check(args: &Args) -> Report {
     let mut problems: Vec<String> = config_problems.iter().map(ToString::to_string).collect();
 
     // The policy, exactly as a start loads it (a fresh metrics facade: nothing is served).
-    let policy = if policy_named {
+    // A `--policy-url` source is not fetched here: its cache, when it exists,
+    // is checked as the table a start would fall back to.
+    let remote_without_cache =
+        config.policy_remote.as_ref().is_some_and(|remote| remote.cache.as_ref().is_none_or(|cache| !cache.exists()));
+    let policy = if policy_named && !remote_without_cache {
         match server::load_policy(&config, Arc::new(Metrics::new(None, false))) {
             Ok(policy) => Some(policy),
             Err(error) => {

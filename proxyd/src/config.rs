@@ -20,6 +20,8 @@ use serde::de::IgnoredAny;
 use egress_policy::address::{AddressRules, AddressSpec};
 use egress_policy::policy::{Action, ActionSet};
 
+use crate::policy_fetch::{MAX_FETCH_BYTES, RemoteSettings};
+use crate::policy_trust::TrustSettings;
 use crate::reload::ReloadSettings;
 use crate::tls::{ServerIdentity, TlsSettings};
 
@@ -141,6 +143,27 @@ pub struct Args {
     /// Write the man page proxyd.1 into DIR and exit (`make man`).
     #[arg(long, value_name = "DIR", hide = true)]
     pub generate_man: Option<PathBuf>,
+    /// Require tables signed by this Ed25519 public key (PEM, from `policyc keygen`; repeatable for rotation).
+    #[arg(long, value_name = "PUB")]
+    pub policy_public_key: Vec<PathBuf>,
+    /// Accept a signed table whose serial is not higher than the active one's.
+    #[arg(long)]
+    pub allow_policy_rollback: bool,
+    /// Fetch the signed table from this http(s) URL instead of --policy (needs --policy-public-key).
+    #[arg(long, value_name = "URL", conflicts_with = "policy")]
+    pub policy_url: Option<String>,
+    /// How often to poll --policy-url (conditional requests) [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub policy_poll_interval: Option<Duration>,
+    /// Keep the last verified table fetched from --policy-url here; start from it when the URL is down.
+    #[arg(long, value_name = "FILE")]
+    pub policy_cache: Option<PathBuf>,
+    /// PEM CA certificate(s) for an https --policy-url [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub policy_url_ca: Option<PathBuf>,
+    /// Size cap for --policy-url responses (tests lower it) [default: 256 MiB].
+    #[arg(long, value_name = "BYTES", hide = true)]
+    pub policy_url_max_bytes: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -205,6 +228,7 @@ pub struct FileConfig {
     admin_listen: Option<SocketAddr>,
     statsd_address: Option<String>,
     time_connect: Option<bool>,
+    policy_public_keys: Option<Vec<PathBuf>>,
     // Smokescreen keys for features a CONNECT-only proxy does not have:
     // accepted by the parser only to refuse them with a reason.
     acl_file: Option<IgnoredAny>,
@@ -292,6 +316,10 @@ pub struct Config {
     pub statsd_address: Option<String>,
     /// Send `cn.atpt.connect.time` to statsd.
     pub time_connect: bool,
+    /// Signature requirements for every table (none by default).
+    pub policy_trust: TrustSettings,
+    /// Fetch the table from a URL instead of `policy` (then `policy` is the cache path, or empty).
+    pub policy_remote: Option<RemoteSettings>,
 }
 
 impl std::fmt::Debug for Config {
@@ -332,6 +360,8 @@ impl Config {
             admin_listen: None,
             statsd_address: None,
             time_connect: false,
+            policy_trust: TrustSettings::default(),
+            policy_remote: None,
         }
     }
 
@@ -360,8 +390,12 @@ impl Config {
         let from_file = |key: &str| format!("config file key `{key}`");
         keep(p, file.refuse_unsupported());
 
-        let policy =
-            keep(p, args.policy.clone().or(file.policy.clone()).ok_or(ConfigError::MissingPolicy)).unwrap_or_default();
+        let (policy_trust, policy_remote) = keep(p, policy_distribution(args, &file)).unwrap_or_default();
+        let policy = match &policy_remote {
+            Some(remote) => remote.cache.clone().unwrap_or_default(),
+            None => keep(p, args.policy.clone().or(file.policy.clone()).ok_or(ConfigError::MissingPolicy))
+                .unwrap_or_default(),
+        };
 
         let mut disabled: ActionSet = args.disable_acl_policy_action.iter().copied().collect();
         for name in file.disable_acl_policy_actions.iter().flatten() {
@@ -530,6 +564,8 @@ impl Config {
             admin_listen,
             statsd_address,
             time_connect,
+            policy_trust,
+            policy_remote,
         };
         (config, problems)
     }
@@ -544,6 +580,61 @@ fn keep<T>(problems: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> O
             None
         }
     }
+}
+
+/// Signature and remote-fetch settings (`--policy-public-key`, `--policy-url`, ...).
+fn policy_distribution(args: &Args, file: &FileConfig) -> Result<(TrustSettings, Option<RemoteSettings>), ConfigError> {
+    let invalid = |input: &str, message: String| ConfigError::Invalid { input: input.into(), message };
+    let mut key_files = file.policy_public_keys.clone().unwrap_or_default();
+    key_files.extend(args.policy_public_key.iter().cloned());
+    let trust = TrustSettings::from_files(&key_files, args.allow_policy_rollback)
+        .map_err(|message| invalid("--policy-public-key", message))?;
+    if args.allow_policy_rollback && !trust.checks_signatures() {
+        return Err(invalid(
+            "--allow-policy-rollback",
+            "has no effect without --policy-public-key (serials are only checked on signed tables)".into(),
+        ));
+    }
+    let Some(url) = &args.policy_url else {
+        for (flag, given) in [
+            ("--policy-poll-interval", args.policy_poll_interval.is_some()),
+            ("--policy-cache", args.policy_cache.is_some()),
+            ("--policy-url-ca", args.policy_url_ca.is_some()),
+        ] {
+            if given {
+                return Err(invalid(flag, "has no effect without --policy-url".into()));
+            }
+        }
+        return Ok((trust, None));
+    };
+    if args.policy.is_some() || file.policy.is_some() {
+        return Err(invalid("--policy-url", "cannot be combined with --policy: choose one source".into()));
+    }
+    if !trust.checks_signatures() {
+        return Err(invalid(
+            "--policy-url",
+            "needs --policy-public-key: a fetched table is trusted only if its signature verifies".into(),
+        ));
+    }
+    let url = RemoteSettings::parse_url(url).map_err(|message| invalid("--policy-url", message))?;
+    let poll_interval = args.policy_poll_interval.unwrap_or(Duration::from_secs(30));
+    if poll_interval.is_zero() {
+        return Err(invalid("--policy-poll-interval", "must be greater than zero".into()));
+    }
+    if url.scheme_str() == Some("http") && args.policy_url_ca.is_some() {
+        return Err(invalid("--policy-url-ca", "only applies to an https:// --policy-url".into()));
+    }
+    let max_bytes = args.policy_url_max_bytes.unwrap_or(MAX_FETCH_BYTES).min(MAX_FETCH_BYTES);
+    Ok((
+        trust,
+        Some(RemoteSettings {
+            url,
+            poll_interval,
+            cache: args.policy_cache.clone(),
+            ca_file: args.policy_url_ca.clone(),
+            max_bytes,
+        }),
+    ))
 }
 
 /// `HOST:PORT` with a non-empty host and a port from 1 to 65535.

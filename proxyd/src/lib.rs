@@ -13,9 +13,11 @@
 //! [`reload`] (the active table and live reload), [`metrics`] (the one
 //! instrumentation facade) with [`statsd`] (its UDP export), [`events`] (the
 //! telemetry vocabulary both sinks consume; it imports neither), and
-//! [`admin`] (health, readiness, policy and metrics endpoints). Operators get
-//! [`check_config`] (`--check-config`), [`systemd`] (readiness and watchdog
-//! notifications) and [`manual`] (completions and man pages).
+//! [`admin`] (health, readiness, policy and metrics endpoints).
+//! [`policy_trust`] decides which tables may serve (signatures, rollback) and
+//! [`policy_fetch`] polls `--policy-url`. Operators get [`check_config`]
+//! (`--check-config`), [`systemd`] (readiness and watchdog notifications) and
+//! [`manual`] (completions and man pages).
 
 pub mod admin;
 pub mod answer;
@@ -26,6 +28,8 @@ pub mod events;
 pub mod log;
 pub mod manual;
 pub mod metrics;
+pub mod policy_fetch;
+pub mod policy_trust;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod resolver;

@@ -58,6 +58,8 @@ pub struct DecisionLine {
     pub dst_port: Option<u16>,
     pub dns_lookup_time_ms: Option<u64>,
     pub policy_revision: String,
+    /// The serial of the active table's signature, when it has one.
+    pub policy_serial: Option<u64>,
     /// The client's `X-Smokescreen-Trace-ID`, when valid.
     pub trace_id: Option<String>,
     /// Why the client's trace id was dropped.
@@ -87,6 +89,7 @@ impl DecisionLine {
             dst_port = self.dst_port,
             dns_lookup_time_ms = self.dns_lookup_time_ms,
             policy_revision = %self.policy_revision,
+            policy_serial = self.policy_serial,
             trace_id = self.trace_id.as_deref(),
             trace_id_error = self.trace_id_error,
             refusal = self.refusal,

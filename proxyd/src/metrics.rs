@@ -55,8 +55,11 @@ pub fn role_label(name: &str) -> String {
     if name.starts_with(':') { format!(":{name}") } else { name.to_owned() }
 }
 
+/// Results of a `--policy-url` fetch.
+pub const POLICY_FETCH_RESULTS: [&str; 3] = ["updated", "not_modified", "failed"];
+
 /// How every request ended: `tunnel`, a refusal kind (`answer::Refusal::kind`), or `client_gone`.
-pub const OUTCOMES: [&str; 14] = [
+pub const OUTCOMES: [&str; 15] = [
     "tunnel",
     "bad_request",
     "not_connect",
@@ -71,6 +74,7 @@ pub const OUTCOMES: [&str; 14] = [
     "connect_error",
     "connect_timeout",
     "client_gone",
+    "no_policy",
 ];
 
 /// A histogram with fixed bucket bounds, in integer base units (microseconds
@@ -201,6 +205,10 @@ pub struct Metrics {
     statsd: Option<StatsdSink>,
     statsd_dropped: AtomicU64,
     time_connect: bool,
+    /// Serial of the active table's signature block; 0 when unsigned.
+    policy_serial: AtomicU64,
+    /// `--policy-url` fetches by result (updated, not_modified, failed).
+    policy_fetches: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -233,6 +241,8 @@ impl Metrics {
             statsd,
             statsd_dropped: AtomicU64::new(0),
             time_connect,
+            policy_serial: AtomicU64::new(0),
+            policy_fetches: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -247,6 +257,7 @@ impl Metrics {
     /// A policy became active: its roles get labels; roles it no longer has
     /// fold into [`ROLE_OTHER`]; counters of roles it keeps carry on.
     pub fn policy_activated(&self, table: &CompiledTable) {
+        self.policy_serial.store(table.signature.as_ref().map_or(0, |s| s.serial), Ordering::Relaxed);
         let old = self.roles.load();
         let default_project = table.policy.default.as_ref().map_or("", |d| d.project.as_str());
         let tags = |counters: Arc<RoleCounters>, role: &str, project: &str| RoleSlot {
@@ -295,6 +306,15 @@ impl Metrics {
     }
 
     /// How a request ended: `"tunnel"`, a refusal kind, or `"client_gone"`.
+    /// One `--policy-url` fetch ended: `updated`, `not_modified` or `failed`.
+    pub fn policy_fetch(&self, result: &str) {
+        if let Some(i) = POLICY_FETCH_RESULTS.iter().position(|r| *r == result)
+            && let Some(counter) = self.policy_fetches.get(i)
+        {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn request(&self, outcome: &str) {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome)
             && let Some(counter) = self.outcomes.get(i)
@@ -503,6 +523,18 @@ impl Metrics {
         header(&mut out, "proxyd_policy_reloads_total", "counter", "Policy reload attempts by result.");
         for (result, count) in policy.reloads {
             let _ = writeln!(out, "proxyd_policy_reloads_total{{result=\"{result}\"}} {count}");
+        }
+
+        header(
+            &mut out,
+            "proxyd_policy_serial",
+            "gauge",
+            "Serial of the active table's signature (0 when the table is unsigned).",
+        );
+        let _ = writeln!(out, "proxyd_policy_serial {}", load(&self.policy_serial));
+        header(&mut out, "proxyd_policy_fetch_total", "counter", "--policy-url fetches by result.");
+        for (result, counter) in POLICY_FETCH_RESULTS.iter().zip(&self.policy_fetches) {
+            let _ = writeln!(out, "proxyd_policy_fetch_total{{result=\"{result}\"}} {}", load(counter));
         }
 
         header(&mut out, "proxyd_statsd_dropped_total", "counter", "statsd events dropped because the queue was full.");

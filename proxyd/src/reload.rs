@@ -9,6 +9,10 @@
 //! half-written, corrupt, wrong version, disabled action, empty, deleted —
 //! is refused with a log line naming the file and the reason, and the
 //! active table keeps serving. This module never serves traffic.
+//!
+//! Which candidates are acceptable (signatures, rollback) is decided in
+//! [`crate::policy_trust::admit`]; a table fetched from `--policy-url` is
+//! offered through [`PolicyState::offer`], the same path a file reload takes.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -24,6 +28,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
+use crate::policy_fetch::FetchLog;
+use crate::policy_trust::{self, TrustSettings};
 
 /// The table in service and where it came from.
 #[derive(Debug)]
@@ -32,6 +38,18 @@ pub struct ActivePolicy {
     /// SHA-256 of the file's bytes, to skip identical candidates cheaply.
     pub file_sha256: [u8; 32],
     pub loaded_at: SystemTime,
+    /// The signature, when public keys are configured (then it is always
+    /// present: an unsigned table is refused).
+    pub verified: Option<egress_policy::signature::Verified>,
+}
+
+/// Where candidate tables come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicySource {
+    /// The `--policy` file (reloaded on events, SIGHUP, the periodic check).
+    File,
+    /// Polled from `--policy-url`.
+    Url(String),
 }
 
 /// Counters and the last outcome of each kind, for logs, `/policy` and metrics.
@@ -76,6 +94,10 @@ impl ReloadOutcome {
 #[derive(Debug)]
 pub struct PolicyState {
     path: PathBuf,
+    source: PolicySource,
+    trust: TrustSettings,
+    /// The fetcher's record, for a URL source.
+    fetch: Option<Arc<FetchLog>>,
     disabled: ActionSet,
     active: ArcSwap<ActivePolicy>,
     status: Mutex<ReloadStatus>,
@@ -88,16 +110,81 @@ impl PolicyState {
     /// Loads the initial table; failure here stops start-up. `metrics`
     /// hears of every reload and of every table that becomes active.
     pub fn load(path: &Path, disabled: ActionSet, metrics: Arc<Metrics>) -> Result<Self, table::TableError> {
-        let active = read_candidate(path, disabled)?;
+        Self::load_trusted(path, disabled, TrustSettings::default(), metrics).map_err(|e| match e {
+            policy_trust::Refused::Table(e) => e,
+            // Without keys nothing but the table itself is checked.
+            other => table::TableError::Invalid(other.to_string()),
+        })
+    }
+
+    /// Loads the initial table from the `--policy` file, checked against `trust`.
+    pub fn load_trusted(
+        path: &Path,
+        disabled: ActionSet,
+        trust: TrustSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, policy_trust::Refused> {
+        let bytes = table::read_bytes(path)?;
+        let active = policy_trust::admit(&bytes, disabled, &trust, None).map_err(|e| match e {
+            policy_trust::Refused::Table(table::TableError::LooksLikeYaml(_)) => {
+                table::TableError::LooksLikeYaml(path.display().to_string()).into()
+            }
+            other => other,
+        })?;
+        Ok(Self::start(active, path, PolicySource::File, trust, None, disabled, metrics))
+    }
+
+    /// The initial table from bytes fetched from (or cached for) a URL.
+    /// `path` is the cache file, shown as `policy_file`.
+    pub fn from_fetched(
+        bytes: &[u8],
+        path: &Path,
+        url: &str,
+        disabled: ActionSet,
+        trust: TrustSettings,
+        fetch: Arc<FetchLog>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, policy_trust::Refused> {
+        let active = policy_trust::admit(bytes, disabled, &trust, None)?;
+        Ok(Self::start(active, path, PolicySource::Url(url.to_owned()), trust, Some(fetch), disabled, metrics))
+    }
+
+    fn start(
+        active: ActivePolicy,
+        path: &Path,
+        source: PolicySource,
+        trust: TrustSettings,
+        fetch: Option<Arc<FetchLog>>,
+        disabled: ActionSet,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         metrics.policy_activated(&active.table);
-        Ok(PolicyState {
+        PolicyState {
             path: path.to_path_buf(),
+            source,
+            trust,
+            fetch,
             disabled,
             active: ArcSwap::from_pointee(active),
             status: Mutex::new(ReloadStatus::default()),
             reloading: Mutex::new(()),
             metrics,
-        })
+        }
+    }
+
+    /// Where candidates come from.
+    pub fn source(&self) -> &PolicySource {
+        &self.source
+    }
+
+    /// The signature requirements every candidate is checked against.
+    pub fn trust(&self) -> &TrustSettings {
+        &self.trust
+    }
+
+    /// The fetcher's record, for a URL source.
+    pub fn fetch_log(&self) -> Option<&FetchLog> {
+        self.fetch.as_deref()
     }
 
     /// The table in service now. Cheap; hold it for one request.
@@ -120,18 +207,27 @@ impl PolicyState {
 
     /// Reads the file again and swaps it in if it verifies and differs.
     pub fn reload(&self, trigger: &str) -> ReloadOutcome {
+        let bytes = table::read_bytes(&self.path).map_err(|e| e.to_string());
+        self.consider(bytes.as_deref().map_err(String::as_str), trigger)
+    }
+
+    /// Offers fetched bytes: the same checks and swap as a file reload.
+    pub fn offer(&self, bytes: &[u8], trigger: &str) -> ReloadOutcome {
+        self.consider(Ok(bytes), trigger)
+    }
+
+    fn consider(&self, bytes: Result<&[u8], &str>, trigger: &str) -> ReloadOutcome {
         let _serial = self.reloading.lock();
         let old = self.current();
-        let outcome = match table::read_bytes(&self.path) {
-            Err(e) => ReloadOutcome::Refused(e.to_string()),
-            Ok(bytes) if <[u8; 32]>::from(Sha256::digest(&bytes)) == old.file_sha256 => ReloadOutcome::Unchanged,
-            Ok(bytes) => match verify(&bytes, self.disabled) {
+        let outcome = match bytes {
+            Err(e) => ReloadOutcome::Refused(e.to_owned()),
+            Ok(bytes) if <[u8; 32]>::from(Sha256::digest(bytes)) == old.file_sha256 => ReloadOutcome::Unchanged,
+            Ok(bytes) => match policy_trust::admit(bytes, self.disabled, &self.trust, Some(&old)) {
                 Err(e) => ReloadOutcome::Refused(e.to_string()),
-                Ok(table) => {
-                    let new = table.revision().to_owned();
-                    let file_sha256 = Sha256::digest(&bytes).into();
-                    self.metrics.policy_activated(&table);
-                    self.active.store(Arc::new(ActivePolicy { table, file_sha256, loaded_at: SystemTime::now() }));
+                Ok(active) => {
+                    let new = active.table.revision().to_owned();
+                    self.metrics.policy_activated(&active.table);
+                    self.active.store(Arc::new(active));
                     ReloadOutcome::Swapped { old: old.table.revision().to_owned(), new }
                 }
             },
@@ -155,7 +251,10 @@ impl PolicyState {
                 }
             }
         }
-        let file = self.path.display().to_string();
+        let file = match &self.source {
+            PolicySource::File => self.path.display().to_string(),
+            PolicySource::Url(url) => url.clone(),
+        };
         match &outcome {
             ReloadOutcome::Swapped { old, new } => {
                 tracing::info!(%file, trigger, old_revision = %old, new_revision = %new, "policy reloaded");
@@ -173,24 +272,6 @@ impl PolicyState {
         }
         outcome
     }
-}
-
-fn read_candidate(path: &Path, disabled: ActionSet) -> Result<ActivePolicy, table::TableError> {
-    let bytes = table::read_bytes(path)?;
-    let table = verify(&bytes, disabled).map_err(|e| match e {
-        table::TableError::LooksLikeYaml(_) => table::TableError::LooksLikeYaml(path.display().to_string()),
-        other => other,
-    })?;
-    Ok(ActivePolicy { table, file_sha256: Sha256::digest(&bytes).into(), loaded_at: SystemTime::now() })
-}
-
-fn verify(bytes: &[u8], disabled: ActionSet) -> Result<CompiledTable, table::TableError> {
-    if bytes.is_empty() {
-        return Err(table::TableError::Truncated { what: "header", have: 0, need: table::HEADER_LEN as u64 });
-    }
-    let table = table::decode(bytes)?;
-    table.check_disabled(disabled)?;
-    Ok(table)
 }
 
 /// How reloads are triggered.

@@ -38,6 +38,8 @@ use crate::config::Config;
 use crate::egress::{self, AddressStage, ConnectFailure};
 use crate::log::{self, DecisionLine};
 use crate::metrics::{DnsResult, Metrics, RoleTags};
+use crate::policy_fetch::{Fetcher, PolicySlot, RemotePolicy};
+use crate::policy_trust;
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::reload::{self, PolicyState};
 use crate::resolver::{ResolveError, Resolver};
@@ -54,6 +56,11 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub enum StartError {
     #[error("policy {path}: {error}")]
     Policy { path: String, error: table::TableError },
+    /// The table decodes but its signature (or serial) is not acceptable.
+    #[error("policy {path}: refused: {reason}")]
+    PolicyNotTrusted { path: String, reason: String },
+    #[error("--policy-url: {0}")]
+    PolicyUrl(String),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("resolver: {0}")]
@@ -69,7 +76,8 @@ pub enum StartError {
 /// Everything a request needs, shared by all connections.
 struct Shared {
     config: Config,
-    policy: Arc<PolicyState>,
+    /// Empty only while `--policy-url` has produced no verified table.
+    policy: PolicySlot,
     addresses: AddressPolicy,
     resolver: Resolver,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -114,8 +122,8 @@ pub async fn serve(
             let _ = admin_stopped.await;
         }))
     });
-    let policy = match load_policy(&config, Arc::clone(&metrics)) {
-        Ok(policy) => Arc::new(policy),
+    let (initial, remote) = match load_initial_policy(&config, &metrics).await {
+        Ok(loaded) => loaded,
         Err(error) => {
             if let Some(task) = admin_task {
                 task.abort();
@@ -123,7 +131,11 @@ pub async fn serve(
             return Err(error);
         }
     };
-    admin_state.policy_loaded(Arc::clone(&policy));
+    let policy: PolicySlot = Arc::new(std::sync::OnceLock::new());
+    if let Some(initial) = &initial {
+        let _ = policy.set(Arc::clone(initial));
+        admin_state.policy_loaded(Arc::clone(initial));
+    }
     let tls = tls_acceptor(&config)?;
     let resolver = Resolver::new(&config.resolver_addresses, config.dns_timeout)?;
     let mut rules = config.address_rules.clone();
@@ -148,8 +160,9 @@ pub async fn serve(
         listen = %local,
         admin = admin_addr.map(|a| a.to_string()),
         statsd = shared.config.statsd_address.as_deref(),
-        policy = %shared.config.policy.display(),
-        policy_revision = %shared.policy.current().table.revision(),
+        policy = %shared.config.policy_remote.as_ref().map_or_else(|| shared.config.policy.display().to_string(), |r| r.url.to_string()),
+        policy_revision = shared.policy.get().map(|p| p.current().table.revision().to_owned()),
+        policy_serial = shared.policy.get().and_then(|p| p.current().table.signature.as_ref().map(|s| s.serial)),
         tls = shared.tls.is_some(),
         proxy_protocol = shared.config.proxy_protocol,
         "proxyd listening"
@@ -158,10 +171,17 @@ pub async fn serve(
     // Reloads: file events, SIGHUP, and a periodic check, until shutdown.
     let (stop_watching, watching_stopped) = tokio::sync::oneshot::channel::<()>();
     let (sighup_tx, sighup_rx) = mpsc::channel::<()>(1);
-    let watcher =
-        tokio::spawn(reload::watch(Arc::clone(&shared.policy), shared.config.reload, sighup_rx, async move {
-            let _ = watching_stopped.await;
-        }));
+    let stopped = async move {
+        let _ = watching_stopped.await;
+    };
+    // A URL source is polled (SIGHUP polls at once); a file is watched. Never both.
+    let watcher = match (remote, initial) {
+        (Some(remote), initial) => {
+            tokio::spawn(remote.poll(initial, Arc::clone(&shared.policy), Arc::clone(&admin_state), sighup_rx, stopped))
+        }
+        (None, Some(initial)) => tokio::spawn(reload::watch(initial, shared.config.reload, sighup_rx, stopped)),
+        (None, None) => tokio::spawn(stopped),
+    };
     let sighup = tokio::spawn(forward_sighup(sighup_tx));
     // Policy loaded, listener accepting, SIGHUP handled: tell systemd.
     systemd::ready();
@@ -218,11 +238,18 @@ pub async fn serve(
     Ok(())
 }
 
-/// Loads the policy table `config` names, verified exactly as every start
-/// does; `--check-config` calls this too, so it checks what a start checks.
+/// Loads the policy table file `config` names, verified exactly as every
+/// start does (checksum, disabled actions, signature and serial when keys
+/// are configured); `--check-config` calls this too, so it checks what a
+/// start checks.
 pub fn load_policy(config: &Config, metrics: Arc<Metrics>) -> Result<PolicyState, StartError> {
-    PolicyState::load(&config.policy, config.disabled_actions, metrics)
-        .map_err(|error| StartError::Policy { path: config.policy.display().to_string(), error })
+    let path = config.policy.display().to_string();
+    PolicyState::load_trusted(&config.policy, config.disabled_actions, config.policy_trust.clone(), metrics).map_err(
+        |refused| match refused {
+            policy_trust::Refused::Table(error) => StartError::Policy { path, error },
+            other => StartError::PolicyNotTrusted { path, reason: other.to_string() },
+        },
+    )
 }
 
 /// The TLS acceptor for the client-facing listener (certificates, keys,
@@ -232,6 +259,24 @@ pub fn tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>
         Some(settings) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(settings)?)),
         None => None,
     })
+}
+
+/// The initial policy and, for `--policy-url`, the poller that keeps it
+/// current. A file must load and verify (else start-up fails, naming the
+/// reason); a URL source may start with no policy (not ready, 503) when
+/// neither the URL nor the cache gives a verified table.
+async fn load_initial_policy(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<(Option<Arc<PolicyState>>, Option<RemotePolicy>), StartError> {
+    if let Some(settings) = &config.policy_remote {
+        let fetcher = Fetcher::new(settings.clone()).map_err(StartError::PolicyUrl)?;
+        let trust = config.policy_trust.clone();
+        let mut remote = RemotePolicy::new(fetcher, config.disabled_actions, trust, Arc::clone(metrics));
+        let initial = remote.start().await;
+        return Ok((initial, Some(remote)));
+    }
+    Ok((Some(Arc::new(load_policy(config, Arc::clone(metrics))?)), None))
 }
 
 /// Resolves the statsd `HOST:PORT` once and starts the sink.
@@ -329,7 +374,22 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
 /// One CONNECT request: decide, connect, answer, and start the tunnel.
 async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: ConnectionInfo) -> Response<Full<Bytes>> {
     // One table for the whole request, even if a reload swaps it meanwhile.
-    let policy = shared.policy.current();
+    let Some(policy) = shared.policy.get().map(|state| state.current()) else {
+        let mut line = PendingLine::new(
+            DecisionLine {
+                id: log::request_id(),
+                requested_host: request.uri().to_string(),
+                inbound_remote_addr: Some(info.client),
+                refusal: Some(Refusal::NoPolicy.kind()),
+                error: Some(Refusal::NoPolicy.to_string()),
+                allow: Some(false),
+                ..DecisionLine::default()
+            },
+            &shared.metrics,
+        );
+        line.emit();
+        return answer::response(&Refusal::NoPolicy, None);
+    };
     let (trace_id, trace_id_error) = match log::trace_id(request.headers()) {
         Ok(trace_id) => (trace_id, None),
         Err(why) => (None, Some(why)),
@@ -341,6 +401,7 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: Conne
             requested_host: request.uri().to_string(),
             inbound_remote_addr: Some(info.client),
             policy_revision: policy.table.revision().to_owned(),
+            policy_serial: policy.table.signature.as_ref().map(|s| s.serial),
             trace_id,
             trace_id_error,
             ..DecisionLine::default()

@@ -23,6 +23,7 @@ mod metrics;
 mod operator;
 mod pki;
 mod reload;
+mod signing;
 mod ssrf;
 mod statsd;
 mod systemd;

@@ -8,5 +8,6 @@
 
 mod pipeline;
 mod policy_v2;
+mod signing;
 mod suggest;
 mod support;

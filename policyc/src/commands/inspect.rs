@@ -33,6 +33,10 @@ struct Inspection<'a> {
     internal_destinations: usize,
     /// v2: rules in the `network` section.
     network_rules: usize,
+    /// Whether a signature block is present (not whether it verifies: see `policyc verify`).
+    signed: bool,
+    serial: Option<u64>,
+    key_id: Option<String>,
 }
 
 pub fn run(path: &Path, format: Format) -> Result<(), Failure> {
@@ -59,6 +63,9 @@ pub fn run(path: &Path, format: Format) -> Result<(), Failure> {
         rules_with_ports: compiled.policy.port_rule_count(),
         internal_destinations: compiled.policy.internal_destination_count(),
         network_rules: compiled.policy.network.rule_count(),
+        signed: compiled.signature.is_some(),
+        serial: compiled.signature.as_ref().map(|s| s.serial),
+        key_id: compiled.signature.as_ref().map(|s| s.key_id.to_string()),
     };
     match format {
         Format::Json => println!("{}", to_json(&i)),
@@ -83,6 +90,12 @@ pub fn run(path: &Path, format: Format) -> Result<(), Failure> {
                 println!("ports:            {} rule(s) with allowed_ports", i.rules_with_ports);
                 println!("exceptions:       {} internal destination(s)", i.internal_destinations);
                 println!("network rules:    {}", i.network_rules);
+            }
+            match (i.serial, &i.key_id) {
+                (Some(serial), Some(key_id)) => println!(
+                    "signature:        present: serial {serial}, key id {key_id} (not checked here: use `policyc verify`)"
+                ),
+                _ => println!("signature:        none (unsigned)"),
             }
         }
     }

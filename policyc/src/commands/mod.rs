@@ -31,9 +31,12 @@ pub mod coverage;
 pub mod diff;
 pub mod explain;
 pub mod inspect;
+pub mod keygen;
 pub mod man;
+pub mod sign;
 pub mod suggest;
 pub mod test;
+pub mod verify;
 
 /// A failure that ends the command, with its exit code.
 #[derive(Debug)]
@@ -53,7 +56,12 @@ pub fn run(cli: Cli) -> ExitCode {
             check::run(&files, disabled.set(), deny_warnings, format)
         }
         Command::Test { policy, tests, disabled, format } => test::run(&policy, &tests, disabled.set(), format),
-        Command::Compile { file, output, tests, disabled } => compile::run(&file, &output, &tests, disabled.set()),
+        Command::Compile { file, output, tests, disabled, sign, serial } => {
+            compile::run(&file, &output, &tests, disabled.set(), sign.as_deref(), serial)
+        }
+        Command::Keygen { private, public, force } => keygen::run(&private, &public, force),
+        Command::Sign { table, key, serial, output } => sign::run(&table, &key, serial, output.as_deref()),
+        Command::Verify { table, public_keys } => verify::run(&table, &public_keys),
         Command::Explain { policy, role, destination, ip, disabled, format } => {
             explain::run(&policy, &role, &destination, ip, disabled.set(), format)
         }
