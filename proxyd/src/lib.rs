@@ -20,6 +20,7 @@ pub mod answer;
 pub mod config;
 pub mod egress;
 pub mod events;
+pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod proxy_protocol;

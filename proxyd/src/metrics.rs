@@ -54,7 +54,8 @@ pub fn role_label(name: &str) -> String {
 }
 
 /// How every request ended: `tunnel`, a refusal kind (`answer::Refusal::kind`), or `client_gone`.
-pub const OUTCOMES: [&str; 14] = [
+/// New outcomes are appended, so existing series keep their order.
+pub const OUTCOMES: [&str; 15] = [
     "tunnel",
     "bad_request",
     "not_connect",
@@ -69,6 +70,7 @@ pub const OUTCOMES: [&str; 14] = [
     "connect_error",
     "connect_timeout",
     "client_gone",
+    "client_tunnel_cap",
 ];
 
 /// A histogram with fixed bucket bounds, in integer base units (microseconds

@@ -17,6 +17,7 @@ mod dns_server;
 mod harness;
 mod layout;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod pki;
 mod reload;

@@ -238,15 +238,19 @@ async fn a_policy_rewritten_without_pause_reloads_within_the_max_wait() {
     // Events about the policy itself, every millisecond or so: the quiet
     // period (100 ms) never runs out, so only the bound on the wait (5 quiet
     // periods) lets the reload happen while the writes go on. Each write is
-    // a complete table (write and rename), so no read can catch half a file.
+    // a complete table (write and rename), so no read can catch half a file;
+    // without fsync, so writes come faster than the quiet period even on a
+    // loaded machine.
     let s = start(plain, |_| {}).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let (stop, path, bytes) = (Arc::clone(&stop), s.path(), b());
+        let staged = path.with_extension("staged");
         std::thread::spawn(move || {
             let mut writes = 0u64;
             while !stop.load(Ordering::Relaxed) && writes < 100_000 {
-                table::write_atomically(&path, &bytes).unwrap();
+                std::fs::write(&staged, &bytes).unwrap();
+                std::fs::rename(&staged, &path).unwrap();
                 writes += 1;
                 std::thread::sleep(Duration::from_millis(1));
             }
