@@ -381,3 +381,22 @@ async fn a_reload_storm_under_load_drops_no_tunnel() {
     assert!(failures.is_empty(), "{} failed tunnels, first: {:?}", failures.len(), failures.first());
     assert!(ok.load(Ordering::Relaxed) > 100, "the load actually ran: {}", ok.load(Ordering::Relaxed));
 }
+
+#[tokio::test]
+async fn reading_the_policy_is_no_reason_to_read_it_again() {
+    // Each reload opens the file; an open is a file event too. Counted as a
+    // change, every reload asked for the next one (the soak saw ~7 a second).
+    let s = start(plain, |c| c.admin_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))).await;
+    let (one, two) = (a(), b());
+    for (i, bytes) in [&two, &one, &two].into_iter().enumerate() {
+        let staged = s.path().with_extension("staged");
+        std::fs::write(&staged, bytes).unwrap();
+        std::fs::rename(&staged, s.path()).unwrap();
+        assert!(s.flips_to(i % 2 == 0, WITHIN).await, "replacement {i}");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let body = testkit::scrape::get(s.proxy.admin.unwrap(), "/policy").await.body;
+    let policy: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(policy["reloads"]["swapped"], 3, "{body}");
+    assert_eq!(policy["reloads"]["unchanged"], 0, "no reload without a change: {body}");
+}
