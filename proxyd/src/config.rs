@@ -121,7 +121,7 @@ pub struct Args {
     /// Re-read the policy this often even without file events (NFS, some mounts); `0s` disables [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub policy_check_interval: Option<Duration>,
-    /// Quiet time after the last change in the policy's directory before reloading [default: 100ms].
+    /// Quiet time after the last change to the policy file before reloading; changes without pause wait at most 5 times this [default: 100ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub policy_reload_debounce: Option<Duration>,
     /// Log format [default: json].

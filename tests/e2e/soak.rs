@@ -64,6 +64,8 @@ const CORRUPT_EVERY: Duration = Duration::from_secs(60);
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// Upper bound on any one client operation; a well-behaved tunnel slower than this has hung.
 const OPERATION_LIMIT: Duration = Duration::from_secs(15);
+/// How often the tunnels holding the cap full carry a few bytes (below the idle timeout).
+const PING_EVERY: Duration = Duration::from_secs(5);
 
 const TABLE_A: &str = "\
 version: v1
@@ -651,8 +653,27 @@ async fn fill_the_cap(soak: &Soak, hold: Duration) -> (usize, usize) {
             Err(e) => soak.fail(format!("{trace} cap filler: {e}")),
         }
     }
+    // Held, and used every 5 s (so the idle timeout does not close them): each
+    // ping must come back through every reload of the hold.
     let deadline = Instant::now() + hold;
+    let mut next_ping = Instant::now() + PING_EVERY;
     while Instant::now() < deadline && !soak.stop.load(Ordering::SeqCst) {
+        if Instant::now() >= next_ping {
+            next_ping = Instant::now() + PING_EVERY;
+            for (i, (stream, _guard)) in held.iter_mut().enumerate() {
+                let ping = format!("ping {i}");
+                let mut back = vec![0u8; ping.len()];
+                let echoed = tokio::time::timeout(OPERATION_LIMIT, async {
+                    stream.write_all(ping.as_bytes()).await?;
+                    stream.read_exact(&mut back).await
+                })
+                .await;
+                match echoed {
+                    Ok(Ok(_)) if back == ping.as_bytes() => {}
+                    other => soak.fail(format!("cap filler tunnel {i} broke while held: {other:?}")),
+                }
+            }
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let count = held.len();
