@@ -1398,8 +1398,9 @@ async fn soak() {
     row(
         "slopes (quiet samples)",
         format!(
-            "fds {fd_slope:+.3} %/h, RSS {rss_slope:+.3} %/h, RssAnon {anon_slope:+.3} %/h, {} samples",
-            quiet.len()
+            "fds {fd_slope:+.3} %/h ({} samples); after the cap window RSS {rss_slope:+.3} %/h, RssAnon {anon_slope:+.3} %/h ({} samples)",
+            quiet.len(),
+            steady.len()
         ),
     );
     for (ok, what) in &checks {
