@@ -8,7 +8,7 @@ POLICYC_RUN = $(CARGO) run --quiet --locked -p policyc --
 BASE ?= origin/main
 POLICY_CI := target/policy-ci
 
-.PHONY: all build test lint lint-policies policy-ci image-stage image man completions kubernetes-policy fmt-check clippy doc run quickstart bench clean fuzz-smoke
+.PHONY: all build test soak lint lint-policies policy-ci image-stage image man completions kubernetes-policy fmt-check clippy doc run quickstart bench clean fuzz-smoke
 
 all: build
 
@@ -19,6 +19,14 @@ build:
 test: lint-policies
 	$(CARGO) test --workspace --all-targets --locked
 	$(CARGO) test --workspace --doc --locked
+
+## soak: the real proxyd under mixed hostile load, policy churn and failing upstreams and
+## resolvers for DURATION (default 2m; e.g. DURATION=10m or 1h), then every assertion of
+## docs/soak.md; prints the results table (also written to SOAK_REPORT when set).
+DURATION ?= 2m
+soak:
+	$(CARGO) build --locked -p proxyd -p policyc
+	SOAK_DURATION=$(DURATION) $(CARGO) test --locked -p e2e --test e2e soak -- --ignored --nocapture --test-threads 1
 
 ## lint-policies: every shipped policy must be clean, warnings included, and pass its
 ## policy tests (policies/tests/NAME.yaml for policies/NAME.yaml; a policy without one fails).

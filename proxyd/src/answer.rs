@@ -32,6 +32,9 @@ pub enum Refusal {
     BadCredentials,
     #[error("maximum concurrent connect tunnels exceeded")]
     TunnelCap,
+    /// The client's address already has `limit` tunnels open (`--max-tunnels-per-client`).
+    #[error("maximum concurrent connect tunnels for this client address exceeded ({limit} open)")]
+    ClientTunnelCap { limit: usize },
     #[error("proxy is shutting down")]
     Draining,
     /// `--policy-url` has not produced a verified table yet (and no cache).
@@ -52,7 +55,7 @@ impl Refusal {
             Refusal::NotConnect(_) => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::Denied { .. } | Refusal::MissingRole { .. } => StatusCode::FORBIDDEN,
             Refusal::AuthRequired | Refusal::BadCredentials => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            Refusal::TunnelCap => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::TunnelCap | Refusal::ClientTunnelCap { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Draining | Refusal::NoPolicy => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Dns { error: ResolveError::Timeout { .. }, .. } | Refusal::ConnectTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -71,6 +74,7 @@ impl Refusal {
             Refusal::AuthRequired => "auth_required",
             Refusal::BadCredentials => "bad_credentials",
             Refusal::TunnelCap => "tunnel_cap",
+            Refusal::ClientTunnelCap { .. } => "client_tunnel_cap",
             Refusal::Draining => "draining",
             Refusal::NoPolicy => "no_policy",
             Refusal::Dns { error: ResolveError::Timeout { .. }, .. } => "dns_timeout",
@@ -107,7 +111,7 @@ pub fn response(refusal: &Refusal, deny_message_extra: Option<&str>) -> Response
         Refusal::AuthRequired | Refusal::BadCredentials => {
             builder.header(header::PROXY_AUTHENTICATE, "Basic realm=\"proxyd\"")
         }
-        Refusal::TunnelCap => builder.header(header::RETRY_AFTER, "1"),
+        Refusal::TunnelCap | Refusal::ClientTunnelCap { .. } => builder.header(header::RETRY_AFTER, "1"),
         _ => builder,
     };
     text.push('\n');
@@ -138,6 +142,12 @@ mod tests {
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "1");
         assert!(!r.headers()["x-smokescreen-error"].to_str().unwrap().contains("extra"), "extra only on 403");
+        let r = response(&Refusal::ClientTunnelCap { limit: 3 }, None);
+        assert_eq!((r.status().as_u16(), &r.headers()["retry-after"]), (429, &HeaderValue::from_static("1")));
+        assert_eq!(
+            r.headers()["x-smokescreen-error"],
+            "maximum concurrent connect tunnels for this client address exceeded (3 open)"
+        );
         let r = response(&Refusal::NotConnect("GET".into()), None);
         assert_eq!((r.status().as_u16(), &r.headers()["allow"]), (405, &HeaderValue::from_static("CONNECT")));
         let r = response(&Refusal::AuthRequired, None);
@@ -163,6 +173,7 @@ mod tests {
             Refusal::AuthRequired,
             Refusal::BadCredentials,
             Refusal::TunnelCap,
+            Refusal::ClientTunnelCap { limit: 1 },
             Refusal::Draining,
             Refusal::Dns {
                 host: String::new(),

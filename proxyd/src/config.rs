@@ -108,6 +108,9 @@ pub struct Args {
     /// Cap on concurrent tunnels; beyond it clients get 429 [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_concurrent_connect_tunnels: Option<usize>,
+    /// Cap on concurrent tunnels per client IP address (the PROXY header's source when that is on); beyond it 429 [default: off].
+    #[arg(long, value_name = "N")]
+    pub max_tunnels_per_client: Option<usize>,
     /// Clients without a role (no certificate, no credentials) use the default rule.
     #[arg(long)]
     pub allow_missing_role: bool,
@@ -120,7 +123,7 @@ pub struct Args {
     /// Re-read the policy this often even without file events (NFS, some mounts); `0s` disables [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub policy_check_interval: Option<Duration>,
-    /// Quiet time after the last change in the policy's directory before reloading [default: 100ms].
+    /// Quiet time after the last change to the policy file before reloading; changes without pause wait at most 5 times this [default: 100ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub policy_reload_debounce: Option<Duration>,
     /// Log format [default: json].
@@ -218,6 +221,7 @@ pub struct FileConfig {
     unsafe_allow_private_ranges: Option<bool>,
     max_concurrent_connect_tunnels: Option<usize>,
     // Keys proxyd adds.
+    max_tunnels_per_client: Option<usize>,
     policy: Option<PathBuf>,
     policy_check_interval: Option<String>,
     policy_reload_debounce: Option<String>,
@@ -295,6 +299,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     pub shutdown_grace: Duration,
     pub max_tunnels: usize,
+    /// Cap on concurrent tunnels per client IP address; `None`: no per-client cap.
+    pub max_tunnels_per_client: Option<usize>,
     /// Operator address rules; the listener's own address is added at start.
     pub address_rules: AddressRules,
     pub network: Network,
@@ -346,6 +352,7 @@ impl Config {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_tunnels: DEFAULT_MAX_TUNNELS,
+            max_tunnels_per_client: None,
             address_rules: AddressRules::default(),
             network: Network::Ip,
             resolver_addresses: Vec::new(),
@@ -512,6 +519,15 @@ impl Config {
             max_tunnels = DEFAULT_MAX_TUNNELS;
         }
 
+        let mut max_tunnels_per_client = args.max_tunnels_per_client.or(file.max_tunnels_per_client);
+        if max_tunnels_per_client == Some(0) {
+            p.push(ConfigError::Invalid {
+                input: "max tunnels per client".into(),
+                message: "must be at least 1; leave it out to have no per-client cap".into(),
+            });
+            max_tunnels_per_client = None;
+        }
+
         let listen = SocketAddr::new(listen_ip, listen_port);
         let admin_listen = args.admin_listen.or(file.admin_listen);
         if let Some(admin) = admin_listen
@@ -550,6 +566,7 @@ impl Config {
             idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
             shutdown_grace,
             max_tunnels,
+            max_tunnels_per_client,
             address_rules: rules,
             network: file.network.unwrap_or_default(),
             resolver_addresses,
@@ -862,6 +879,17 @@ mod tests {
         assert_eq!(c.idle_timeout, None);
         assert!(c.allow_missing_role);
         assert_eq!(c.address_rules.deny_ranges.len(), 1);
+    }
+
+    #[test]
+    fn the_per_client_tunnel_cap_is_off_unless_set() {
+        assert_eq!(load(&["--policy", "p.bin"], None).unwrap().max_tunnels_per_client, None);
+        let c = load(&["--policy", "p.bin"], Some("max_tunnels_per_client: 50\n")).unwrap();
+        assert_eq!(c.max_tunnels_per_client, Some(50));
+        let c = load(&["--policy", "p.bin", "--max-tunnels-per-client", "7"], Some("max_tunnels_per_client: 50\n"));
+        assert_eq!(c.unwrap().max_tunnels_per_client, Some(7), "the flag overrides the file");
+        let err = load(&["--policy", "p.bin", "--max-tunnels-per-client", "0"], None).unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod check_config;
 pub mod config;
 pub mod egress;
 pub mod events;
+pub mod limits;
 pub mod log;
 pub mod manual;
 pub mod metrics;

@@ -59,7 +59,8 @@ pub fn role_label(name: &str) -> String {
 pub const POLICY_FETCH_RESULTS: [&str; 3] = ["updated", "not_modified", "failed"];
 
 /// How every request ended: `tunnel`, a refusal kind (`answer::Refusal::kind`), or `client_gone`.
-pub const OUTCOMES: [&str; 15] = [
+/// New outcomes are appended, so existing series keep their order.
+pub const OUTCOMES: [&str; 16] = [
     "tunnel",
     "bad_request",
     "not_connect",
@@ -75,6 +76,7 @@ pub const OUTCOMES: [&str; 15] = [
     "connect_timeout",
     "client_gone",
     "no_policy",
+    "client_tunnel_cap",
 ];
 
 /// A histogram with fixed bucket bounds, in integer base units (microseconds

@@ -418,8 +418,16 @@ impl Interest {
     }
 
     /// Whether `event` may have changed what the policy path reads. Events
-    /// that name no path (a queue overflow asks for a rescan) count.
+    /// that name no path (a queue overflow asks for a rescan) count. Reads
+    /// never change it: counting them would make every reload (which opens
+    /// the file) trigger the next one.
     fn concerns(&self, event: &notify::Event) -> bool {
+        use notify::event::{AccessKind, AccessMode, EventKind};
+        if let EventKind::Access(access) = event.kind
+            && access != AccessKind::Close(AccessMode::Write)
+        {
+            return false;
+        }
         event.need_rescan() || event.paths.is_empty() || event.paths.iter().any(|p| self.paths.contains(p))
     }
 }
@@ -516,7 +524,7 @@ mod tests {
 
     #[test]
     fn only_events_about_the_policy_concern_it() {
-        use notify::event::{CreateKind, EventKind, ModifyKind};
+        use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
         let event = |paths: &[&str]| {
             let mut event = notify::Event::new(EventKind::Modify(ModifyKind::Any));
             event.paths = paths.iter().map(PathBuf::from).collect();
@@ -542,6 +550,14 @@ mod tests {
         {
             assert!(!interest.concerns(&event(unrelated)), "{unrelated:?}");
         }
+        // The proxy's own reads of the policy are no reason to read it again; a finished write is.
+        let mut read = event(&["/etc/policy/policy.bin"]);
+        read.kind = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        assert!(!interest.concerns(&read));
+        read.kind = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        assert!(!interest.concerns(&read));
+        read.kind = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert!(interest.concerns(&read));
         let rescan = notify::Event::new(EventKind::Create(CreateKind::Any)).set_flag(notify::event::Flag::Rescan);
         assert!(interest.concerns(&rescan));
         assert_eq!(ReloadSettings::default().max_wait(), Duration::from_millis(500));

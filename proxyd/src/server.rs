@@ -36,6 +36,7 @@ use crate::admin::{self, AdminState};
 use crate::answer::{self, Refusal};
 use crate::config::Config;
 use crate::egress::{self, AddressStage, ConnectFailure};
+use crate::limits::{ClientSlot, ClientTunnels};
 use crate::log::{self, DecisionLine};
 use crate::metrics::{DnsResult, Metrics, RoleTags};
 use crate::policy_fetch::{Fetcher, PolicySlot, RemotePolicy};
@@ -82,6 +83,8 @@ struct Shared {
     resolver: Resolver,
     tls: Option<tokio_rustls::TlsAcceptor>,
     tunnels: Arc<Semaphore>,
+    /// `--max-tunnels-per-client`, when set.
+    client_tunnels: Option<Arc<ClientTunnels>>,
     draining: AtomicBool,
     stop_tunnels: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
@@ -145,6 +148,7 @@ pub async fn serve(
     let (stop_sender, stop_tunnels) = watch::channel(false);
     let shared = Arc::new(Shared {
         tunnels: Arc::new(Semaphore::new(config.max_tunnels)),
+        client_tunnels: config.max_tunnels_per_client.map(ClientTunnels::new),
         config,
         policy,
         addresses,
@@ -422,6 +426,7 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: Conne
             tokio::spawn(async move {
                 let _alive = alive;
                 let _permit = opened.permit;
+                let _client_slot = opened.client_slot;
                 let started = Instant::now();
                 let stop = async move {
                     let _ = stop.wait_for(|stop| *stop).await;
@@ -498,11 +503,12 @@ impl Drop for PendingLine<'_> {
     }
 }
 
-/// A tunnel ready to run: the upstream connection, the cap permit it holds,
-/// and the role's metric tags for its close.
+/// A tunnel ready to run: the upstream connection, the cap permit (and the
+/// per-client slot) it holds, and the role's metric tags for its close.
 struct Opened {
     upstream: TcpStream,
     permit: tokio::sync::OwnedSemaphorePermit,
+    client_slot: Option<ClientSlot>,
     tags: Arc<RoleTags>,
 }
 
@@ -542,6 +548,13 @@ async fn decide_and_connect(
 
     // The cap bounds tunnels and the DNS and connect work that leads to them;
     // a denied name needs no slot and gets its 403 even when the cap is full.
+    // The per-client cap first, so a client over it takes no global slot.
+    let client_slot = match &shared.client_tunnels {
+        Some(limits) => {
+            Some(limits.try_acquire(info.client.ip()).ok_or(Refusal::ClientTunnelCap { limit: limits.limit() })?)
+        }
+        None => None,
+    };
     let permit = Arc::clone(&shared.tunnels).try_acquire_owned().map_err(|_| Refusal::TunnelCap)?;
 
     // Address stage.
@@ -589,7 +602,7 @@ async fn decide_and_connect(
         Ok((upstream, checked)) => {
             line.dst_ip = Some(checked.addr().ip().to_string());
             line.dst_port = Some(checked.addr().port());
-            Ok(Opened { upstream, permit, tags })
+            Ok(Opened { upstream, permit, client_slot, tags })
         }
         Err(ConnectFailure::Io { addr, error }) => {
             line.dst_ip = Some(addr.ip().to_string());

@@ -18,6 +18,7 @@ mod dns_server;
 mod harness;
 mod layout;
 mod lifecycle;
+mod limits;
 mod manual;
 mod metrics;
 mod operator;

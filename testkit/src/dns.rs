@@ -49,12 +49,17 @@ enum Reply {
 struct Zone {
     answers: HashMap<String, Answer>,
     queries: Vec<(String, RecordType)>,
+    /// Queries so far per name and type: what `Sequence` counts, kept so a
+    /// long run (the soak) does not rescan every earlier query each time.
+    counts: HashMap<(String, RecordType), usize>,
 }
 
 impl Zone {
     /// Records the query and decides the reply and its delay.
     fn answer(&mut self, name: &str, record_type: RecordType) -> (Duration, Reply) {
-        let earlier = self.queries.iter().filter(|(seen, kind)| seen == name && *kind == record_type).count();
+        let count = self.counts.entry((name.to_owned(), record_type)).or_insert(0);
+        let earlier = *count;
+        *count += 1;
         self.queries.push((name.to_owned(), record_type));
         match self.answers.get(name) {
             Some(answer) => resolve(answer, earlier, Duration::ZERO),

@@ -9,5 +9,6 @@
 mod pipeline;
 mod policy_v2;
 mod signing;
+mod soak;
 mod suggest;
 mod support;
