@@ -27,7 +27,7 @@ use egress_policy::address::{AddressPolicy, AddressRule};
 use egress_policy::policy::ports_text;
 
 use crate::metrics::{Metrics, PolicyReport};
-use crate::reload::PolicyState;
+use crate::reload::{PolicySource, PolicyState};
 
 /// Admin connections served at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -207,7 +207,7 @@ pub fn policy_json(state: &PolicyState) -> serde_json::Value {
         "last_reload": last_reload,
     });
     if let Some(fields) = document.as_object_mut() {
-        fields.extend(crate::policy_trust::provenance_json(state, rfc3339));
+        fields.extend(provenance_json(state, rfc3339));
     }
     document
 }
@@ -280,6 +280,35 @@ pub fn rfc3339(time: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+}
+
+/// The `/policy` fields about where the active table came from and whether
+/// its signature was checked: `serial`, `signed_by` (null when unsigned),
+/// `signature` (`verified` or `not checked`), `source` (`file` or the URL)
+/// and, for a URL, `last_fetch`.
+pub fn provenance_json(
+    state: &PolicyState,
+    time: impl Fn(SystemTime) -> String,
+) -> serde_json::Map<String, serde_json::Value> {
+    let active = state.current();
+    let block = active.table.signature.as_ref();
+    let mut fields = serde_json::Map::new();
+    fields.insert("serial".into(), block.map(|b| b.serial).into());
+    fields.insert("signed_by".into(), block.map(|b| b.key_id.to_string()).into());
+    let checked = if active.verified.is_some() { "verified" } else { "not checked" };
+    fields.insert("signature".into(), checked.into());
+    let source = match state.source() {
+        PolicySource::File => "file".to_owned(),
+        PolicySource::Url(url) => url.clone(),
+    };
+    fields.insert("source".into(), source.into());
+    if let PolicySource::Url(_) = state.source() {
+        let last = state.fetch_log().and_then(|log| log.last()).map(
+            |(at, result, error)| serde_json::json!({ "time": time(at), "result": result.as_str(), "error": error }),
+        );
+        fields.insert("last_fetch".into(), last.into());
+    }
+    fields
 }
 
 #[cfg(test)]

@@ -19,9 +19,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
@@ -35,10 +35,9 @@ use tokio::net::TcpStream;
 use egress_policy::policy::ActionSet;
 use egress_policy::table;
 
-use crate::admin::AdminState;
 use crate::metrics::Metrics;
 use crate::policy_trust::TrustSettings;
-use crate::reload::{PolicyState, ReloadOutcome};
+use crate::reload::{FetchLog, FetchResult, PolicyState, ReloadOutcome};
 
 /// The largest table accepted from a URL (the largest valid table file is a
 /// signature block larger; a body this size is refused anyway).
@@ -78,47 +77,6 @@ impl RemoteSettings {
             return Err(format!("{text:?} has no host"));
         }
         Ok(url)
-    }
-}
-
-/// What the last fetch did, for `/policy` and `/metrics`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FetchResult {
-    /// A new table was fetched, verified and swapped in.
-    Updated,
-    /// 304, or the same bytes as the active table.
-    NotModified,
-    /// Nothing fetched, or what was fetched was refused.
-    Failed,
-}
-
-impl FetchResult {
-    pub const ALL: [FetchResult; 3] = [FetchResult::Updated, FetchResult::NotModified, FetchResult::Failed];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FetchResult::Updated => "updated",
-            FetchResult::NotModified => "not_modified",
-            FetchResult::Failed => "failed",
-        }
-    }
-}
-
-/// The last fetch: when, what, and the error if it failed.
-#[derive(Debug, Default)]
-pub struct FetchLog {
-    last: Mutex<Option<(SystemTime, FetchResult, Option<String>)>>,
-}
-
-impl FetchLog {
-    pub fn last(&self) -> Option<(SystemTime, FetchResult, Option<String>)> {
-        self.last.lock().ok().and_then(|l| l.clone())
-    }
-
-    fn record(&self, result: FetchResult, error: Option<String>) {
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some((SystemTime::now(), result, error));
-        }
     }
 }
 
@@ -546,13 +504,13 @@ impl RemotePolicy {
     }
 
     /// Polls until `stop` resolves; SIGHUP (`sighup`) polls at once. While
-    /// nothing is active, a table that verifies is installed into `slot` (and
-    /// announced to `admin`).
+    /// nothing is active, a table that verifies is installed into `slot` and
+    /// handed to `loaded` (the server announces it to the admin endpoints).
     pub async fn poll(
         mut self,
         mut state: Option<Arc<PolicyState>>,
         slot: PolicySlot,
-        admin: Arc<AdminState>,
+        loaded: impl Fn(Arc<PolicyState>),
         mut sighup: tokio::sync::mpsc::Receiver<()>,
         stop: impl Future<Output = ()>,
     ) {
@@ -584,7 +542,7 @@ impl RemotePolicy {
                     };
                     if let Some(created) = created {
                         let _ = slot.set(Arc::clone(&created));
-                        admin.policy_loaded(Arc::clone(&created));
+                        loaded(Arc::clone(&created));
                         tracing::info!(revision = %created.current().table.revision(), "policy loaded: ready");
                         state = Some(created);
                     }

@@ -20,7 +20,17 @@ use egress_policy::signature::{self, Keyring, PublicKey, Release};
 use egress_policy::table::{self, CompiledTable};
 use sha2::{Digest, Sha256};
 
-use crate::reload::{ActivePolicy, PolicySource, PolicyState};
+/// The table in service and where it came from.
+#[derive(Debug)]
+pub struct ActivePolicy {
+    pub table: CompiledTable,
+    /// SHA-256 of the file's bytes, to skip identical candidates cheaply.
+    pub file_sha256: [u8; 32],
+    pub loaded_at: SystemTime,
+    /// The signature, when public keys are configured (then it is always
+    /// present: an unsigned table is refused).
+    pub verified: Option<signature::Verified>,
+}
 
 /// What signatures a table needs.
 #[derive(Clone, Debug, Default)]
@@ -96,33 +106,4 @@ pub fn admit(
         None
     };
     Ok(ActivePolicy { table, file_sha256, loaded_at: SystemTime::now(), verified })
-}
-
-/// The `/policy` fields about where the active table came from and whether
-/// its signature was checked: `serial`, `signed_by` (null when unsigned),
-/// `signature` (`verified` or `not checked`), `source` (`file` or the URL)
-/// and, for a URL, `last_fetch`.
-pub fn provenance_json(
-    state: &PolicyState,
-    time: impl Fn(SystemTime) -> String,
-) -> serde_json::Map<String, serde_json::Value> {
-    let active = state.current();
-    let block = active.table.signature.as_ref();
-    let mut fields = serde_json::Map::new();
-    fields.insert("serial".into(), block.map(|b| b.serial).into());
-    fields.insert("signed_by".into(), block.map(|b| b.key_id.to_string()).into());
-    let checked = if active.verified.is_some() { "verified" } else { "not checked" };
-    fields.insert("signature".into(), checked.into());
-    let source = match state.source() {
-        PolicySource::File => "file".to_owned(),
-        PolicySource::Url(url) => url.clone(),
-    };
-    fields.insert("source".into(), source.into());
-    if let PolicySource::Url(_) = state.source() {
-        let last = state.fetch_log().and_then(|log| log.last()).map(
-            |(at, result, error)| serde_json::json!({ "time": time(at), "result": result.as_str(), "error": error }),
-        );
-        fields.insert("last_fetch".into(), last.into());
-    }
-    fields
 }

@@ -22,25 +22,54 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use egress_policy::policy::ActionSet;
-use egress_policy::table::{self, CompiledTable};
+use egress_policy::table;
 use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
-use crate::policy_fetch::FetchLog;
+pub use crate::policy_trust::ActivePolicy;
 use crate::policy_trust::{self, TrustSettings};
 
-/// The table in service and where it came from.
-#[derive(Debug)]
-pub struct ActivePolicy {
-    pub table: CompiledTable,
-    /// SHA-256 of the file's bytes, to skip identical candidates cheaply.
-    pub file_sha256: [u8; 32],
-    pub loaded_at: SystemTime,
-    /// The signature, when public keys are configured (then it is always
-    /// present: an unsigned table is refused).
-    pub verified: Option<egress_policy::signature::Verified>,
+/// What the last fetch did, for `/policy` and `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchResult {
+    /// A new table was fetched, verified and swapped in.
+    Updated,
+    /// 304, or the same bytes as the active table.
+    NotModified,
+    /// Nothing fetched, or what was fetched was refused.
+    Failed,
+}
+
+impl FetchResult {
+    pub const ALL: [FetchResult; 3] = [FetchResult::Updated, FetchResult::NotModified, FetchResult::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchResult::Updated => "updated",
+            FetchResult::NotModified => "not_modified",
+            FetchResult::Failed => "failed",
+        }
+    }
+}
+
+/// The last fetch: when, what, and the error if it failed.
+#[derive(Debug, Default)]
+pub struct FetchLog {
+    last: Mutex<Option<(SystemTime, FetchResult, Option<String>)>>,
+}
+
+impl FetchLog {
+    pub fn last(&self) -> Option<(SystemTime, FetchResult, Option<String>)> {
+        self.last.lock().ok().and_then(|l| l.clone())
+    }
+
+    pub(crate) fn record(&self, result: FetchResult, error: Option<String>) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((SystemTime::now(), result, error));
+        }
+    }
 }
 
 /// Where candidate tables come from.
@@ -290,7 +319,7 @@ const MAX_WAIT_IN_DEBOUNCES: u32 = 5;
 
 impl ReloadSettings {
     /// The longest a reload waits after the first file event of a burst,
-    /// however many follow: [`MAX_WAIT_IN_DEBOUNCES`] quiet periods (500 ms
+    /// however many follow: `MAX_WAIT_IN_DEBOUNCES` quiet periods (500 ms
     /// with the default 100 ms), so a file written without pause still
     /// reloads, while a deliberately long debounce still holds events back.
     pub fn max_wait(&self) -> Duration {
@@ -308,7 +337,7 @@ impl Default for ReloadSettings {
 /// the file's directory (and the symlink target's directory), because
 /// editors and Kubernetes replace files by rename and by swapping a `..data`
 /// symlink, which a watch on the file itself would miss. Only events that
-/// concern the policy count (see [`Interest`]): other files in the same
+/// concern the policy count (see `Interest`): other files in the same
 /// directory, such as a log written without pause, never delay a reload.
 pub async fn watch(
     state: Arc<PolicyState>,

@@ -181,7 +181,9 @@ pub async fn serve(
     // A URL source is polled (SIGHUP polls at once); a file is watched. Never both.
     let watcher = match (remote, initial) {
         (Some(remote), initial) => {
-            tokio::spawn(remote.poll(initial, Arc::clone(&shared.policy), Arc::clone(&admin_state), sighup_rx, stopped))
+            let admin_state = Arc::clone(&admin_state);
+            let loaded = move |policy| admin_state.policy_loaded(policy);
+            tokio::spawn(remote.poll(initial, Arc::clone(&shared.policy), loaded, sighup_rx, stopped))
         }
         (None, Some(initial)) => tokio::spawn(reload::watch(initial, shared.config.reload, sighup_rx, stopped)),
         (None, None) => tokio::spawn(stopped),
