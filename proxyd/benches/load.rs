@@ -369,8 +369,12 @@ async fn run(plan: Plan) -> Result<()> {
         }
     }
     println!(
-        "peers: direct, {}",
-        peers.iter().map(|p| format!("{} (pid {})", p.name, p.pid)).collect::<Vec<_>>().join(", ")
+        "peers: {}",
+        ["direct".to_owned()]
+            .into_iter()
+            .chain(peers.iter().map(|p| format!("{} (pid {})", p.name, p.pid)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let mut direct = Column::default();
     let mut columns: Vec<Column> = peers.iter().map(|_| Column::default()).collect();

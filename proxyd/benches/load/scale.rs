@@ -97,7 +97,11 @@ impl ScaleReport {
             self.reloads.len()
         );
         println!("  setup while held, no reload: {}", self.held_quiet.describe());
-        println!("  setup while held, reloading: {}", self.during_reloads.describe());
+        println!(
+            "  setup while held, reloading: {} (rate x{:.2} of without)",
+            self.during_reloads.describe(),
+            self.during_reloads.rate() / self.held_quiet.rate()
+        );
         let impact = self.during_reloads.latencies.quantile(0.99).as_secs_f64()
             - self.held_quiet.latencies.quantile(0.99).as_secs_f64();
         println!(
