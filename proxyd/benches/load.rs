@@ -31,7 +31,8 @@
 //!
 //! A peer that is not installed gets one `skipped:` line (see
 //! `load/peers.rs`); `LOAD_PEERS=proxyd,haproxy` keeps only the named ones
-//! (`old-proxyd` for the old build). Every figure is printed as a ratio to
+//! (`old-proxyd` for the old build); `LOAD_ROUNDS=5` runs 5 setup rounds
+//! instead of 3. Every figure is printed as a ratio to
 //! direct and to the HAProxy relay, with each process's CPU per tunnel (and
 //! per GiB) from its /proc/<pid>/stat utime + stime.
 //!
@@ -175,6 +176,11 @@ fn main() {
             idle: only.iter().any(|a| a == "idle"),
             idle100k: only.iter().any(|a| a == "idle100k"),
         };
+    }
+    // `LOAD_ROUNDS=5` runs more setup rounds (and at least as many bulk rounds) to narrow the medians.
+    if let Some(rounds) = std::env::var("LOAD_ROUNDS").ok().and_then(|n| n.parse::<usize>().ok()).filter(|n| *n > 0) {
+        plan.rounds = rounds;
+        plan.bulk_rounds = plan.bulk_rounds.max(rounds);
     }
     if plan.parts.idle100k && !plan.full {
         println!("skipped: idle100k (only under `cargo bench`, never as a smoke test)");
@@ -603,8 +609,9 @@ async fn run(plan: Plan) -> Result<()> {
         load_average()
     );
     println!(
-        "command: {}cargo bench -p proxyd --bench load{}   (or: make bench); took {:.0?}",
+        "command: {}{}cargo bench -p proxyd --bench load{}   (or: make bench); took {:.0?}",
         if std::env::var_os("PROXYD_BASELINE_BIN").is_some() { "PROXYD_BASELINE_BIN=... " } else { "" },
+        std::env::var("LOAD_ROUNDS").map(|n| format!("LOAD_ROUNDS={n} ")).unwrap_or_default(),
         if plan.parts.idle100k { " -- idle100k" } else { "" },
         started.elapsed()
     );
