@@ -14,10 +14,31 @@
 //!   stream sent directly. Interleaved too.
 //! - **idle memory**: a fresh proxy's VmRSS before and after opening 5,000
 //!   idle tunnels (and again after one echo through each), per tunnel.
+//! - **idle100k** (only when named, only under `cargo bench`): 100,000 idle
+//!   tunnels, setup rate and p99 while they are held, and a reload of a
+//!   100,000-pattern table meanwhile (see `load/scale.rs`).
+//!
+//! Beside proxyd, every round also measures the **peers** found on the
+//! machine, in the same alternating runs (direct first, then each peer,
+//! rotating which goes first), each on its own fresh process:
+//!
+//! - `old proxyd`: the build named by `PROXYD_BASELINE_BIN=path`, so a
+//!   change's gain shows old and new side by side;
+//! - `haproxy`: a splicing `mode tcp` relay with one fixed listener per
+//!   upstream (no CONNECT): the ceiling for any CONNECT proxy here;
+//! - `squid`: a CONNECT proxy (one worker, no cache, CONNECT only to the
+//!   echo servers and the sink).
+//!
+//! A peer that is not installed gets one `skipped:` line (see
+//! `load/peers.rs`); `LOAD_PEERS=proxyd,haproxy` keeps only the named ones
+//! (`old-proxyd` for the old build); `LOAD_ROUNDS=5` runs 5 setup rounds
+//! instead of 3. Every figure is printed as a ratio to
+//! direct and to the HAProxy relay, with each process's CPU per tunnel (and
+//! per GiB) from its /proc/<pid>/stat utime + stime.
 //!
 //! `cargo bench -p proxyd --bench load -- bulk` runs only the named parts
-//! (`setup`, `bulk`, `idle`); `PROXYD_BIN=path` measures another build of
-//! `proxyd` (to compare before and after a change).
+//! (`setup`, `bulk`, `idle`, `idle100k`); `PROXYD_BIN=path` measures another
+//! build of `proxyd` as the main column.
 //!
 //! It ends with a summary block: each number, its target and `OK`/`MISSED`.
 //! Under `cargo test` (no `--bench` argument) it runs a small smoke version
@@ -32,7 +53,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +66,11 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+
+#[path = "load/peers.rs"]
+mod peers;
+#[path = "load/scale.rs"]
+mod scale;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -82,9 +108,9 @@ const OP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     full: bool,
-    /// Interleaved (direct, proxy) pairs of setup phases.
+    /// Interleaved rounds of setup phases (direct, then every peer).
     rounds: usize,
-    /// Interleaved (direct, proxy) pairs of bulk transfers (short, so more of them).
+    /// Interleaved rounds of bulk transfers (short, so more of them).
     bulk_rounds: usize,
     setup_phase: Duration,
     bulk_bytes: u64,
@@ -93,15 +119,18 @@ struct Plan {
     parts: Parts,
 }
 
-/// Which measurements to run (all by default).
+/// Which measurements to run (all but `idle100k` by default).
 #[derive(Debug, Clone, Copy)]
 struct Parts {
     setup: bool,
     bulk: bool,
     idle: bool,
+    /// 100,000 idle tunnels (bench mode only, and only when named).
+    idle100k: bool,
 }
 
-const ALL_PARTS: Parts = Parts { setup: true, bulk: true, idle: true };
+const ALL_PARTS: Parts = Parts { setup: true, bulk: true, idle: true, idle100k: false };
+const PART_NAMES: [&str; 4] = ["setup", "bulk", "idle", "idle100k"];
 
 impl Plan {
     fn full() -> Plan {
@@ -134,10 +163,10 @@ impl Plan {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let mut plan = if full { Plan::full() } else { Plan::smoke() };
-    // `cargo bench -p proxyd --bench load -- bulk` runs only the named parts (setup, bulk, idle).
+    // `cargo bench -p proxyd --bench load -- bulk` runs only the named parts.
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    if let Some(unknown) = only.iter().find(|a| !["setup", "bulk", "idle"].contains(&a.as_str())) {
-        eprintln!("load: unknown part {unknown:?} (parts: setup, bulk, idle)");
+    if let Some(unknown) = only.iter().find(|a| !PART_NAMES.contains(&a.as_str())) {
+        eprintln!("load: unknown part {unknown:?} (parts: {})", PART_NAMES.join(", "));
         std::process::exit(2);
     }
     if !only.is_empty() {
@@ -145,12 +174,173 @@ fn main() {
             setup: only.iter().any(|a| a == "setup"),
             bulk: only.iter().any(|a| a == "bulk"),
             idle: only.iter().any(|a| a == "idle"),
+            idle100k: only.iter().any(|a| a == "idle100k"),
         };
+    }
+    // `LOAD_ROUNDS=5` runs more setup rounds (and at least as many bulk rounds) to narrow the medians.
+    if let Some(rounds) = std::env::var("LOAD_ROUNDS").ok().and_then(|n| n.parse::<usize>().ok()).filter(|n| *n > 0) {
+        plan.rounds = rounds;
+        plan.bulk_rounds = plan.bulk_rounds.max(rounds);
+    }
+    if plan.parts.idle100k && !plan.full {
+        println!("skipped: idle100k (only under `cargo bench`, never as a smoke test)");
+        plan.parts.idle100k = false;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     if let Err(error) = runtime.block_on(run(plan)) {
         eprintln!("load: {error}");
         std::process::exit(1);
+    }
+}
+
+/// The loopback servers every peer reaches, and the policy proxyd serves.
+struct Targets {
+    /// Echo servers reached through a peer (127.0.2.x).
+    echo: Vec<SocketAddr>,
+    sink: SocketAddr,
+    policy: PathBuf,
+}
+
+impl Targets {
+    /// What a CONNECT peer may reach: exactly these `IP:PORT`s.
+    fn allowed(&self) -> Vec<SocketAddr> {
+        self.echo.iter().copied().chain([self.sink]).collect()
+    }
+}
+
+/// A program measured against direct, in the order of the summary's columns.
+#[derive(Debug, Clone)]
+enum PeerSpec {
+    /// proxyd itself (`name` "proxyd"), or an earlier build of it ("old proxyd").
+    Proxyd {
+        name: &'static str,
+        binary: PathBuf,
+    },
+    HaProxy(PathBuf),
+    Squid(PathBuf),
+}
+
+impl PeerSpec {
+    fn name(&self) -> &'static str {
+        match self {
+            PeerSpec::Proxyd { name, .. } => name,
+            PeerSpec::HaProxy(_) => "haproxy",
+            PeerSpec::Squid(_) => "squid",
+        }
+    }
+
+    /// Starts a fresh instance. `keep_lines` keeps proxyd's log lines for the smoke checks.
+    fn start(&self, targets: &Targets, keep_lines: bool) -> Result<Peer> {
+        let connect_routes = |proxy: SocketAddr| {
+            let echo_routes = targets.echo.iter().map(|echo| Route::Proxy { proxy, target: *echo }).collect();
+            (echo_routes, Route::Proxy { proxy, target: targets.sink })
+        };
+        let (running, echo_routes, sink_route) = match self {
+            PeerSpec::Proxyd { binary, .. } => {
+                let daemon =
+                    Daemon::start(binary, &targets.policy, &targets.allowed(), keep_lines, &Launch::default())?;
+                let (echo_routes, sink_route) = connect_routes(daemon.addr);
+                (Running::Proxyd(daemon), echo_routes, sink_route)
+            }
+            PeerSpec::HaProxy(binary) => {
+                let upstreams: Vec<SocketAddr> = targets.allowed();
+                // HAProxy asks for about 2 descriptors per connection plus 4,500
+                // at this size: 7,000 fits a 20,000 `ulimit -n` and the idle part's 5,000.
+                let relay = peers::HaProxy::start(binary, &upstreams, 7_000)?;
+                let mut routes: Vec<Route> = relay.relays.iter().map(|r| Route::Relay(*r)).collect();
+                let sink_route = routes.pop().ok_or("no sink relay")?;
+                (Running::HaProxy(relay), routes, sink_route)
+            }
+            PeerSpec::Squid(binary) => {
+                let squid = peers::Squid::start(binary, &targets.allowed())?;
+                let (echo_routes, sink_route) = connect_routes(squid.addr);
+                (Running::Squid(squid), echo_routes, sink_route)
+            }
+        };
+        let pid = match &running {
+            Running::Proxyd(daemon) => daemon.pid(),
+            Running::HaProxy(relay) => relay.process.pid(),
+            Running::Squid(squid) => squid.process.pid(),
+        };
+        Ok(Peer { name: self.name(), pid, echo_routes, sink_route, running })
+    }
+}
+
+/// A running peer and how clients reach the echo servers and the sink through it.
+struct Peer {
+    name: &'static str,
+    pid: u32,
+    echo_routes: Vec<Route>,
+    sink_route: Route,
+    running: Running,
+}
+
+enum Running {
+    Proxyd(Daemon),
+    HaProxy(peers::HaProxy),
+    Squid(peers::Squid),
+}
+
+impl Peer {
+    /// proxyd's log lines, when this is proxyd and they are kept.
+    fn daemon(&mut self) -> Option<&mut Daemon> {
+        match &mut self.running {
+            Running::Proxyd(daemon) => Some(daemon),
+            Running::HaProxy(_) | Running::Squid(_) => None,
+        }
+    }
+}
+
+/// The peers this run measures: proxyd (`PROXYD_BIN` or this build), the
+/// old proxyd (`PROXYD_BASELINE_BIN`), HAProxy and Squid when installed.
+/// Each one missing gets one `skipped:` line.
+fn peer_specs() -> Result<Vec<PeerSpec>> {
+    let proxyd = std::env::var_os("PROXYD_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_proxyd").into());
+    let mut specs = vec![PeerSpec::Proxyd { name: "proxyd", binary: proxyd.into() }];
+    match std::env::var_os("PROXYD_BASELINE_BIN") {
+        Some(binary) if Path::new(&binary).is_file() => {
+            specs.push(PeerSpec::Proxyd { name: "old proxyd", binary: binary.into() });
+        }
+        Some(binary) => return Err(format!("PROXYD_BASELINE_BIN {binary:?} is not a file").into()),
+        None => println!("skipped: old proxyd (set PROXYD_BASELINE_BIN=path to measure an earlier build side by side)"),
+    }
+    match peers::find_program("haproxy") {
+        Some(binary) => specs.push(PeerSpec::HaProxy(binary)),
+        None => println!("skipped: haproxy (not installed; `apt-get install haproxy` adds the kernel relay ceiling)"),
+    }
+    match peers::find_program("squid") {
+        Some(binary) => specs.push(PeerSpec::Squid(binary)),
+        None => println!("skipped: squid (not installed; `apt-get install squid` adds it as a CONNECT peer)"),
+    }
+    // `LOAD_PEERS=proxyd,haproxy` measures only those (e.g. while profiling one of them).
+    if let Ok(only) = std::env::var("LOAD_PEERS") {
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        specs.retain(|spec| {
+            let keep = wanted.contains(&spec.name().replace(' ', "-").as_str());
+            if !keep {
+                println!("skipped: {} (not in LOAD_PEERS)", spec.name());
+            }
+            keep
+        });
+    }
+    Ok(specs)
+}
+
+/// Every figure of one column of the summary.
+#[derive(Debug, Default)]
+struct Column {
+    setup: Vec<SetupPhase>,
+    /// CPU of the peer's process per tunnel, µs, one value per round.
+    setup_cpu_us: Vec<f64>,
+    bulk_mibs: Vec<f64>,
+    /// CPU of the peer's process per GiB moved, s, one value per round.
+    bulk_cpu_s_per_gib: Vec<f64>,
+    idle: Option<Memory>,
+}
+
+impl Column {
+    fn setup_rate(&self) -> f64 {
+        median(self.setup.iter().map(SetupPhase::rate))
     }
 }
 
@@ -165,77 +355,109 @@ async fn run(plan: Plan) -> Result<()> {
     let (sink, mut sink_reports) = spawn_sink(SINK, !plan.full).await?;
     let dir = tempfile::tempdir()?;
     let policy = compile(dir.path())?;
-    // The proxy may reach exactly these IP:PORTs, nothing else.
-    let allowed: Vec<SocketAddr> = echo_proxy.iter().copied().chain([sink]).collect();
-    let echo = echo_proxy.first().copied().ok_or("no echo server")?;
+    let targets = Targets { echo: echo_proxy, sink, policy };
 
     println!(
-        "proxyd load ({} mode): {} echo servers via the proxy ({echo}, ...), {} direct, sink {sink}",
+        "proxyd load ({} mode): {} echo servers via each peer ({}, ...), {} direct, sink {sink}",
         if plan.full { "bench" } else { "smoke" },
-        echo_proxy.len(),
+        targets.echo.len(),
+        targets.echo.first().ok_or("no echo server")?,
         echo_direct.len(),
     );
 
-    let mut proxy = Daemon::start(&policy, &allowed, !plan.full)?;
-
+    let specs = if plan.parts.setup || plan.parts.bulk || plan.parts.idle { peer_specs()? } else { Vec::new() };
+    let mut peers = Vec::new();
+    for spec in &specs {
+        match spec.start(&targets, !plan.full && peers.is_empty()) {
+            Ok(peer) => peers.push(peer),
+            Err(error) if matches!(spec, PeerSpec::Proxyd { .. }) => return Err(error),
+            Err(error) => println!("skipped: {} (did not start: {error})", spec.name()),
+        }
+    }
+    println!(
+        "peers: {}",
+        ["direct".to_owned()]
+            .into_iter()
+            .chain(peers.iter().map(|p| format!("{} (pid {})", p.name, p.pid)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut direct = Column::default();
+    let mut columns: Vec<Column> = peers.iter().map(|_| Column::default()).collect();
     let mut noise = Noise::default();
 
-    // Setup: interleaved direct and proxied phases.
-    let mut setup_direct = Vec::new();
-    let mut setup_proxy = Vec::new();
+    // Setup: each round runs direct, then every peer (rotating which goes first).
+    let direct_routes: Vec<Route> = echo_direct.iter().map(|echo| Route::Direct(*echo)).collect();
     for round in (1..=plan.rounds).filter(|_| plan.parts.setup) {
-        let cpu = CpuMeter::start(proxy.pid());
-        let routes: Vec<Route> = echo_direct.iter().map(|echo| Route::Direct(*echo)).collect();
-        let direct = setup_phase(&routes, plan.setup_phase).await?;
+        let cpu = CpuMeter::start(None);
+        let phase = setup_phase(&direct_routes, plan.setup_phase).await?;
         let cpu = cpu.stop();
         noise.record(&cpu);
-        println!("setup round {round}: direct {} ({cpu})", direct.describe());
-        let cpu = CpuMeter::start(proxy.pid());
-        let routes: Vec<Route> =
-            echo_proxy.iter().map(|echo| Route::Proxy { proxy: proxy.addr, target: *echo }).collect();
-        let proxied = setup_phase(&routes, plan.setup_phase).await?;
-        let cpu = cpu.stop();
-        noise.record(&cpu);
-        println!(
-            "setup round {round}: proxy  {} ({cpu}, {} µs proxy CPU per op)",
-            proxied.describe(),
-            cpu.proxy_per(proxied.ops as f64, 1e6)
-        );
-        setup_direct.push(direct);
-        setup_proxy.push(proxied);
+        println!("setup round {round}: {:<10} {} ({cpu})", "direct", phase.describe());
+        direct.setup.push(phase);
+        for k in 0..peers.len() {
+            let i = (k + round - 1) % peers.len();
+            let (peer, column) = (&peers[i], &mut columns[i]);
+            let cpu = CpuMeter::start(Some(peer.pid));
+            let phase = setup_phase(&peer.echo_routes, plan.setup_phase).await?;
+            let cpu = cpu.stop();
+            noise.record(&cpu);
+            let per_op = cpu.peer_per(phase.ops as f64, 1e6);
+            println!(
+                "setup round {round}: {:<10} {} ({cpu}, {} µs CPU per tunnel)",
+                peer.name,
+                phase.describe(),
+                per_op.map_or("?".to_owned(), |v| format!("{v:.0}"))
+            );
+            column.setup_cpu_us.extend(per_op);
+            column.setup.push(phase);
+        }
     }
 
-    // Bulk: interleaved too.
+    // Bulk: interleaved the same way.
     let chunk: Arc<[u8]> = (0..BULK_CHUNK).map(pattern_byte).collect();
-    let mut bulk_direct = Vec::new();
-    let mut bulk_proxy = Vec::new();
+    let gib = plan.bulk_bytes as f64 / f64::from(1u32 << 30);
     for round in (1..=plan.bulk_rounds).filter(|_| plan.parts.bulk) {
-        let cpu = CpuMeter::start(proxy.pid());
-        let direct = bulk(Route::Direct(sink), plan.bulk_bytes, &chunk, &mut sink_reports).await?;
+        let cpu = CpuMeter::start(None);
+        let mibs = bulk(Route::Direct(sink), plan.bulk_bytes, &chunk, &mut sink_reports).await?;
         let cpu = cpu.stop();
         noise.record(&cpu);
-        println!("bulk round {round}: direct {direct:.0} MiB/s ({cpu})");
-        let cpu = CpuMeter::start(proxy.pid());
-        let proxied =
-            bulk(Route::Proxy { proxy: proxy.addr, target: sink }, plan.bulk_bytes, &chunk, &mut sink_reports).await?;
-        let cpu = cpu.stop();
-        noise.record(&cpu);
-        println!(
-            "bulk round {round}: proxy  {proxied:.0} MiB/s ({cpu}, {} s proxy CPU per GiB)",
-            cpu.proxy_per(plan.bulk_bytes as f64 / f64::from(1u32 << 30), 1.0)
-        );
-        bulk_direct.push(direct);
-        bulk_proxy.push(proxied);
+        println!("bulk round {round}: {:<10} {mibs:.0} MiB/s ({cpu})", "direct");
+        direct.bulk_mibs.push(mibs);
+        for k in 0..peers.len() {
+            let i = (k + round - 1) % peers.len();
+            let (peer, column) = (&peers[i], &mut columns[i]);
+            let cpu = CpuMeter::start(Some(peer.pid));
+            let mibs = bulk(peer.sink_route, plan.bulk_bytes, &chunk, &mut sink_reports).await?;
+            let cpu = cpu.stop();
+            noise.record(&cpu);
+            let per_gib = cpu.peer_per(gib, 1.0);
+            println!(
+                "bulk round {round}: {:<10} {mibs:.0} MiB/s ({cpu}, {} s CPU per GiB)",
+                peer.name,
+                per_gib.map_or("?".to_owned(), |v| format!("{v:.2}"))
+            );
+            column.bulk_mibs.push(mibs);
+            column.bulk_cpu_s_per_gib.extend(per_gib);
+        }
     }
     if plan.parts.bulk {
-        // Both directions at once (so both splice), with the half-close passed on each way.
-        bulk_echo(Route::Proxy { proxy: proxy.addr, target: echo }, BULK_ECHO_BYTES, &chunk).await?;
-        println!(
-            "bulk echo: {} MiB each way through one tunnel, content and end of stream checked",
-            BULK_ECHO_BYTES >> 20
-        );
+        for peer in &peers {
+            // Both directions at once (so both splice), with the half-close passed on each way.
+            let route = *peer.echo_routes.first().ok_or("no echo route")?;
+            // Squid closes a CONNECT tunnel when the client half-closes: no end-of-stream check there.
+            let half_close = !matches!(peer.running, Running::Squid(_));
+            bulk_echo(route, BULK_ECHO_BYTES, &chunk, half_close).await?;
+            println!(
+                "bulk echo via {}: {} MiB each way through one tunnel, content{} checked",
+                peer.name,
+                BULK_ECHO_BYTES >> 20,
+                if half_close { " and end of stream" } else { "" }
+            );
+        }
     }
     if !plan.full && plan.parts.setup && plan.parts.bulk {
+        let proxy = peers.first_mut().and_then(Peer::daemon).ok_or("proxyd is not the first peer")?;
         // The proxy counted every byte: the setup tunnels' close lines come first, then the bulk ones.
         let echo_close = proxy.wait_for(|v| v["message"] == "CANONICAL-PROXY-CN-CLOSE")?;
         assert_eq!(echo_close["bytes_out"].as_u64(), Some(ECHO_BYTES as u64), "echo close line: {echo_close}");
@@ -250,13 +472,19 @@ async fn run(plan: Plan) -> Result<()> {
         })?;
         assert_eq!(close["bytes_in"].as_u64(), Some(BULK_ECHO_BYTES), "bulk echo close line: {close}");
     }
-    drop(proxy);
+    drop(peers);
 
-    // Idle memory, on a fresh proxy so earlier phases' freed heap cannot hide growth.
-    let memory = if plan.parts.idle { Some(idle_memory(&plan, &policy, &allowed, echo).await?) } else { None };
+    // Idle memory, on fresh instances so earlier phases' freed heap cannot hide growth.
+    if plan.parts.idle {
+        for (spec, column) in specs.iter().zip(&mut columns) {
+            column.idle = Some(idle_memory(&plan, spec, &targets).await?);
+        }
+    }
+
+    let scale = if plan.parts.idle100k { Some(scale::idle_100k(&targets).await?) } else { None };
 
     // Summary.
-    let verdict = |ok: bool| if ok { "OK" } else { "MISSED" };
+    let names: Vec<&str> = specs.iter().map(PeerSpec::name).collect();
     println!();
     println!(
         "== proxyd load summary ({}; medians of {} setup and {} bulk interleaved rounds) ==",
@@ -264,60 +492,137 @@ async fn run(plan: Plan) -> Result<()> {
         plan.rounds,
         plan.bulk_rounds
     );
+    let relay = names.iter().position(|n| *n == "haproxy").and_then(|i| columns.get(i));
+    let ratio = |value: f64, base: Option<f64>| match base {
+        Some(base) if base > 0.0 && value.is_finite() => format!("{:.2}", value / base),
+        _ => "-".to_owned(),
+    };
     if plan.parts.setup {
-        let direct_rate = median(setup_direct.iter().map(SetupPhase::rate));
-        let proxy_rate = median(setup_proxy.iter().map(SetupPhase::rate));
-        let ratio = proxy_rate / direct_rate;
-        let direct_lat = Latencies::merge(&setup_direct);
-        let proxy_lat = Latencies::merge(&setup_proxy);
+        let direct_rate = direct.setup_rate();
+        let relay_rate = relay.map(Column::setup_rate);
+        let relay_cpu = relay.map(|c| median(c.setup_cpu_us.iter().copied()));
+        println!("setup ({CLIENTS} clients, connect (+ CONNECT for proxies) + {ECHO_BYTES} B echo + close):");
         println!(
-            "setup rate: proxy {proxy_rate:.0}/s, direct {direct_rate:.0}/s, ratio {ratio:.2} (target >= 0.5) {}",
-            verdict(ratio >= 0.5)
+            "  {:<11} {:>8} {:>8} {:>9} {:>9} {:>9} {:>12} {:>9}",
+            "", "tunnels/s", "x direct", "x haproxy", "p50 ms", "p99 ms", "CPU µs/tun", "x haproxy"
         );
+        let lat = Latencies::merge(&direct.setup);
         println!(
-            "setup latency: proxy p50 {} p99 {}, direct p50 {} p99 {} (p50 ratio {:.2})",
-            ms(proxy_lat.quantile(0.50)),
-            ms(proxy_lat.quantile(0.99)),
-            ms(direct_lat.quantile(0.50)),
-            ms(direct_lat.quantile(0.99)),
-            proxy_lat.quantile(0.50).as_secs_f64() / direct_lat.quantile(0.50).as_secs_f64().max(1e-9),
+            "  {:<11} {:>9.0} {:>8} {:>9} {:>9.2} {:>9.2} {:>12} {:>9}",
+            "direct",
+            direct_rate,
+            "1.00",
+            ratio(direct_rate, relay_rate),
+            lat.quantile(0.5).as_secs_f64() * 1e3,
+            lat.quantile(0.99).as_secs_f64() * 1e3,
+            "-",
+            "-"
         );
+        for (name, column) in names.iter().zip(&columns) {
+            let rate = column.setup_rate();
+            let cpu = median(column.setup_cpu_us.iter().copied());
+            let lat = Latencies::merge(&column.setup);
+            println!(
+                "  {:<11} {:>9.0} {:>8} {:>9} {:>9.2} {:>9.2} {:>12.0} {:>9}",
+                name,
+                rate,
+                ratio(rate, Some(direct_rate)),
+                ratio(rate, relay_rate),
+                lat.quantile(0.5).as_secs_f64() * 1e3,
+                lat.quantile(0.99).as_secs_f64() * 1e3,
+                cpu,
+                ratio(cpu, relay_cpu)
+            );
+        }
     }
     if plan.parts.bulk {
-        let direct_mibs = median(bulk_direct.iter().copied());
-        let proxy_mibs = median(bulk_proxy.iter().copied());
-        let ratio = proxy_mibs / direct_mibs;
+        let direct_mibs = median(direct.bulk_mibs.iter().copied());
+        let relay_mibs = relay.map(|c| median(c.bulk_mibs.iter().copied()));
+        println!("bulk ({} MiB one way, client to sink):", plan.bulk_bytes >> 20);
+        println!("  {:<11} {:>8} {:>8} {:>9} {:>12}", "", "MiB/s", "x direct", "x haproxy", "CPU s/GiB");
         println!(
-            "bulk throughput ({} MiB): proxy {proxy_mibs:.0} MiB/s, direct {direct_mibs:.0} MiB/s, ratio {ratio:.2} \
-             (target >= 0.9) {}",
-            plan.bulk_bytes >> 20,
-            verdict(ratio >= 0.9)
+            "  {:<11} {:>8.0} {:>8} {:>9} {:>12}",
+            "direct",
+            direct_mibs,
+            "1.00",
+            ratio(direct_mibs, relay_mibs),
+            "-"
         );
+        for (name, column) in names.iter().zip(&columns) {
+            let mibs = median(column.bulk_mibs.iter().copied());
+            println!(
+                "  {:<11} {:>8.0} {:>8} {:>9} {:>12.2}",
+                name,
+                mibs,
+                ratio(mibs, Some(direct_mibs)),
+                ratio(mibs, relay_mibs),
+                median(column.bulk_cpu_s_per_gib.iter().copied())
+            );
+        }
     }
-    if let Some(memory) = memory {
+    if plan.parts.idle {
+        let relay_kib = relay.and_then(|c| c.idle.as_ref()).map(Memory::idle_kib_per_tunnel);
+        println!("idle tunnels ({} open, RSS of the peer's process):", plan.idle_tunnels);
         println!(
-            "idle tunnel memory: {:.2} KiB RSS per tunnel ({} tunnels, {} KiB -> {} KiB) (target <= 8 KiB) {}",
-            memory.idle_kib_per_tunnel(),
-            memory.tunnels,
-            memory.before_kib,
-            memory.idle_kib,
-            verdict(memory.idle_kib_per_tunnel() <= 8.0)
+            "  {:<11} {:>12} {:>9} {:>16} {:>10} {:>16}",
+            "", "KiB/tunnel", "x haproxy", "after echo KiB", "fds/tunnel", "fds after echo"
         );
-        println!(
-            "  after one {ECHO_BYTES}-byte echo through each: {:.2} KiB RSS per tunnel; proxy fds per tunnel: \
-             idle {:.2}, after echo {:.2}",
-            memory.used_kib_per_tunnel(),
-            memory.fds_per_tunnel(memory.idle_fds),
-            memory.fds_per_tunnel(memory.used_fds),
-        );
+        for (name, column) in names.iter().zip(&columns) {
+            let Some(memory) = &column.idle else { continue };
+            println!(
+                "  {:<11} {:>12.2} {:>9} {:>16.2} {:>10.2} {:>16.2}",
+                name,
+                memory.idle_kib_per_tunnel(),
+                ratio(memory.idle_kib_per_tunnel(), relay_kib),
+                memory.used_kib_per_tunnel(),
+                memory.fds_per_tunnel(memory.idle_fds),
+                memory.fds_per_tunnel(memory.used_fds),
+            );
+        }
+    }
+    // The issue's goals for proxyd, against the relay measured in this run.
+    let verdict = |ok: bool| if ok { "OK" } else { "MISSED" };
+    if let (Some(proxyd), Some(relay)) = (columns.first(), relay) {
+        if plan.parts.setup {
+            let rate = proxyd.setup_rate() / relay.setup_rate();
+            let cpu = median(proxyd.setup_cpu_us.iter().copied()) / median(relay.setup_cpu_us.iter().copied());
+            println!("goal: setup rate >= 0.8x the relay's: {rate:.2} {}", verdict(rate >= 0.8));
+            println!("goal: CPU per tunnel <= 1.5x the relay's: {cpu:.2} {}", verdict(cpu <= 1.5));
+        }
+        if plan.parts.bulk {
+            let bulk = median(proxyd.bulk_mibs.iter().copied()) / median(relay.bulk_mibs.iter().copied());
+            println!("goal: bulk >= 0.95x the relay's: {bulk:.2} {}", verdict(bulk >= 0.95));
+        }
+    }
+    if let Some(memory) = columns.first().and_then(|c| c.idle.as_ref()) {
+        let kib = memory.idle_kib_per_tunnel();
+        println!("goal: idle tunnel <= 4 KiB RSS ({} open): {kib:.2} {}", memory.tunnels, verdict(kib <= 4.0));
+    }
+    if let Some(scale) = &scale {
+        scale.print();
     }
     println!(
-        "other load on the machine during the phases: up to {:.2} cores of {} (numbers are only comparable within a run)",
+        "other load on the machine during the phases: up to {:.2} cores of {}; load average at the end: {} \
+         (numbers are only comparable within a run)",
         noise.worst_cores,
-        std::thread::available_parallelism().map_or(0, usize::from)
+        std::thread::available_parallelism().map_or(0, usize::from),
+        load_average()
     );
-    println!("command: cargo bench -p proxyd --bench load   (or: make bench); took {:.0?}", started.elapsed());
+    println!(
+        "command: {}{}cargo bench -p proxyd --bench load{}   (or: make bench); took {:.0?}",
+        if std::env::var_os("PROXYD_BASELINE_BIN").is_some() { "PROXYD_BASELINE_BIN=... " } else { "" },
+        std::env::var("LOAD_ROUNDS").map(|n| format!("LOAD_ROUNDS={n} ")).unwrap_or_default(),
+        if plan.parts.idle100k { " -- idle100k" } else { "" },
+        started.elapsed()
+    );
     Ok(())
+}
+
+/// The first three fields of /proc/loadavg.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
 }
 
 fn plan_name(plan: &Plan) -> &'static str {
@@ -343,7 +648,7 @@ fn pattern_byte(offset: usize) -> u8 {
 }
 
 /// Compiles [`ACL`] in-process (as `policyc compile` would) into `dir`.
-fn compile(dir: &Path) -> Result<std::path::PathBuf> {
+fn compile(dir: &Path) -> Result<PathBuf> {
     let checked = acl::check_source("bench.yaml", ACL, ActionSet::default());
     let policy = checked.policy.ok_or_else(|| format!("bench ACL does not compile: {:?}", checked.diagnostics))?;
     let bytes =
@@ -351,6 +656,15 @@ fn compile(dir: &Path) -> Result<std::path::PathBuf> {
     let path = dir.join("bench.table");
     std::fs::write(&path, bytes)?;
     Ok(path)
+}
+
+/// How to start proxyd beyond the benchmark's usual flags.
+#[derive(Debug, Default)]
+struct Launch {
+    /// Run it under `ulimit -n` of this many descriptors.
+    fd_limit: Option<u64>,
+    /// More flags.
+    args: Vec<String>,
 }
 
 /// The real `proxyd` binary, started as a child, with its stderr drained.
@@ -362,10 +676,22 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(policy: &Path, allowed: &[SocketAddr], keep_lines: bool) -> Result<Daemon> {
-        // `PROXYD_BIN` runs another build of proxyd instead, to compare before and after a change.
-        let binary = std::env::var_os("PROXYD_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_proxyd").into());
-        let mut command = Command::new(binary);
+    fn start(
+        binary: &Path,
+        policy: &Path,
+        allowed: &[SocketAddr],
+        keep_lines: bool,
+        launch: &Launch,
+    ) -> Result<Daemon> {
+        let mut command = match launch.fd_limit {
+            // The shell raises the limit and `exec`s proxyd: same pid.
+            Some(fds) => {
+                let mut command = Command::new("sh");
+                command.arg("-c").arg(format!("ulimit -n {fds} && exec \"$0\" \"$@\"")).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .env_remove("HTTP_PROXY")
             .env_remove("HTTPS_PROXY")
@@ -378,6 +704,7 @@ impl Daemon {
         for addr in allowed {
             command.arg("--allow-address").arg(addr.to_string());
         }
+        command.args(&launch.args);
         let mut child = command.spawn()?;
         let stderr = child.stderr.take().ok_or("no stderr pipe")?;
         let (tx, lines) = std::sync::mpsc::channel();
@@ -522,7 +849,12 @@ async fn spawn_sink(ip: IpAddr, check: bool) -> Result<(SocketAddr, mpsc::Unboun
 #[derive(Debug, Clone, Copy)]
 enum Route {
     Direct(SocketAddr),
-    Proxy { proxy: SocketAddr, target: SocketAddr },
+    /// A fixed TCP relay's listener for one upstream (HAProxy): no CONNECT.
+    Relay(SocketAddr),
+    Proxy {
+        proxy: SocketAddr,
+        target: SocketAddr,
+    },
 }
 
 impl Route {
@@ -549,7 +881,7 @@ impl Route {
             Ok::<_, Error>(stream)
         };
         match self {
-            Route::Direct(target) => connect(target).await,
+            Route::Direct(target) | Route::Relay(target) => connect(target).await,
             Route::Proxy { proxy, target } => {
                 let mut stream = connect(proxy).await?;
                 let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
@@ -680,6 +1012,8 @@ async fn bulk(
     chunk: &Arc<[u8]>,
     reports: &mut mpsc::UnboundedReceiver<SinkReport>,
 ) -> Result<f64> {
+    // Forget connections that carried nothing (a relay's start-up check connects through to the sink).
+    while reports.try_recv().is_ok() {}
     let mut stream = route.open().await?;
     let began = Instant::now();
     let mut sent = 0u64;
@@ -704,10 +1038,11 @@ async fn bulk(
 }
 
 /// CPU use while a phase runs: how busy the whole machine was, and how
-/// many cores the proxy process used (from /proc, in USER_HZ ticks).
+/// many cores the measured peer's process used (from /proc, in USER_HZ
+/// ticks: utime + stime of /proc/<pid>/stat).
 #[derive(Debug)]
 struct CpuMeter {
-    pid: u32,
+    pid: Option<u32>,
     began: Instant,
     machine: Option<(u64, u64)>,
     proxy: Option<u64>,
@@ -718,12 +1053,12 @@ impl CpuMeter {
     /// /proc's tick rate (USER_HZ), fixed at 100 on Linux.
     const TICKS_PER_SECOND: f64 = 100.0;
 
-    fn start(pid: u32) -> CpuMeter {
+    fn start(pid: Option<u32>) -> CpuMeter {
         CpuMeter {
             pid,
             began: Instant::now(),
             machine: Self::machine(),
-            proxy: Self::process(pid),
+            proxy: pid.and_then(Self::process),
             this: Self::process(std::process::id()),
         }
     }
@@ -755,12 +1090,12 @@ impl CpuMeter {
             }
             _ => None,
         };
-        let ticks = |before: Option<u64>, pid: u32| match (before, Self::process(pid)) {
+        let ticks = |before: Option<u64>, pid: Option<u32>| match (before, pid.and_then(Self::process)) {
             (Some(before), Some(after)) => Some(after.saturating_sub(before)),
             _ => None,
         };
         let proxy = ticks(self.proxy, self.pid);
-        let this = ticks(self.this, std::process::id());
+        let this = ticks(self.this, Some(std::process::id()));
         // Whatever else kept the machine busy: other jobs on a shared machine.
         let others_seconds = match (machine, proxy, this) {
             (Some(((busy0, _), (busy1, _))), Some(proxy), Some(this)) => {
@@ -799,12 +1134,9 @@ struct CpuUse {
 }
 
 impl CpuUse {
-    /// The proxy's CPU time per unit of work, scaled (e.g. µs per op).
-    fn proxy_per(&self, units: f64, scale: f64) -> String {
-        match self.proxy_seconds {
-            Some(cpu) if units > 0.0 => format!("{:.1}", cpu * scale / units),
-            _ => "?".to_owned(),
-        }
+    /// The peer's CPU time per unit of work, scaled (e.g. µs per op).
+    fn peer_per(&self, units: f64, scale: f64) -> Option<f64> {
+        self.proxy_seconds.filter(|_| units > 0.0).map(|cpu| cpu * scale / units)
     }
 }
 
@@ -825,9 +1157,11 @@ impl std::fmt::Display for CpuUse {
 }
 
 /// Streams `bytes` through the echo server while reading them back
-/// concurrently, checks every byte, then half-closes and expects the end of
-/// stream to come back once everything has.
-async fn bulk_echo(route: Route, bytes: u64, chunk: &Arc<[u8]>) -> Result<()> {
+/// concurrently, checks every byte, then (with `half_close`) half-closes
+/// and expects the end of stream to come back once everything has. Without
+/// it (Squid closes a CONNECT tunnel on the client's half-close), it stops
+/// reading after `bytes` and closes.
+async fn bulk_echo(route: Route, bytes: u64, chunk: &Arc<[u8]>, half_close: bool) -> Result<()> {
     let (mut read, mut write) = route.open().await?.into_split();
     let chunk = Arc::clone(chunk);
     let writer = tokio::spawn(async move {
@@ -839,13 +1173,18 @@ async fn bulk_echo(route: Route, bytes: u64, chunk: &Arc<[u8]>) -> Result<()> {
                 .map_err(|_| "echo write stalled")??;
             sent += n as u64;
         }
-        write.shutdown().await?;
-        Ok::<_, Error>(())
+        if half_close {
+            write.shutdown().await?;
+        }
+        Ok::<_, Error>(write)
     });
     let mut buffer = vec![0u8; BULK_CHUNK];
     let mut received = 0u64;
-    loop {
-        let n = tokio::time::timeout(OP_TIMEOUT, read.read(&mut buffer)).await.map_err(|_| "echo read stalled")??;
+    while half_close || received < bytes {
+        let want = if half_close { BULK_CHUNK } else { (bytes - received).min(BULK_CHUNK as u64) as usize };
+        let n = tokio::time::timeout(OP_TIMEOUT, read.read(&mut buffer[..want]))
+            .await
+            .map_err(|_| "echo read stalled")??;
         if n == 0 {
             break;
         }
@@ -855,7 +1194,7 @@ async fn bulk_echo(route: Route, bytes: u64, chunk: &Arc<[u8]>) -> Result<()> {
         }
         received += n as u64;
     }
-    writer.await??;
+    drop(writer.await??);
     if received != bytes {
         return Err(format!("bulk echo via {route:?}: {received} bytes came back, {bytes} were sent").into());
     }
@@ -919,43 +1258,29 @@ fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-async fn idle_memory(plan: &Plan, policy: &Path, allowed: &[SocketAddr], echo: SocketAddr) -> Result<Memory> {
+async fn idle_memory(plan: &Plan, spec: &PeerSpec, targets: &Targets) -> Result<Memory> {
     // Each idle tunnel holds two descriptors here (client, echo side) and two in the proxy.
     let needed = 2 * plan.idle_tunnels as u64 + 1_000;
     if let Some(limit) = open_files_limit().filter(|limit| *limit < needed) {
         return Err(format!("{} idle tunnels need `ulimit -n` >= {needed} (it is {limit})", plan.idle_tunnels).into());
     }
-    let mut proxy = Daemon::start(policy, allowed, !plan.full)?;
-    let route = Route::Proxy { proxy: proxy.addr, target: echo };
+    // The smoke test checks the close lines of proxyd itself (not of an old build).
+    let check_lines = !plan.full && matches!(spec, PeerSpec::Proxyd { name: "proxyd", .. });
+    let mut peer = spec.start(targets, check_lines)?;
+    let route = *peer.echo_routes.first().ok_or("no echo route")?;
     // Warm up (lazy initialisation, worker threads, allocator arenas), then measure.
     let warm = setup_phase(&[route], Duration::from_millis(200)).await?;
     if warm.ops == 0 {
         return Err("no warm-up tunnel completed".into());
     }
-    let pid = proxy.pid();
+    let pid = peer.pid;
     let before_kib = settled_rss(pid, plan.settle_max).await?;
     let before_fds = fd_count(pid)?;
-    proxy.skip_pending();
+    if let Some(daemon) = peer.daemon() {
+        daemon.skip_pending();
+    }
 
-    // Open the idle tunnels, CLIENTS at a time.
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
-        let next = Arc::clone(&next);
-        let total = plan.idle_tunnels;
-        tasks.spawn(async move {
-            let mut mine = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let stream = tokio::time::timeout(OP_TIMEOUT, route.open()).await.map_err(|_| "open timed out")??;
-                mine.push(stream);
-            }
-            Ok::<_, Error>(mine)
-        });
-    }
-    let mut groups = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        groups.push(joined??);
-    }
+    let groups = open_tunnels(&[route], &[], plan.idle_tunnels).await?;
     let tunnels: usize = groups.iter().map(Vec::len).sum();
     if tunnels != plan.idle_tunnels {
         return Err(format!("opened {tunnels} tunnels, wanted {}", plan.idle_tunnels).into());
@@ -963,8 +1288,9 @@ async fn idle_memory(plan: &Plan, policy: &Path, allowed: &[SocketAddr], echo: S
     let idle_kib = settled_rss(pid, plan.settle_max).await?;
     let idle_fds = fd_count(pid)?;
     println!(
-        "idle: {tunnels} tunnels, RSS {before_kib} KiB -> {idle_kib} KiB, fds {before_fds} -> {idle_fds}, \
+        "idle {}: {tunnels} tunnels, RSS {before_kib} KiB -> {idle_kib} KiB, fds {before_fds} -> {idle_fds}, \
          {:.2} KiB per tunnel",
+        spec.name(),
         idle_kib.saturating_sub(before_kib) as f64 / tunnels as f64
     );
 
@@ -985,10 +1311,10 @@ async fn idle_memory(plan: &Plan, policy: &Path, allowed: &[SocketAddr], echo: S
     }
     let used_kib = settled_rss(pid, plan.settle_max).await?;
     let used_fds = fd_count(pid)?;
-    println!("idle after one echo each: RSS {used_kib} KiB, fds {used_fds}");
+    println!("idle {} after one echo each: RSS {used_kib} KiB, fds {used_fds}", spec.name());
 
     drop(groups);
-    if !plan.full {
+    if let Some(proxy) = peer.daemon().filter(|_| check_lines) {
         // Every tunnel is counted: closing them gives one close line each with the echo's bytes.
         for _ in 0..tunnels {
             let close = proxy.wait_for(|v| v["message"] == "CANONICAL-PROXY-CN-CLOSE")?;
@@ -997,4 +1323,32 @@ async fn idle_memory(plan: &Plan, policy: &Path, allowed: &[SocketAddr], echo: S
         }
     }
     Ok(Memory { tunnels, before_kib, idle_kib, used_kib, before_fds, idle_fds, used_fds })
+}
+
+/// Opens `total` tunnels, [`CLIENTS`] at a time: client `i` uses
+/// `routes[i % len]` from `sources[i % len]` (or any source when empty).
+/// Returns them grouped by client.
+async fn open_tunnels(routes: &[Route], sources: &[IpAddr], total: usize) -> Result<Vec<Vec<TcpStream>>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let next = Arc::clone(&next);
+        let route = *routes.get(client % routes.len().max(1)).ok_or("no route")?;
+        let source = sources.get(client % sources.len().max(1)).copied();
+        tasks.spawn(async move {
+            let mut mine = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let stream = tokio::time::timeout(OP_TIMEOUT, route.open_from(source))
+                    .await
+                    .map_err(|_| format!("opening tunnel {} via {route:?} timed out", mine.len()))??;
+                mine.push(stream);
+            }
+            Ok::<_, Error>(mine)
+        });
+    }
+    let mut groups = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        groups.push(joined??);
+    }
+    Ok(groups)
 }

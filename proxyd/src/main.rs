@@ -58,11 +58,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(async {
+    let exit = runtime.block_on(async {
         let shutdown = shutdown_signal();
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(listener) => listener,
             Err(error) => {
+                proxyd::log::flush();
                 eprintln!("proxyd: cannot listen on {}: {error}", config.listen);
                 return ExitCode::from(1);
             }
@@ -70,11 +71,16 @@ fn main() -> ExitCode {
         match proxyd::run(listener, config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
+                // Log lines written so far come first, as they happened first.
+                proxyd::log::flush();
                 eprintln!("proxyd: {error}");
                 ExitCode::from(1)
             }
         }
-    })
+    });
+    // Log lines are written by a thread of their own: all of them before exiting.
+    proxyd::log::flush();
+    exit
 }
 
 /// Resolves on the first SIGTERM or SIGINT. The handlers are installed when
