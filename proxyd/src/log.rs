@@ -19,7 +19,7 @@ use crate::config::LogFormat;
 use crate::tunnel::TunnelStats;
 
 /// Installs the global subscriber: JSON lines (or text for humans) on
-/// stderr, written in batches by one writer thread (see [`BatchedStderr`]).
+/// stderr, written in batches by one writer thread (see `BatchedStderr`).
 /// Call [`flush`] before the process exits.
 pub fn init(format: LogFormat) {
     use std::io::IsTerminal as _;
