@@ -1,7 +1,8 @@
 //! Streaming reader of decision logs: `proxyd`'s `CANONICAL-PROXY-DECISION`
 //! JSON lines (tracing's `"message"` field) and Smokescreen's logrus JSON lines
 //! (`"msg"`), from files, `-` (stdin) or `.gz` files, aggregated per
-//! (role, canonical host).
+//! (role, canonical host), with the destination ports seen for each pair
+//! (at most [`MAX_PORTS_PER_PAIR`]; later ports are counted, not kept).
 //!
 //! Memory follows the number of distinct (role, host) pairs, never the number
 //! of lines: each line is read into one bounded buffer (a line longer than
