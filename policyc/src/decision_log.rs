@@ -1,7 +1,8 @@
 //! Streaming reader of decision logs: `proxyd`'s `CANONICAL-PROXY-DECISION`
 //! JSON lines (tracing's `"message"` field) and Smokescreen's logrus JSON lines
 //! (`"msg"`), from files, `-` (stdin) or `.gz` files, aggregated per
-//! (role, canonical host).
+//! (role, canonical host), with the destination ports seen for each pair
+//! (at most [`MAX_PORTS_PER_PAIR`]; later ports are counted, not kept).
 //!
 //! Memory follows the number of distinct (role, host) pairs, never the number
 //! of lines: each line is read into one bounded buffer (a line longer than
@@ -129,8 +130,27 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year_of_era + era * 400 + i64::from(month <= 2), month, day)
 }
 
+/// Most distinct destination ports kept per (role, host) pair. A pair
+/// reached on more ports than this is a scan or a misconfiguration, not a
+/// list to copy into a policy: later ports are counted, not kept, so memory
+/// still follows distinct pairs.
+pub const MAX_PORTS_PER_PAIR: usize = 64;
+
+/// What the logs say about one destination port of a (role, host) pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortObservation {
+    pub port: u16,
+    pub hits: u64,
+    /// Lines flagged `enforce_would_deny` (report mode), as [`Observation::reported`].
+    pub reported: u64,
+    /// Lines denied by policy, as [`Observation::denied`].
+    pub denied: u64,
+    pub first_seen: Option<Timestamp>,
+    pub last_seen: Option<Timestamp>,
+}
+
 /// What the logs say about one (role, host) pair.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observation {
     /// Every decision line for the pair.
     pub hits: u64,
@@ -142,20 +162,52 @@ pub struct Observation {
     pub address_denied: u64,
     pub first_seen: Option<Timestamp>,
     pub last_seen: Option<Timestamp>,
+    /// The destination ports seen, at most [`MAX_PORTS_PER_PAIR`], sorted by port.
+    pub ports: Vec<PortObservation>,
+    /// Lines whose port was not kept because `ports` was full.
+    pub ports_not_kept: u64,
+}
+
+fn widen(first: &mut Option<Timestamp>, last: &mut Option<Timestamp>, at: Option<Timestamp>) {
+    if let Some(at) = at {
+        *first = Some(first.map_or(at, |f| f.min(at)));
+        *last = Some(last.map_or(at, |l| l.max(at)));
+    }
 }
 
 impl Observation {
-    fn record(&mut self, kind: LineKind, at: Option<Timestamp>) {
+    fn record(&mut self, kind: LineKind, port: u16, at: Option<Timestamp>) {
         self.hits += 1;
-        match kind {
-            LineKind::Allowed => {}
-            LineKind::Reported => self.reported += 1,
-            LineKind::Denied => self.denied += 1,
-            LineKind::AddressDenied => self.address_denied += 1,
-        }
-        if let Some(at) = at {
-            self.first_seen = Some(self.first_seen.map_or(at, |f| f.min(at)));
-            self.last_seen = Some(self.last_seen.map_or(at, |l| l.max(at)));
+        let (reported, denied) = match kind {
+            LineKind::Allowed => (0, 0),
+            LineKind::Reported => (1, 0),
+            LineKind::Denied => (0, 1),
+            LineKind::AddressDenied => {
+                self.address_denied += 1;
+                (0, 0)
+            }
+        };
+        self.reported += reported;
+        self.denied += denied;
+        widen(&mut self.first_seen, &mut self.last_seen, at);
+        let slot = match self.ports.binary_search_by_key(&port, |p| p.port) {
+            Ok(i) => self.ports.get_mut(i),
+            Err(_) if self.ports.len() >= MAX_PORTS_PER_PAIR => None,
+            Err(i) => {
+                let empty =
+                    PortObservation { port, hits: 0, reported: 0, denied: 0, first_seen: None, last_seen: None };
+                self.ports.insert(i, empty);
+                self.ports.get_mut(i)
+            }
+        };
+        match slot {
+            Some(seen) => {
+                seen.hits += 1;
+                seen.reported += reported;
+                seen.denied += denied;
+                widen(&mut seen.first_seen, &mut seen.last_seen, at);
+            }
+            None => self.ports_not_kept += 1,
         }
     }
 }
@@ -195,8 +247,9 @@ pub struct LineCounts {
 pub struct Aggregate {
     /// Distinct canonical hosts; `HostId` indexes this.
     hosts: Vec<CanonicalHost>,
-    /// Raw `requested_host` text → its host id, so each spelling is parsed once.
-    by_raw_host: HashMap<Box<str>, u32>,
+    /// Raw `requested_host` text → its host id and port (`None`: the text
+    /// has no port), so each spelling is parsed once.
+    by_raw_host: HashMap<Box<str>, (u32, Option<u16>)>,
     by_canonical: HashMap<CanonicalHost, u32>,
     roles: HashMap<Box<str>, HashMap<u32, Observation>>,
     pub lines: LineCounts,
@@ -228,11 +281,11 @@ impl Aggregate {
         self.roles.values().map(HashMap::len).sum()
     }
 
-    fn host_id(&mut self, raw: &str) -> Result<u32, AuthorityError> {
-        if let Some(id) = self.by_raw_host.get(raw) {
-            return Ok(*id);
+    fn host_id(&mut self, raw: &str) -> Result<(u32, Option<u16>), AuthorityError> {
+        if let Some(known) = self.by_raw_host.get(raw) {
+            return Ok(*known);
         }
-        let host = parse_requested_host(raw)?;
+        let (host, port) = parse_requested_host(raw)?;
         let id = match self.by_canonical.get(&host) {
             Some(id) => *id,
             None => {
@@ -242,8 +295,8 @@ impl Aggregate {
                 id
             }
         };
-        self.by_raw_host.insert(raw.into(), id);
-        Ok(id)
+        self.by_raw_host.insert(raw.into(), (id, port));
+        Ok((id, port))
     }
 
     fn malformed(&mut self, source: &str, line: u64, why: impl fmt::Display) {
@@ -255,14 +308,18 @@ impl Aggregate {
 }
 
 /// `requested_host` is `host:port` (`[v6]:port`); Smokescreen's HTTP-proxy
-/// lines may carry a bare `Host` header, which is read as port 80.
-fn parse_requested_host(raw: &str) -> Result<CanonicalHost, AuthorityError> {
+/// lines may carry a bare `Host` header, whose port is `None` here (the
+/// line's `dst_port`, else 80).
+fn parse_requested_host(raw: &str) -> Result<(CanonicalHost, Option<u16>), AuthorityError> {
     match authority::parse(raw) {
-        Ok(a) => Ok(a.host),
-        Err(AuthorityError::MissingPort(_)) => authority::parse(&format!("{raw}:80")).map(|a| a.host),
+        Ok(a) => Ok((a.host, Some(a.port))),
+        Err(AuthorityError::MissingPort(_)) => authority::parse(&format!("{raw}:80")).map(|a| (a.host, None)),
         Err(e) => Err(e),
     }
 }
+
+/// The port a bare `Host` is reached on when the line does not say.
+const DEFAULT_HTTP_PORT: u16 = 80;
 
 /// The fields read from a decision line; every other field is ignored.
 /// Unknown fields are fine, duplicate or mistyped known fields are not.
@@ -284,6 +341,9 @@ struct RawLine<'a> {
     enforce_would_deny: Option<bool>,
     #[serde(borrow, default)]
     decision_reason: Option<Cow<'a, str>>,
+    /// proxyd: the port connected to (absent on lines refused before DNS).
+    #[serde(default)]
+    dst_port: Option<u16>,
     /// logrus.
     #[serde(borrow, default)]
     time: Option<Cow<'a, str>>,
@@ -493,8 +553,8 @@ fn fold_line(
         aggregate.lines.filtered_out += 1;
         return;
     }
-    let host = match aggregate.host_id(raw_host) {
-        Ok(id) => id,
+    let (host, port) = match aggregate.host_id(raw_host) {
+        Ok((id, port)) => (id, port.or(parsed.dst_port.filter(|p| *p != 0)).unwrap_or(DEFAULT_HTTP_PORT)),
         Err(e) => {
             aggregate.malformed(source, number, format_args!("unparseable requested_host: {e}"));
             return;
@@ -506,7 +566,7 @@ fn fold_line(
         Some(per_role) => per_role,
         None => aggregate.roles.entry(role.into()).or_default(),
     };
-    per_role.entry(host).or_default().record(kind, at);
+    per_role.entry(host).or_default().record(kind, port, at);
 }
 
 #[cfg(test)]
@@ -594,7 +654,7 @@ mod tests {
             ("bücher.example:443", "xn--bcher-kva.example"),
             ("plain-http.example", "plain-http.example"),
         ] {
-            assert_eq!(parse_requested_host(raw).unwrap().as_str(), canonical, "{raw}");
+            assert_eq!(parse_requested_host(raw).unwrap().0.as_str(), canonical, "{raw}");
         }
         for bad in ["", "::1:443", "a b:443", "0x7f.0.0.1:443", "host:0", "host:99999", "user@host:443"] {
             assert!(parse_requested_host(bad).is_err(), "{bad}");
@@ -613,5 +673,32 @@ mod tests {
         ));
         assert_eq!((a.lines.undecided, a.lines.without_role, a.lines.decisions), (1, 1, 1));
         assert_eq!(a.hosts_of("r")[0].1.address_denied, 1);
+    }
+
+    #[test]
+    fn ports_are_kept_per_pair_and_bounded() {
+        let line = |host: &str, extra: &str| {
+            format!(
+                "{{\"msg\":\"CANONICAL-PROXY-DECISION\",\"role\":\"r\",\"requested_host\":\"{host}\",\"allow\":true,\"decision_reason\":\"x\",\"enforce_would_deny\":true{extra}}}\n"
+            )
+        };
+        let mut text = String::new();
+        text.push_str(&line("a.test:8443", ""));
+        text.push_str(&line("a.test:8443", ""));
+        text.push_str(&line("a.test:443", ""));
+        text.push_str(&line("a.test", ",\"dst_port\":8080"));
+        text.push_str(&line("a.test", ""));
+        for port in 1000..1000 + MAX_PORTS_PER_PAIR as u16 {
+            text.push_str(&line(&format!("b.test:{port}"), ""));
+        }
+        text.push_str(&line("b.test:9", ""));
+        text.push_str(&line("b.test:1000", ""));
+        let a = read(&text);
+        let hosts = a.hosts_of("r");
+        let ports: Vec<(u16, u64, u64)> = hosts[0].1.ports.iter().map(|p| (p.port, p.hits, p.reported)).collect();
+        assert_eq!(ports, vec![(80, 1, 1), (443, 1, 1), (8080, 1, 1), (8443, 2, 2)]);
+        let b = hosts[1].1;
+        assert_eq!((b.ports.len(), b.ports_not_kept, b.hits), (MAX_PORTS_PER_PAIR, 1, MAX_PORTS_PER_PAIR as u64 + 2));
+        assert_eq!(b.ports[0].hits, 2, "a kept port still counts once the set is full");
     }
 }

@@ -14,12 +14,17 @@
 //! YAML. Layouts this editor cannot change safely (flow mappings, multi-line
 //! flow lists) are refused with a message, never guessed at. The caller
 //! checks the result with the real checker before writing it anywhere.
+//!
+//! Ports (policy v2) go into the service's existing `allowed_ports` list: a
+//! block list gets one `- port # suggested: ...` item per port; a one-line
+//! flow list (`[443, 8443]`) is extended in place, its comment at the end of
+//! the line.
 
 use std::fmt::Write as _;
 
 use egress_policy::yaml::{self, Node, Value};
 
-use crate::suggest::{Plan, RoleSuggestion, SuggestedEntry};
+use crate::suggest::{Plan, RoleSuggestion, SuggestedEntry, SuggestedPort};
 
 /// A change to the original lines: remove `removed` lines from `start`
 /// (0-based) and put `inserted` there.
@@ -330,19 +335,25 @@ pub fn apply(source_text: &str, plan: &Plan) -> Result<Edited, EditError> {
         Some(Value::Seq(items)) => items,
         _ => &[],
     };
-    for role in plan.roles.iter().filter(|r| r.service_exists && !r.entries.is_empty()) {
+    for role in plan.roles.iter().filter(|r| r.service_exists && !(r.entries.is_empty() && r.ports.is_empty())) {
         let node = service_nodes
             .iter()
             .find(|s| map_get(s, "name").and_then(|(_, v)| v.scalar_text()).as_deref() == Some(role.role.as_str()))
             .ok_or_else(|| EditError::Unsupported(format!("service {:?} was not found in the file", role.role)))?;
-        edits.push(edit_service(&source, node, role, &style)?);
+        if !role.entries.is_empty() {
+            edits.push(edit_service(&source, node, role, &style)?);
+        }
+        if !role.ports.is_empty() {
+            edits.push(edit_ports(&source, node, role)?);
+        }
     }
     let new_roles: Vec<&RoleSuggestion> =
         plan.roles.iter().filter(|r| !r.service_exists && !r.entries.is_empty()).collect();
     if !new_roles.is_empty() {
         edits.push(append_services(&source, &root, services, &new_roles, &style)?);
     }
-    edits.sort_by_key(|e| e.start);
+    // At one line, insertions (which go before it) come before a replacement of it.
+    edits.sort_by_key(|e| (e.start, e.removed));
     for pair in edits.windows(2) {
         if let [a, b] = pair
             && a.start + a.removed > b.start
@@ -464,6 +475,95 @@ fn edit_service(source: &Source<'_>, service: &Node, role: &RoleSuggestion, styl
         }
         other => Err(EditError::Unsupported(format!(
             "`allowed_domains` of service {:?} is {}, not a list",
+            role.role,
+            other.kind()
+        ))),
+    }
+}
+
+fn port_comment(port: &SuggestedPort) -> String {
+    let hits = if port.hits == 1 { "1 hit".to_owned() } else { format!("{} hits", port.hits) };
+    match (port.first_seen, port.last_seen) {
+        (Some(first), Some(last)) => format!("{hits}, first seen {first}, last seen {last}"),
+        _ => hits,
+    }
+}
+
+/// Adds `role.ports` to the service's existing `allowed_ports` list.
+fn edit_ports(source: &Source<'_>, service: &Node, role: &RoleSuggestion) -> Result<Edit, EditError> {
+    if source.char_at(service) == Some('{') {
+        return Err(EditError::Unsupported(format!(
+            "service {:?} is a flow mapping ({{...}}); write it as a block mapping so suggest can add to it",
+            role.role
+        )));
+    }
+    let (key, value) = map_get(service, "allowed_ports").ok_or_else(|| {
+        EditError::Unsupported(format!("service {:?} has no `allowed_ports` to add ports to", role.role))
+    })?;
+    let key_line = source.line(key.at.line);
+    let after_key = {
+        let rest = key_line.get(source.before(key.at.line, key.at.column).len()..).unwrap_or("");
+        let colon = rest.find(':').map_or(rest.len(), |i| i + 1);
+        split_comment(rest.get(colon..).unwrap_or("")).0.trim_start()
+    };
+    if matches!(source.char_at(value), Some('*' | '&')) || after_key.starts_with(['&', '*']) {
+        return Err(EditError::Unsupported(format!(
+            "`allowed_ports` of service {:?} is a YAML anchor or alias; give the service its own list",
+            role.role
+        )));
+    }
+    match &value.value {
+        Value::Seq(_) if source.char_at(value) == Some('[') => {
+            // One-line flow list: the ports go before `]`, one comment at the end of the line.
+            let open = source.before(value.at.line, value.at.column).len();
+            let (existing, after) = (value.at.line == key.at.line)
+                .then(|| flow_items(key_line, open))
+                .flatten()
+                .ok_or_else(|| {
+                    EditError::Unsupported(format!(
+                        "`allowed_ports` of service {:?} is a flow list spanning several lines; write it on one line or as a block list",
+                        role.role
+                    ))
+                })?;
+            let close = key_line.len() - after.len() - 1;
+            let inner = key_line.get(open + 1..close).unwrap_or("");
+            let insert_at = open + 1 + inner.trim_end().len();
+            let separator = if inner.contains(", ") || !inner.contains(',') { ", " } else { "," };
+            let mut added: String = role.ports.iter().map(|p| format!("{separator}{}", p.port)).collect();
+            if existing.is_empty() {
+                added = added.trim_start_matches(separator).to_owned();
+            }
+            let notes: Vec<String> = role.ports.iter().map(|p| format!("{} ({})", p.port, port_comment(p))).collect();
+            let line = format!(
+                "{}{added}{} # suggested: {}",
+                key_line.get(..insert_at).unwrap_or(key_line),
+                key_line.get(insert_at..).unwrap_or("").trim_end(),
+                notes.join("; ")
+            );
+            Ok(Edit { start: index(key.at.line), removed: 1, inserted: vec![line] })
+        }
+        Value::Seq(items) => {
+            let last = items.last().ok_or_else(|| {
+                EditError::Unsupported(format!("`allowed_ports` of service {:?} is empty but not `[]`", role.role))
+            })?;
+            let prefix = source.before(last.at.line, last.at.column);
+            if dash_column(source, last).is_none() {
+                return Err(EditError::Unsupported(format!(
+                    "`allowed_ports` of service {:?}: cannot read the layout of line {}",
+                    role.role, last.at.line
+                )));
+            }
+            let indent = prefix.trim_end().strip_suffix('-').unwrap_or(prefix);
+            let gap = prefix.get(indent.len() + 1..).unwrap_or(" ");
+            let inserted = role
+                .ports
+                .iter()
+                .map(|p| format!("{indent}-{gap}{} # suggested: {}", p.port, port_comment(p)))
+                .collect();
+            Ok(Edit { start: end_of_node(source, last.at.line, indent.chars().count()), removed: 0, inserted })
+        }
+        other => Err(EditError::Unsupported(format!(
+            "`allowed_ports` of service {:?} is {}, not a list",
             role.role,
             other.kind()
         ))),
@@ -675,6 +775,7 @@ mod tests {
                             hosts: vec![p.trim_start_matches("*.").to_owned()],
                         })
                         .collect(),
+                    ports: Vec::new(),
                 })
                 .collect(),
             ..Plan::default()
@@ -772,5 +873,55 @@ mod tests {
         assert_eq!(split_comment(after), ("", "# keep"));
         assert!(flow_items("allowed_domains: [a,", 17).is_none());
         assert_eq!(flow_items("x: []", 3).unwrap().0, Vec::<&str>::new());
+    }
+
+    fn port_plan(role: &str, ports: &[u16]) -> Plan {
+        let mut plan = plan(&[(role, true, &[])]);
+        plan.roles[0].ports = ports
+            .iter()
+            .map(|p| SuggestedPort {
+                port: *p,
+                hits: 2,
+                first_seen: None,
+                last_seen: None,
+                hosts: vec!["a.test".into()],
+            })
+            .collect();
+        plan
+    }
+
+    #[test]
+    fn ports_extend_block_and_flow_lists_in_their_style() {
+        let block = "version: v2\nservices:\n  - name: a\n    action: report\n    allowed_domains: [a.test]\n    allowed_ports:\n      -   443   # https\n    # end\n";
+        let edited = apply(block, &port_plan("a", &[5432, 8443])).unwrap();
+        assert_eq!(
+            edited.text,
+            "version: v2\nservices:\n  - name: a\n    action: report\n    allowed_domains: [a.test]\n    allowed_ports:\n      -   443   # https\n      -   5432 # suggested: 2 hits\n      -   8443 # suggested: 2 hits\n    # end\n"
+        );
+        assert_eq!(checked(&edited.text).services[0].allowed_ports.len(), 3);
+        for (line, expected) in [
+            (
+                "allowed_ports: [443, \"8000-8999\"]  # web",
+                "allowed_ports: [443, \"8000-8999\", 5432]  # web # suggested: 5432 (2 hits)",
+            ),
+            ("allowed_ports: [ 443 ]", "allowed_ports: [ 443, 5432 ] # suggested: 5432 (2 hits)"),
+            ("allowed_ports: [443,80]", "allowed_ports: [443,80,5432] # suggested: 5432 (2 hits)"),
+        ] {
+            let source = format!(
+                "version: v2\nservices:\n  - name: a\n    action: report\n    {line}\n    allowed_domains: [a.test]\n"
+            );
+            let edited = apply(&source, &port_plan("a", &[5432])).unwrap();
+            assert_eq!(edited.text, source.replace(line, expected));
+            assert!(
+                checked(&edited.text).services[0]
+                    .allowed_ports
+                    .contains(&egress_policy::policy::PortRange::single(5432))
+            );
+        }
+        let anchored = "version: v2\nservices:\n  - name: a\n    action: report\n    allowed_ports: &p [443]\n";
+        assert!(apply(anchored, &port_plan("a", &[5432])).is_err());
+        let multi_line =
+            "version: v2\nservices:\n  - name: a\n    action: report\n    allowed_ports: [443,\n      80]\n";
+        assert!(apply(multi_line, &port_plan("a", &[5432])).is_err());
     }
 }

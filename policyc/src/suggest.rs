@@ -13,16 +13,21 @@
 //! into a wildcard above a registrable domain (ICANN section of the Public
 //! Suffix List) or over a global deny entry. It does no I/O; the text editing
 //! is [`crate::policy_edit`]'s.
+//!
+//! Ports (policy v2): a role whose service already lists `allowed_ports` gets
+//! the single ports it was seen needing, on hosts it is allowed or suggested,
+//! re-decided with [`PolicyTable::decide_at`]. A role without the key may use
+//! any port, so nothing is suggested for it; ranges are never invented.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use egress_policy::decision::{PolicyTable, Reason};
 use egress_policy::host::CanonicalHost;
 use egress_policy::pattern::HostPattern;
-use egress_policy::policy::{Action, Policy};
+use egress_policy::policy::{Action, Policy, port_allowed};
 use serde::Serialize;
 
-use crate::decision_log::{Aggregate, Observation, Timestamp};
+use crate::decision_log::{Aggregate, Observation, PortObservation, Timestamp};
 
 /// What to suggest.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +62,37 @@ fn serialize_time<S: serde::Serializer>(t: &Option<Timestamp>, s: S) -> Result<S
     }
 }
 
+/// One port to add to a role's `allowed_ports`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SuggestedPort {
+    pub port: u16,
+    /// Lines that needed it, over every host below.
+    pub hits: u64,
+    #[serde(serialize_with = "serialize_time")]
+    pub first_seen: Option<Timestamp>,
+    #[serde(serialize_with = "serialize_time")]
+    pub last_seen: Option<Timestamp>,
+    /// The allowed or suggested hosts it was needed for, sorted.
+    pub hosts: Vec<String>,
+}
+
+/// A port left out for being seen fewer than `--min-count` times.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PortLeftOut {
+    pub role: String,
+    pub port: u16,
+    pub hits: u64,
+}
+
+/// A (role, host) pair seen on more distinct ports than the log reader keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PortsNotKept {
+    pub role: String,
+    pub host: String,
+    /// Lines whose port was counted but not kept (never suggested).
+    pub lines: u64,
+}
+
 /// A role's additions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RoleSuggestion {
@@ -70,6 +106,8 @@ pub struct RoleSuggestion {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_service_project: Option<String>,
     pub entries: Vec<SuggestedEntry>,
+    /// Ports to add to the service's existing `allowed_ports` (policy v2).
+    pub ports: Vec<SuggestedPort>,
 }
 
 /// A host left out, and why.
@@ -102,12 +140,25 @@ pub struct Plan {
     pub collapse_refused: Vec<CollapseRefused>,
     /// Role names that cannot be written as a service (control characters).
     pub unusable_roles: Vec<String>,
+    /// Ports below `--min-count` (roles with `allowed_ports` only).
+    pub ports_below_min_count: Vec<PortLeftOut>,
+    /// Pairs seen on more distinct ports than are kept.
+    pub ports_not_kept: Vec<PortsNotKept>,
 }
 
 impl Plan {
     pub fn entry_count(&self) -> usize {
         self.roles.iter().map(|r| r.entries.len()).sum()
     }
+
+    pub fn port_count(&self) -> usize {
+        self.roles.iter().map(|r| r.ports.len()).sum()
+    }
+}
+
+/// Lines of one port that count as a need.
+fn needed_lines(seen: &PortObservation, options: Options) -> u64 {
+    seen.reported + if options.include_denied { seen.denied } else { 0 }
 }
 
 /// Computes the additions for every role in `aggregate`.
@@ -118,15 +169,34 @@ pub fn plan(policy: &Policy, table: &PolicyTable, aggregate: &Aggregate, options
             plan.unusable_roles.push(role.to_owned());
             continue;
         }
+        // Only a service that already lists ports gets port suggestions.
+        let listed_ports = policy
+            .services
+            .iter()
+            .find(|rule| rule.name == role)
+            .map(|rule| rule.allowed_ports.as_slice())
+            .filter(|ports| !ports.is_empty());
         let mut needed: Vec<(&CanonicalHost, Observation)> = Vec::new();
+        // Hosts the role may reach once the plan is applied, for port needs.
+        let mut reachable: Vec<(&CanonicalHost, &Observation, bool)> = Vec::new();
         for (host, seen) in aggregate.hosts_of(role) {
+            if seen.ports_not_kept > 0 {
+                plan.ports_not_kept.push(PortsNotKept {
+                    role: role.to_owned(),
+                    host: host.to_string(),
+                    lines: seen.ports_not_kept,
+                });
+            }
             let count = seen.reported + if options.include_denied { seen.denied } else { 0 };
             if count == 0 {
                 continue;
             }
             match table.decide(Some(role), host).reason {
                 // The port-agnostic decision: an internal destination allows its host.
-                Reason::AllowedDomain | Reason::GlobalAllowList | Reason::InternalDestination => continue,
+                Reason::AllowedDomain | Reason::GlobalAllowList | Reason::InternalDestination => {
+                    reachable.push((host, seen, true));
+                    continue;
+                }
                 Reason::GlobalDenyList => {
                     plan.globally_denied.push(LeftOut { role: role.to_owned(), host: host.to_string(), hits: count });
                     continue;
@@ -142,9 +212,14 @@ pub fn plan(policy: &Policy, table: &PolicyTable, aggregate: &Aggregate, options
                 plan.below_min_count.push(LeftOut { role: role.to_owned(), host: host.to_string(), hits: count });
                 continue;
             }
-            needed.push((host, Observation { hits: count, ..*seen }));
+            reachable.push((host, seen, false));
+            needed.push((host, Observation { hits: count, ports: Vec::new(), ..seen.clone() }));
         }
-        if needed.is_empty() {
+        let ports = match listed_ports {
+            Some(listed) => port_needs(role, listed, table, &reachable, options, &mut plan.ports_below_min_count),
+            None => Vec::new(),
+        };
+        if needed.is_empty() && ports.is_empty() {
             continue;
         }
         let entries = match options.collapse {
@@ -161,9 +236,63 @@ pub fn plan(policy: &Policy, table: &PolicyTable, aggregate: &Aggregate, options
                 default.map(|d| d.project.clone()).filter(|p| !p.is_empty()).unwrap_or_else(|| role.to_owned())
             }),
             entries,
+            ports,
         });
     }
     plan
+}
+
+/// The ports `role` needs that `listed` (its non-empty `allowed_ports`) does
+/// not cover, over `reachable` hosts: (host, what was seen, allowed today).
+/// A host allowed today is re-decided at each port (an internal destination
+/// or a covered port is no need); a suggested host needs every uncovered port.
+fn port_needs(
+    role: &str,
+    listed: &[egress_policy::policy::PortRange],
+    table: &PolicyTable,
+    reachable: &[(&CanonicalHost, &Observation, bool)],
+    options: Options,
+    below: &mut Vec<PortLeftOut>,
+) -> Vec<SuggestedPort> {
+    #[derive(Default)]
+    struct Tally {
+        hits: u64,
+        first_seen: Option<Timestamp>,
+        last_seen: Option<Timestamp>,
+        hosts: BTreeSet<String>,
+    }
+    let mut by_port: BTreeMap<u16, Tally> = BTreeMap::new();
+    for (host, seen, allowed_today) in reachable {
+        for port_seen in &seen.ports {
+            let lines = needed_lines(port_seen, options);
+            if lines == 0 || port_allowed(listed, port_seen.port) {
+                continue;
+            }
+            let reason = table.decide_at(Some(role), host, port_seen.port).reason;
+            let needs = if *allowed_today {
+                reason == Reason::PortNotAllowed
+            } else {
+                reason != Reason::InternalDestination && reason != Reason::GlobalDenyList
+            };
+            if !needs {
+                continue;
+            }
+            let slot = by_port.entry(port_seen.port).or_default();
+            slot.hits += lines;
+            slot.first_seen = [slot.first_seen, port_seen.first_seen].into_iter().flatten().min();
+            slot.last_seen = [slot.last_seen, port_seen.last_seen].into_iter().flatten().max();
+            slot.hosts.insert(host.to_string());
+        }
+    }
+    let mut ports = Vec::new();
+    for (port, Tally { hits, first_seen, last_seen, hosts }) in by_port {
+        if hits < options.min_count {
+            below.push(PortLeftOut { role: role.to_owned(), port, hits });
+            continue;
+        }
+        ports.push(SuggestedPort { port, hits, first_seen, last_seen, hosts: hosts.into_iter().collect() });
+    }
+    ports
 }
 
 fn exact_entry(host: &CanonicalHost, seen: &Observation) -> SuggestedEntry {

@@ -391,9 +391,10 @@ fn stdin_and_usage_errors() {
 #[test]
 fn every_policy_in_the_repository_can_be_extended_and_still_checks() {
     use egress_policy::decision::{PolicyTable, Reason};
+    use egress_policy::policy::port_allowed;
     use egress_policy::policy::{Action, ActionSet};
     use egress_policy::{acl, host};
-    use policyc::suggest::{Plan, RoleSuggestion, SuggestedEntry};
+    use policyc::suggest::{Plan, RoleSuggestion, SuggestedEntry, SuggestedPort};
 
     fn yaml_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
@@ -417,6 +418,7 @@ fn every_policy_in_the_repository_can_be_extended_and_still_checks() {
         yaml_files(&crate::repo_root().join(dir), &mut files);
     }
     let mut edited_count = 0;
+    let mut ports_added = 0;
     for file in &files {
         let source = std::fs::read_to_string(file).unwrap();
         let Some(policy) = acl::check_source("p.yaml", &source, ActionSet::default()).policy else { continue };
@@ -429,6 +431,18 @@ fn every_policy_in_the_repository_can_be_extended_and_still_checks() {
                 new_service_action: None,
                 new_service_project: None,
                 entries: vec![entry("added.example", "added.example"), entry("*.wild.example", "a.wild.example")],
+                // A service that lists ports gets one more, in its list's own style.
+                ports: if s.allowed_ports.is_empty() || port_allowed(&s.allowed_ports, 65001) {
+                    Vec::new()
+                } else {
+                    vec![SuggestedPort {
+                        port: 65001,
+                        hits: 2,
+                        first_seen: None,
+                        last_seen: None,
+                        hosts: vec!["added.example".into()],
+                    }]
+                },
             })
             .collect();
         roles.push(RoleSuggestion {
@@ -437,6 +451,7 @@ fn every_policy_in_the_repository_can_be_extended_and_still_checks() {
             new_service_action: Some(Action::Enforce),
             new_service_project: Some("team".into()),
             entries: vec![entry("new.example", "new.example")],
+            ports: Vec::new(),
         });
         let plan = Plan { roles, ..Plan::default() };
         let edited = policyc::policy_edit::apply(&source, &plan).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
@@ -448,6 +463,12 @@ fn every_policy_in_the_repository_can_be_extended_and_still_checks() {
             for e in &role.entries {
                 let h = host::canonical(&e.hosts[0]).unwrap();
                 assert_eq!(table.decide(Some(&role.role), &h).reason, Reason::AllowedDomain, "{}", file.display());
+            }
+            for p in &role.ports {
+                let h = host::canonical(&p.hosts[0]).unwrap();
+                let decided = table.decide_at(Some(&role.role), &h, p.port).reason;
+                assert_eq!(decided, Reason::AllowedDomain, "{}: port {}", file.display(), p.port);
+                ports_added += 1;
             }
         }
         // Lines outside the edits are the original lines, in order.
@@ -463,6 +484,7 @@ fn every_policy_in_the_repository_can_be_extended_and_still_checks() {
         edited_count += 1;
     }
     assert!(edited_count >= 20, "only {edited_count} policies found");
+    assert!(ports_added >= 1, "no shipped policy lists allowed_ports");
 }
 
 #[test]
@@ -481,4 +503,164 @@ fn a_shared_yaml_anchor_is_never_widened_for_other_services() {
         assert!(run.stderr.contains("anchor or alias") && run.stderr.contains("nothing written"), "{}", run.stderr);
         assert!(!out.exists());
     }
+}
+
+/// A v2 policy: `api` lists ports (block or flow list, per `ports_style`), `worker` does not.
+fn v2_policy(ports_style: &str) -> String {
+    format!(
+        "\
+# v2: ports per role.
+version: v2
+services:
+  - name: api
+    project: p
+    action: report
+    allowed_domains:
+      - api.example.com   # the API
+{ports_style}    # api ends here
+  - name: worker
+    project: p
+    action: report
+    allowed_domains:
+      - jobs.example.com
+default:
+  project: other
+  action: enforce
+"
+    )
+}
+
+fn v2_logs() -> String {
+    let line = |role: &str, host: &str, reason: &str, would_deny: bool, time: &str| {
+        proxyd_line(role, host, true, would_deny, reason, time)
+    };
+    let mut out = Vec::new();
+    for role in ["api", "worker"] {
+        let listed = if role == "api" { "api.example.com" } else { "jobs.example.com" };
+        out.push(line(
+            role,
+            &format!("{listed}:443"),
+            "host matched allowed domain in rule",
+            false,
+            "2026-11-21T10:00:00Z",
+        ));
+        // Allowed host, port outside the list: reported only where the role lists ports.
+        let (reason, would_deny) = if role == "api" {
+            ("port not in rule's allowed ports", true)
+        } else {
+            ("host matched allowed domain in rule", false)
+        };
+        out.push(line(role, &format!("{listed}:8443"), reason, would_deny, "2026-11-21T10:01:00Z"));
+        out.push(line(role, &format!("{listed}:8443"), reason, would_deny, "2026-11-21T10:02:00Z"));
+        // A new host on a new port: the host is suggested, and (api only) the port.
+        out.push(line(role, "db.example.com:5432", "rule has allow and report policy", true, "2026-11-21T10:03:00Z"));
+    }
+    lines(&out)
+}
+
+#[test]
+fn v2_ports_are_suggested_only_for_roles_that_list_ports_in_block_and_flow_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = write(dir.path(), "decisions.log", &v2_logs());
+    let block = "    allowed_ports:\n      - 443   # https\n";
+    let flow = "    allowed_ports: [443]  # https only\n";
+    for (style, ports_style) in [("block", block), ("flow", flow)] {
+        let source = v2_policy(ports_style);
+        let policy = write(dir.path(), &format!("{style}.yaml"), &source);
+        let out = dir.path().join(format!("{style}-out.yaml"));
+        let out_path = out.to_str().unwrap();
+        let run = policyc(&["suggest", "-o", out_path, &policy, &log]);
+        assert_eq!(run.code, 0, "{style}: {}", run.stderr);
+        assert!(run.stderr.contains("2 entries and 2 ports for 2 roles"), "{style}: {}", run.stderr);
+        let edited = std::fs::read_to_string(&out).unwrap();
+
+        let expected_ports = if style == "block" {
+            "    allowed_ports:\n      - 443   # https\n      - 5432 # suggested: 1 hit, first seen 2026-11-21T10:03:00Z, last seen 2026-11-21T10:03:00Z\n      - 8443 # suggested: 2 hits, first seen 2026-11-21T10:01:00Z, last seen 2026-11-21T10:02:00Z\n".to_owned()
+        } else {
+            "    allowed_ports: [443, 5432, 8443]  # https only # suggested: 5432 (1 hit, first seen 2026-11-21T10:03:00Z, last seen 2026-11-21T10:03:00Z); 8443 (2 hits, first seen 2026-11-21T10:01:00Z, last seen 2026-11-21T10:02:00Z)\n".to_owned()
+        };
+        assert!(edited.contains(&expected_ports), "{style}:\n{edited}");
+        // Every original line but a replaced flow line is still there, byte for byte, in order.
+        let mut rest = edited.as_str();
+        for line in source.split_inclusive('\n').filter(|l| style == "block" || *l != flow) {
+            let at = rest.find(line).unwrap_or_else(|| panic!("{style}: {line:?} lost:\n{edited}"));
+            rest = &rest[at + line.len()..];
+        }
+        // The worker (no allowed_ports: any port) gets its host and no ports key.
+        let worker = &edited[edited.find("- name: worker").unwrap()..];
+        assert!(!worker.contains("allowed_ports"), "{style}:\n{edited}");
+        assert!(worker.contains("- db.example.com # suggested: 1 hit"), "{style}:\n{edited}");
+
+        let check = policyc(&["check", "--deny-warnings", out_path]);
+        assert_eq!(check.code, 0, "{style}: {}{}", check.stdout, check.stderr);
+        for destination in ["api.example.com:8443", "db.example.com:5432", "api.example.com:5432"] {
+            let explain = policyc(&["explain", out_path, "api", destination, "--format", "json"]);
+            assert_eq!(explain.code, 0, "{style}: {}", explain.stderr);
+            let decided: Value = serde_json::from_str(&explain.stdout).unwrap();
+            assert_eq!(decided["reason_code"], "allowed_domain", "{style} {destination}: {decided}");
+        }
+        let before = policyc(&["explain", &policy, "api", "api.example.com:8443", "--format", "json"]);
+        let before: Value = serde_json::from_str(&before.stdout).unwrap();
+        assert_eq!(before["reason_code"], "port_not_allowed");
+
+        // The same additions as data.
+        let json = policyc(&["suggest", "--format", "json", &policy, &log]);
+        assert_eq!(json.code, 0, "{}", json.stderr);
+        let report: Value = serde_json::from_str(&json.stdout).unwrap();
+        assert_matches_schema("policyc-suggest.schema.json", &report);
+        let roles = report["roles"].as_array().unwrap();
+        let api = roles.iter().find(|r| r["role"] == "api").unwrap();
+        let ports: Vec<(u64, u64)> = api["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["port"].as_u64().unwrap(), p["hits"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(ports, vec![(5432, 1), (8443, 2)]);
+        assert_eq!(api["ports"][0]["hosts"], serde_json::json!(["db.example.com"]));
+        assert_eq!(api["ports"][1]["hosts"], serde_json::json!(["api.example.com"]));
+        let worker = roles.iter().find(|r| r["role"] == "worker").unwrap();
+        assert_eq!(worker["ports"], serde_json::json!([]));
+    }
+}
+
+#[test]
+fn v2_ports_below_min_count_are_left_out_and_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = write(dir.path(), "decisions.log", &v2_logs());
+    let policy = write(dir.path(), "acl.yaml", &v2_policy("    allowed_ports: [443]\n"));
+    let run = policyc(&["suggest", "--min-count", "2", "--format", "json", &policy, &log]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_matches_schema("policyc-suggest.schema.json", &report);
+    // db.example.com (1 hit) is below the count, so is its port; 8443 on the listed host is kept.
+    let api = report["roles"].as_array().unwrap().iter().find(|r| r["role"] == "api").unwrap().clone();
+    assert_eq!(api["ports"].as_array().unwrap().len(), 1);
+    assert_eq!(api["ports"][0]["port"], 8443);
+    assert!(run.stderr.contains("below --min-count: role api → db.example.com (1 hit(s))"), "{}", run.stderr);
+}
+
+#[test]
+fn v2_a_pair_reached_on_too_many_ports_is_bounded_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut out = Vec::new();
+    for port in 10_000..10_070u16 {
+        out.push(proxyd_line(
+            "api",
+            &format!("api.example.com:{port}"),
+            true,
+            true,
+            "port not in rule's allowed ports",
+            "2026-11-21T10:00:00Z",
+        ));
+    }
+    let log = write(dir.path(), "scan.log", &lines(&out));
+    let policy = write(dir.path(), "acl.yaml", &v2_policy("    allowed_ports: [443]\n"));
+    let run = policyc(&["suggest", "--format", "json", &policy, &log]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_matches_schema("policyc-suggest.schema.json", &report);
+    assert_eq!(report["roles"][0]["ports"].as_array().unwrap().len(), 64);
+    assert_eq!(report["ports_not_kept"], serde_json::json!([{"role": "api", "host": "api.example.com", "lines": 6}]));
+    assert!(run.stderr.contains("ports not kept: role api → api.example.com"), "{}", run.stderr);
 }

@@ -10,7 +10,7 @@ use egress_policy::decision::{PolicyTable, Reason};
 use egress_policy::diagnostic::Diagnostic;
 use egress_policy::host;
 use egress_policy::pattern;
-use egress_policy::policy::{Action, ActionSet, Policy, Rule};
+use egress_policy::policy::{Action, ActionSet, Policy, PortRange, Rule};
 use egress_policy::table;
 use serde::Serialize;
 
@@ -100,12 +100,36 @@ pub fn run(
                 }
             }
         }
+        for port in &role.ports {
+            for name in &port.hosts {
+                let allowed = host::canonical(name)
+                    .map(|h| {
+                        matches!(
+                            new_table.decide_at(Some(&role.role), &h, port.port).reason,
+                            Reason::AllowedDomain | Reason::GlobalAllowList | Reason::InternalDestination
+                        )
+                    })
+                    .unwrap_or(false);
+                if !allowed {
+                    return Err(Failure::Refused(format!(
+                        "internal error: the edited policy does not allow {name}:{} for role {}; nothing written",
+                        port.port,
+                        crate::diff::printable(&role.role)
+                    )));
+                }
+            }
+        }
     }
 
     let diff = crate::diff::diff(&old_policy, &new_policy);
     eprint!("{}", diff.render_human(&label, &out_label));
+    let ports = match plan.port_count() {
+        0 => String::new(),
+        1 => " and 1 port".to_owned(),
+        n => format!(" and {n} ports"),
+    };
     eprintln!(
-        "suggest: {} entr{} for {} role{}",
+        "suggest: {} entr{}{ports} for {} role{}",
         plan.entry_count(),
         if plan.entry_count() == 1 { "y" } else { "ies" },
         plan.roles.len(),
@@ -167,6 +191,18 @@ fn report_left_out(plan: &Plan) {
             refused.pattern
         );
     }
+    for left in &plan.ports_below_min_count {
+        eprintln!("below --min-count: role {} → port {} ({} hit(s))", role(&left.role), left.port, left.hits);
+    }
+    for not_kept in &plan.ports_not_kept {
+        eprintln!(
+            "ports not kept: role {} → {} was reached on more than {} distinct ports; {} line(s) past that were counted, their ports not suggested",
+            role(&not_kept.role),
+            not_kept.host,
+            crate::decision_log::MAX_PORTS_PER_PAIR,
+            not_kept.lines
+        );
+    }
     for unusable in &plan.unusable_roles {
         eprintln!("skipped role {}: control characters cannot name a service", role(unusable));
     }
@@ -191,6 +227,7 @@ fn only_planned_changes(old: &Policy, new: &Policy, plan: &Plan) -> Result<(), S
             for entry in &role.entries {
                 rule.allowed_domains.push(parse(&entry.pattern)?);
             }
+            rule.allowed_ports.extend(role.ports.iter().map(|p| PortRange::single(p.port)));
         }
         expected.push(rule);
     }
