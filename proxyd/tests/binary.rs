@@ -3,13 +3,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::harness::{ACL, compile, connect, echo_through, lo};
+use testkit::daemon::Daemon;
 use testkit::dns::{Answer, TestDns};
 use testkit::upstream::Upstream;
 
@@ -84,84 +86,9 @@ fn invalid_inputs_exit_1_with_one_line_before_listening() {
     }
 }
 
-/// A running proxyd process with its stderr lines.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    addr: SocketAddr,
-    /// The `proxyd listening` line.
-    listening: Value,
-}
-
-impl Daemon {
-    fn start(args: &[&str]) -> Daemon {
-        let mut child = proxyd()
-            .args(["--listen-ip", "127.0.0.1", "--listen-port", "0"])
-            .args(args)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn proxyd");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut daemon = Daemon { child, lines, addr: SocketAddr::from(([127, 0, 0, 1], 0)), listening: Value::Null };
-        let listening = daemon.wait_for(|v| v["message"] == "proxyd listening");
-        daemon.listening = listening.clone();
-        daemon.addr = listening["listen"].as_str().expect("listen field").parse().expect("socket address");
-        daemon
-    }
-
-    /// Waits for the process to exit (after SIGTERM was sent).
-    fn terminate_wait(mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "proxyd did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The next JSON log line matching `pred` (10 s at most).
-    fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).expect("expected log line in time");
-            let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            if pred(&value) {
-                return value;
-            }
-        }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "proxyd did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The real binary on 127.0.0.1:0 with `args` (testkit's daemon handle).
+fn start(args: &[&str]) -> Daemon {
+    Daemon::start(Path::new(env!("CARGO_BIN_EXE_proxyd")), args, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)] // in-test servers keep running while this thread waits on the daemon
@@ -171,7 +98,7 @@ async fn decision_and_close_lines_carry_smokescreen_fields() {
     dns.set("upstream.test", Answer::Records(vec![upstream.addr.ip()]));
     let dir = tempfile::tempdir().unwrap();
     let table = compile(dir.path(), ACL);
-    let mut daemon = Daemon::start(&[
+    let mut daemon = start(&[
         "--policy",
         table.to_str().unwrap(),
         "--resolver-address",
@@ -270,7 +197,7 @@ async fn sighup_reloads_and_every_attempt_is_logged() {
     let table = compile(dir.path(), ACL);
     let path = table.to_str().unwrap().to_owned();
     // File events would wait a minute and there is no periodic check: only SIGHUP can reload in time.
-    let mut daemon = Daemon::start(&[
+    let mut daemon = start(&[
         "--policy",
         &path,
         "--resolver-address",
@@ -285,7 +212,7 @@ async fn sighup_reloads_and_every_attempt_is_logged() {
 
     // A bad candidate: refused, named, and the active revision is reported.
     egress_policy::table::write_atomically(&table, b"not a table at all").unwrap();
-    let pid = daemon.child.id().to_string();
+    let pid = daemon.pid().to_string();
     let hup = || Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     assert!(hup().success());
     let refused = daemon.wait_for(|v| v["message"] == "policy reload refused; the active policy keeps serving");
@@ -318,7 +245,7 @@ async fn trace_ids_reach_the_log_lines_and_nothing_else() {
     dns.set("upstream.test", Answer::Records(vec![upstream.addr.ip()]));
     let dir = tempfile::tempdir().unwrap();
     let table = compile(dir.path(), ACL);
-    let mut daemon = Daemon::start(&[
+    let mut daemon = start(&[
         "--policy",
         table.to_str().unwrap(),
         "--resolver-address",
@@ -363,7 +290,7 @@ async fn readyz_is_503_from_sigterm_until_exit() {
     dns.set("upstream.test", Answer::Records(vec![upstream.addr.ip()]));
     let dir = tempfile::tempdir().unwrap();
     let table = compile(dir.path(), ACL);
-    let mut daemon = Daemon::start(&[
+    let mut daemon = start(&[
         "--policy",
         table.to_str().unwrap(),
         "--resolver-address",
@@ -385,7 +312,7 @@ async fn readyz_is_503_from_sigterm_until_exit() {
     // An open tunnel keeps the drain going.
     let mut tunnel = connect(daemon.addr, &format!("upstream.test:{}", upstream.addr.port()), "").await;
     assert_eq!(tunnel.status, 200);
-    let pid = daemon.child.id().to_string();
+    let pid = daemon.pid().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     daemon.wait_for(|v| v["message"] == "draining: no longer accepting");
     let draining = testkit::scrape::get(admin, "/readyz").await;
@@ -396,7 +323,7 @@ async fn readyz_is_503_from_sigterm_until_exit() {
     assert_eq!(echo_through(&mut tunnel.stream, b"bye").await, b"bye");
     drop(tunnel);
     daemon.wait_for(|v| v["message"] == "stopped");
-    assert_eq!(daemon.terminate_wait().code(), Some(0));
+    assert_eq!(daemon.wait_exit().code(), Some(0));
 }
 
 #[test]

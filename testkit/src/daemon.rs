@@ -96,15 +96,19 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits (10 s at most) for the exit status.
-    pub fn terminate(mut self) -> ExitStatus {
-        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
-        assert!(sent.success());
+    pub fn terminate(self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Waits (10 s at most) for the process to exit, after a signal the test sent.
+    pub fn wait_exit(mut self) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "proxyd did not exit after SIGTERM");
+            assert!(Instant::now() < deadline, "proxyd did not exit in time");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
