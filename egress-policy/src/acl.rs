@@ -522,7 +522,10 @@ impl Checker<'_> {
                 Vec::new()
             }
             Some((_, node)) => match self.internal_destinations(node) {
-                Some(list) => list,
+                Some(mut list) => {
+                    InternalDestination::canonical_order(&mut list);
+                    list
+                }
                 None => {
                     ok = false;
                     Vec::new()

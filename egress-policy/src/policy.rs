@@ -274,6 +274,28 @@ pub struct InternalDestination {
 }
 
 impl InternalDestination {
+    /// Puts a rule's exceptions in the one order the compiled table stores
+    /// them (CIDRs and ports sorted and deduplicated, the list sorted by
+    /// host, CIDRs, ports, reason), so a policy read from YAML and the same
+    /// policy decoded from its table decide identically, down to which
+    /// exception's `reason` is reported when two overlap.
+    pub fn canonical_order(list: &mut [InternalDestination]) {
+        for d in list.iter_mut() {
+            d.cidrs.sort_by_cached_key(ToString::to_string);
+            d.cidrs.dedup();
+            d.ports.sort();
+            d.ports.dedup();
+        }
+        list.sort_by_cached_key(|d| {
+            (
+                d.host.to_string(),
+                d.cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                d.ports.clone(),
+                d.reason.clone(),
+            )
+        });
+    }
+
     /// Whether this exception is about `host` on `port`.
     pub fn covers(&self, host: &CanonicalHost, port: u16) -> bool {
         self.host == *host && self.ports.iter().any(|r| r.contains(port))

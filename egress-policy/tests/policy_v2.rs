@@ -436,3 +436,23 @@ proptest! {
         prop_assert!(checked.policy.is_some() || checked.error_count() > 0);
     }
 }
+
+/// Found by the `acl_check` fuzz target: an exception's CIDRs written out of
+/// the table's (sorted) order must not make the YAML and the table disagree
+/// about the exception a decision reports.
+#[test]
+fn an_exception_decides_the_same_from_yaml_and_from_its_table_in_any_written_order() {
+    let yaml = include_str!("../../fuzz/corpus/acl_check/v2-exception-order.yaml");
+    let policy = check(yaml).policy.unwrap();
+    let meta = Metadata::for_source(Path::new("v2.yaml"), yaml.as_bytes(), ActionSet::default());
+    let loaded = table::decode(&table::encode(&policy, &meta)).unwrap();
+    let direct = PolicyTable::new(&policy);
+    for port in [443, 5432, 5433, 8080] {
+        let host = h("db.example.org");
+        assert_eq!(
+            direct.decide_at(Some("svc"), &host, port),
+            loaded.table.decide_at(Some("svc"), &host, port),
+            "{port}"
+        );
+    }
+}
