@@ -3,11 +3,10 @@
 
 use serde_json::Value;
 use testkit::client::{connect, echo_through, lo};
-use testkit::daemon::Daemon;
 use testkit::dns::{Answer, TestDns};
 use testkit::upstream::Upstream;
 
-use crate::support::{compile, policyc, write};
+use crate::support::{AUTH, compile, policyc, proxy_for, write};
 
 const V1: &str = "\
 version: v1
@@ -67,29 +66,13 @@ async fn a_table_compiled_by_policyc_is_what_proxyd_enforces_and_a_recompile_lan
 
     let table = dir.path().join("policy.bin");
     let allow = format!("{}/32", upstream.addr.ip());
-    let mut daemon = Daemon::start(
-        &testkit::binary("proxyd"),
-        &[
-            "--policy",
-            table.to_str().unwrap(),
-            "--resolver-address",
-            &dns.addr().to_string(),
-            "--allow-range",
-            &allow,
-            "--proxy-password-env",
-            "E2E_PROXY_SECRET",
-            "--proxy-auth-role",
-            "billing",
-        ],
-        &[("E2E_PROXY_SECRET", "s3cret")],
-    );
+    let mut daemon = proxy_for("billing", &table, dns.addr(), &["--allow-range", &allow]);
     assert_eq!(daemon.listening["policy_revision"], first.as_str(), "{}", daemon.listening);
 
-    let auth = "Proxy-Authorization: Basic dTpzM2NyZXQ=\r\n"; // u:s3cret
-    let mut allowed = connect(daemon.addr, &format!("api.vendor.test:{port}"), auth).await;
+    let mut allowed = connect(daemon.addr, &format!("api.vendor.test:{port}"), AUTH).await;
     assert_eq!(allowed.status, 200);
     assert_eq!(echo_through(&mut allowed.stream, b"ping").await, b"ping");
-    let denied = connect(daemon.addr, &format!("other.vendor.test:{port}"), auth).await;
+    let denied = connect(daemon.addr, &format!("other.vendor.test:{port}"), AUTH).await;
     assert_eq!(denied.status, 403);
     let decision = daemon.wait_for(|v| v["message"] == "CANONICAL-PROXY-DECISION" && v["allow"] == false);
     assert_eq!(decision["policy_revision"], first.as_str());
@@ -100,7 +83,7 @@ async fn a_table_compiled_by_policyc_is_what_proxyd_enforces_and_a_recompile_lan
     assert_ne!(first, second);
     let reloaded: Value = daemon.wait_for(|v| v["message"] == "policy reloaded");
     assert_eq!(reloaded["new_revision"], second.as_str(), "{reloaded}");
-    let now_allowed = connect(daemon.addr, &format!("other.vendor.test:{port}"), auth).await;
+    let now_allowed = connect(daemon.addr, &format!("other.vendor.test:{port}"), AUTH).await;
     assert_eq!(now_allowed.status, 200);
     // The tunnel opened before the reload is untouched.
     assert_eq!(echo_through(&mut allowed.stream, b"still here").await, b"still here");

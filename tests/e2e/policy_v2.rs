@@ -65,7 +65,7 @@ default:
     )
 }
 
-const AUTH: &str = "Proxy-Authorization: Basic dTpzM2NyZXQ=\r\n"; // u:s3cret
+use crate::support::AUTH;
 
 /// Compiles the policy with the real `policyc` (after `check`, which must
 /// only warn about the exception overlapping metadata) and returns the table's path.
@@ -84,22 +84,7 @@ fn compiled(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
 
 /// A proxy for one role (the proxy password's role), with an admin listener.
 fn proxy_for(role: &str, table: &std::path::Path, dns: &TestDns) -> Daemon {
-    Daemon::start(
-        &testkit::binary("proxyd"),
-        &[
-            "--policy",
-            table.to_str().unwrap(),
-            "--resolver-address",
-            &dns.addr().to_string(),
-            "--proxy-password-env",
-            "E2E_PROXY_SECRET",
-            "--proxy-auth-role",
-            role,
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-        &[("E2E_PROXY_SECRET", "s3cret")],
-    )
+    crate::support::proxy_for(role, table, dns.addr(), &["--admin-listen", "127.0.0.1:0"])
 }
 
 fn decision_line(daemon: &mut Daemon, host: &str) -> Value {

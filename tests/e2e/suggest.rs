@@ -5,11 +5,10 @@
 //! reached are allowed.
 
 use testkit::client::{connect, echo_through, lo};
-use testkit::daemon::Daemon;
 use testkit::dns::{Answer, TestDns};
 use testkit::upstream::Upstream;
 
-use crate::support::{compile, policyc, write};
+use crate::support::{AUTH, compile, policyc, proxy_for, write};
 
 const REPORTING: &str = "\
 # The reporting service is being moved to enforce.
@@ -39,28 +38,12 @@ async fn a_report_log_from_proxyd_becomes_an_enforce_policy_that_allows_exactly_
     compile(dir.path(), "acl.yaml", "policy.bin");
     let table = dir.path().join("policy.bin");
     let allow = format!("{}/32", upstream.addr.ip());
-    let mut daemon = Daemon::start(
-        &testkit::binary("proxyd"),
-        &[
-            "--policy",
-            table.to_str().unwrap(),
-            "--resolver-address",
-            &dns.addr().to_string(),
-            "--allow-range",
-            &allow,
-            "--proxy-password-env",
-            "E2E_PROXY_SECRET",
-            "--proxy-auth-role",
-            "reporter",
-        ],
-        &[("E2E_PROXY_SECRET", "s3cret")],
-    );
-    let auth = "Proxy-Authorization: Basic dTpzM2NyZXQ=\r\n"; // u:s3cret
+    let mut daemon = proxy_for("reporter", &table, dns.addr(), &["--allow-range", &allow]);
 
     // Report mode: every host is reached; two of them are outside the list.
     let mut requests = 0;
     for name in used.iter().chain(&["eu.partner.test"]) {
-        let mut reply = connect(daemon.addr, &format!("{name}:{port}"), auth).await;
+        let mut reply = connect(daemon.addr, &format!("{name}:{port}"), AUTH).await;
         assert_eq!(reply.status, 200, "{name} in report mode");
         assert_eq!(echo_through(&mut reply.stream, b"ping").await, b"ping");
         requests += 1;
@@ -91,11 +74,11 @@ async fn a_report_log_from_proxyd_becomes_an_enforce_policy_that_allows_exactly_
     let reloaded = daemon.wait_for(|v| v["message"] == "policy reloaded");
     assert_eq!(reloaded["new_revision"], revision.as_str(), "{reloaded}");
     for name in used {
-        let mut reply = connect(daemon.addr, &format!("{name}:{port}"), auth).await;
+        let mut reply = connect(daemon.addr, &format!("{name}:{port}"), AUTH).await;
         assert_eq!(reply.status, 200, "{name} is allowed under enforce");
         assert_eq!(echo_through(&mut reply.stream, b"ok").await, b"ok");
     }
-    let denied = connect(daemon.addr, &format!("unused.vendor.test:{port}"), auth).await;
+    let denied = connect(daemon.addr, &format!("unused.vendor.test:{port}"), AUTH).await;
     assert_eq!(denied.status, 403, "a host the role never used stays denied");
 
     // Coverage over the same log: every entry used, nothing unused.

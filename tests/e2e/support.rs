@@ -35,3 +35,24 @@ pub fn compile(dir: &Path, source: &str, out: &str) -> String {
     let revision = run.stderr.split("(revision ").nth(1).and_then(|rest| rest.split(',').next());
     revision.unwrap_or_else(|| panic!("no revision in: {}", run.stderr)).to_owned()
 }
+
+/// The header a client of [`proxy_for`]'s proxy sends: the proxy password (`u:s3cret`).
+pub const AUTH: &str = "Proxy-Authorization: Basic dTpzM2NyZXQ=\r\n";
+
+/// The real proxyd serving `table`, resolving through the test DNS server at
+/// `dns`, giving `role` to clients with the proxy password ([`AUTH`]), plus `extra` flags.
+pub fn proxy_for(role: &str, table: &Path, dns: std::net::SocketAddr, extra: &[&str]) -> testkit::daemon::Daemon {
+    let dns = dns.to_string();
+    let mut args = vec![
+        "--policy",
+        table.to_str().expect("UTF-8 path"),
+        "--resolver-address",
+        &dns,
+        "--proxy-password-env",
+        "E2E_PROXY_SECRET",
+        "--proxy-auth-role",
+        role,
+    ];
+    args.extend_from_slice(extra);
+    testkit::daemon::Daemon::start(&testkit::binary("proxyd"), &args, &[("E2E_PROXY_SECRET", "s3cret")])
+}
