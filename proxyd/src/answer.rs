@@ -35,6 +35,10 @@ pub enum Refusal {
     /// The client's address already has `limit` tunnels open (`--max-tunnels-per-client`).
     #[error("maximum concurrent connect tunnels for this client address exceeded ({limit} open)")]
     ClientTunnelCap { limit: usize },
+    /// The client's address sent more than `per_second` request heads in a
+    /// second (`--max-requests-per-client-per-second`).
+    #[error("request rate for this client address exceeded ({per_second} per second)")]
+    ClientRequestRate { per_second: u32 },
     #[error("proxy is shutting down")]
     Draining,
     /// `--policy-url` has not produced a verified table yet (and no cache).
@@ -55,7 +59,9 @@ impl Refusal {
             Refusal::NotConnect(_) => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::Denied { .. } | Refusal::MissingRole { .. } => StatusCode::FORBIDDEN,
             Refusal::AuthRequired | Refusal::BadCredentials => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            Refusal::TunnelCap | Refusal::ClientTunnelCap { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::TunnelCap | Refusal::ClientTunnelCap { .. } | Refusal::ClientRequestRate { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Refusal::Draining | Refusal::NoPolicy => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Dns { error: ResolveError::Timeout { .. }, .. } | Refusal::ConnectTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -75,6 +81,7 @@ impl Refusal {
             Refusal::BadCredentials => "bad_credentials",
             Refusal::TunnelCap => "tunnel_cap",
             Refusal::ClientTunnelCap { .. } => "client_tunnel_cap",
+            Refusal::ClientRequestRate { .. } => "client_request_rate",
             Refusal::Draining => "draining",
             Refusal::NoPolicy => "no_policy",
             Refusal::Dns { error: ResolveError::Timeout { .. }, .. } => "dns_timeout",
@@ -111,7 +118,9 @@ pub fn response(refusal: &Refusal, deny_message_extra: Option<&str>) -> Response
         Refusal::AuthRequired | Refusal::BadCredentials => {
             builder.header(header::PROXY_AUTHENTICATE, "Basic realm=\"proxyd\"")
         }
-        Refusal::TunnelCap | Refusal::ClientTunnelCap { .. } => builder.header(header::RETRY_AFTER, "1"),
+        Refusal::TunnelCap | Refusal::ClientTunnelCap { .. } | Refusal::ClientRequestRate { .. } => {
+            builder.header(header::RETRY_AFTER, "1")
+        }
         _ => builder,
     };
     text.push('\n');
@@ -174,6 +183,7 @@ mod tests {
             Refusal::BadCredentials,
             Refusal::TunnelCap,
             Refusal::ClientTunnelCap { limit: 1 },
+            Refusal::ClientRequestRate { per_second: 1 },
             Refusal::Draining,
             Refusal::Dns {
                 host: String::new(),

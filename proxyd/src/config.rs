@@ -111,6 +111,9 @@ pub struct Args {
     /// Cap on concurrent tunnels per client IP address (the PROXY header's source when that is on); beyond it 429 [default: off].
     #[arg(long, value_name = "N")]
     pub max_tunnels_per_client: Option<usize>,
+    /// Cap on request heads per second per client IP address (a burst of N, then N a second); beyond it 429 [default: off].
+    #[arg(long, value_name = "N")]
+    pub max_requests_per_client_per_second: Option<u32>,
     /// Clients without a role (no certificate, no credentials) use the default rule.
     #[arg(long)]
     pub allow_missing_role: bool,
@@ -222,6 +225,7 @@ pub struct FileConfig {
     max_concurrent_connect_tunnels: Option<usize>,
     // Keys proxyd adds.
     max_tunnels_per_client: Option<usize>,
+    max_requests_per_client_per_second: Option<u32>,
     policy: Option<PathBuf>,
     policy_check_interval: Option<String>,
     policy_reload_debounce: Option<String>,
@@ -301,6 +305,8 @@ pub struct Config {
     pub max_tunnels: usize,
     /// Cap on concurrent tunnels per client IP address; `None`: no per-client cap.
     pub max_tunnels_per_client: Option<usize>,
+    /// Request heads per second per client IP address; `None`: no rate limit.
+    pub max_requests_per_client_per_second: Option<u32>,
     /// Operator address rules; the listener's own address is added at start.
     pub address_rules: AddressRules,
     pub network: Network,
@@ -353,6 +359,7 @@ impl Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_tunnels: DEFAULT_MAX_TUNNELS,
             max_tunnels_per_client: None,
+            max_requests_per_client_per_second: None,
             address_rules: AddressRules::default(),
             network: Network::Ip,
             resolver_addresses: Vec::new(),
@@ -527,6 +534,15 @@ impl Config {
             });
             max_tunnels_per_client = None;
         }
+        let mut max_requests_per_client_per_second =
+            args.max_requests_per_client_per_second.or(file.max_requests_per_client_per_second);
+        if max_requests_per_client_per_second == Some(0) {
+            p.push(ConfigError::Invalid {
+                input: "max requests per client per second".into(),
+                message: "must be at least 1; leave it out to have no per-client rate limit".into(),
+            });
+            max_requests_per_client_per_second = None;
+        }
 
         let listen = SocketAddr::new(listen_ip, listen_port);
         let admin_listen = args.admin_listen.or(file.admin_listen);
@@ -567,6 +583,7 @@ impl Config {
             shutdown_grace,
             max_tunnels,
             max_tunnels_per_client,
+            max_requests_per_client_per_second,
             address_rules: rules,
             network: file.network.unwrap_or_default(),
             resolver_addresses,
@@ -879,6 +896,17 @@ mod tests {
         assert_eq!(c.idle_timeout, None);
         assert!(c.allow_missing_role);
         assert_eq!(c.address_rules.deny_ranges.len(), 1);
+    }
+
+    #[test]
+    fn the_per_client_request_rate_is_off_unless_set() {
+        assert_eq!(load(&["--policy", "p.bin"], None).unwrap().max_requests_per_client_per_second, None);
+        let file = "max_requests_per_client_per_second: 20\n";
+        assert_eq!(load(&["--policy", "p.bin"], Some(file)).unwrap().max_requests_per_client_per_second, Some(20));
+        let c = load(&["--policy", "p.bin", "--max-requests-per-client-per-second", "3"], Some(file)).unwrap();
+        assert_eq!(c.max_requests_per_client_per_second, Some(3), "the flag overrides the file");
+        let err = load(&["--policy", "p.bin", "--max-requests-per-client-per-second", "0"], None).unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub const POLICY_FETCH_RESULTS: [&str; 3] = ["updated", "not_modified", "failed"
 
 /// How every request ended: `tunnel`, a refusal kind (`answer::Refusal::kind`), or `client_gone`.
 /// New outcomes are appended, so existing series keep their order.
-pub const OUTCOMES: [&str; 16] = [
+pub const OUTCOMES: [&str; 17] = [
     "tunnel",
     "bad_request",
     "not_connect",
@@ -77,6 +77,7 @@ pub const OUTCOMES: [&str; 16] = [
     "client_gone",
     "no_policy",
     "client_tunnel_cap",
+    "client_request_rate",
 ];
 
 /// A histogram with fixed bucket bounds, in integer base units (microseconds

@@ -36,7 +36,7 @@ use crate::admin::{self, AdminState};
 use crate::answer::{self, Refusal};
 use crate::config::Config;
 use crate::egress::{self, AddressStage, ConnectFailure};
-use crate::limits::{ClientSlot, ClientTunnels};
+use crate::limits::{ClientRequestRate, ClientSlot, ClientTunnels, RateVerdict};
 use crate::log::{self, DecisionLine};
 use crate::metrics::{DnsResult, Metrics, RoleTags};
 use crate::policy_fetch::{Fetcher, PolicySlot, RemotePolicy};
@@ -85,6 +85,8 @@ struct Shared {
     tunnels: Arc<Semaphore>,
     /// `--max-tunnels-per-client`, when set.
     client_tunnels: Option<Arc<ClientTunnels>>,
+    /// `--max-requests-per-client-per-second`, when set.
+    client_request_rate: Option<ClientRequestRate>,
     draining: AtomicBool,
     stop_tunnels: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
@@ -149,6 +151,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         tunnels: Arc::new(Semaphore::new(config.max_tunnels)),
         client_tunnels: config.max_tunnels_per_client.map(ClientTunnels::new),
+        client_request_rate: config.max_requests_per_client_per_second.map(ClientRequestRate::new),
         config,
         policy,
         addresses,
@@ -523,6 +526,12 @@ async fn decide_and_connect(
 ) -> Result<Opened, Refusal> {
     if shared.draining.load(Ordering::SeqCst) {
         return Err(Refusal::Draining);
+    }
+    // Every request head counts, whatever it asks for: the limit is on what a client makes proxyd do.
+    if let Some(rate) = &shared.client_request_rate
+        && rate.check(info.client.ip()) == RateVerdict::Exceeded
+    {
+        return Err(Refusal::ClientRequestRate { per_second: rate.per_second() });
     }
     if request.method() != Method::CONNECT {
         return Err(Refusal::NotConnect(request.method().to_string()));

@@ -1,7 +1,9 @@
 //! Limits users set, through the daemon: `--max-tunnels-per-client`
 //! (answered 429 with the reason, counted as `client_tunnel_cap`, keyed by
-//! the real client address, the PROXY header's source when that is on) and
-//! the request head size cap (16 KiB, answered 431).
+//! the real client address, the PROXY header's source when that is on),
+//! `--max-requests-per-client-per-second` (429, counted as
+//! `client_request_rate`, keyed the same way) and the request head size cap
+//! (16 KiB, answered 431).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -125,6 +127,51 @@ async fn without_proxy_protocol_the_cap_is_per_peer_address_and_off_by_default()
         assert_eq!(reply.status, 200, "{}", reply.body);
         many.push(reply);
     }
+}
+
+#[tokio::test]
+async fn a_burst_over_the_request_rate_is_answered_429_per_client_address() {
+    let (_dns, _upstream, proxy, target) = setup(|c| {
+        c.proxy_protocol = true;
+        c.max_requests_per_client_per_second = Some(2);
+    })
+    .await;
+    // A burst of 10 heads from one client (denied names: no tunnel is held, only heads count).
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let reply = connect_as(proxy.addr, "192.0.2.20", "denied.example:443").await;
+        if reply.status == 429 {
+            let reason = "request rate for this client address exceeded (2 per second)";
+            assert_eq!(reply.body, format!("{reason}\n"));
+            assert_eq!(reply.header("x-smokescreen-error"), Some(reason));
+            assert_eq!(reply.header("retry-after"), Some("1"));
+        }
+        statuses.push(reply.status);
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(&statuses[..2], &[403, 403], "the burst allowance (2) is answered as usual: {statuses:?}");
+    // A token comes back every 500 ms: at most that many more were let through.
+    let refilled = (elapsed.as_millis() / 500) as usize + 1;
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(limited >= 8usize.saturating_sub(refilled).max(1), "{statuses:?} in {elapsed:?}");
+    assert!(statuses.iter().all(|s| *s == 403 || *s == 429), "{statuses:?}");
+
+    // Another client behind the same TCP peer has its own bucket, and tunnels as usual.
+    let mut other = connect_as(proxy.addr, "192.0.2.21", &target).await;
+    assert_eq!(other.status, 200, "{}", other.body);
+    assert_eq!(echo_through(&mut other.stream, b"other").await, b"other");
+
+    // A second later the first client's bucket is full again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut again = connect_as(proxy.addr, "192.0.2.20", &target).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(echo_through(&mut again.stream, b"again").await, b"again");
+
+    let scraped = scrape(proxy.admin.unwrap()).await;
+    let counted = scraped.value("proxyd_requests_total{outcome=\"client_request_rate\"}").parse::<usize>().unwrap();
+    assert_eq!(counted, limited, "every 429 for the rate is counted under its own outcome");
+    assert_eq!(scraped.value("proxyd_requests_total{outcome=\"tunnel_cap\"}"), "0");
 }
 
 /// Sends a CONNECT head padded with headers to `size` bytes and reads the

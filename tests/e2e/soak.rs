@@ -900,12 +900,31 @@ impl Drop for Proxyd {
     }
 }
 
-/// The `proxyd listening` line, read from the log as it arrives.
+/// The command that runs `proxyd`: the binary itself, or, for investigating the
+/// daemon under the soak's load, the binary behind the command prefix in
+/// `SOAK_PROXYD_WRAPPER` (whitespace-separated, e.g. `valgrind --tool=massif` or
+/// `env MALLOC_ARENA_MAX=1`). The prefix must exec the daemon in its own process
+/// (valgrind and env do), since the footprint is read from that pid.
+fn proxyd_command(binary: PathBuf) -> Command {
+    let wrapper = std::env::var("SOAK_PROXYD_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    match words.next() {
+        None => Command::new(binary),
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(binary);
+            command
+        }
+    }
+}
+
+/// The `proxyd listening` line, read from the log as it arrives (slower under a wrapper).
 fn wait_listening(tally_lines: &std::sync::mpsc::Receiver<String>) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let wrapped = std::env::var("SOAK_PROXYD_WRAPPER").is_ok_and(|w| !w.trim().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(if wrapped { 180 } else { 20 });
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = tally_lines.recv_timeout(left).expect("proxyd starts listening within 20 s");
+        let line = tally_lines.recv_timeout(left).expect("proxyd starts listening");
         if let Ok(v) = serde_json::from_str::<Value>(&line)
             && v["message"] == "proxyd listening"
         {
@@ -995,7 +1014,7 @@ async fn soak() {
         .flat_map(|a| ["--allow-address".to_owned(), a.to_string()])
         .collect();
     let secs = |d: Duration| format!("{}ms", d.as_millis());
-    let mut child = Command::new(testkit::binary("proxyd"))
+    let mut child = proxyd_command(testkit::binary("proxyd"))
         .args(["--listen-ip", "127.0.0.1", "--listen-port", "0", "--admin-listen", "127.0.0.1:0"])
         .arg("--policy")
         .arg(&policy)
