@@ -53,6 +53,8 @@ use testkit::upstream::Upstream;
 #[path = "../common/ssrf_corpus.rs"]
 mod ssrf_corpus;
 
+mod edge;
+
 /// Flags the daemon runs with; the timeouts are short so failures resolve fast.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -245,7 +247,7 @@ impl Soak {
 }
 
 /// Reads a response head (and a body of at most 64 KiB); nothing after it.
-async fn read_head(stream: &mut TcpStream) -> Result<(u16, Vec<(String, String)>), String> {
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Result<(u16, Vec<(String, String)>), String> {
     let read = async {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
@@ -905,16 +907,36 @@ impl Drop for Proxyd {
 /// `SOAK_PROXYD_WRAPPER` (whitespace-separated, e.g. `valgrind --tool=massif` or
 /// `env MALLOC_ARENA_MAX=1`). The prefix must exec the daemon in its own process
 /// (valgrind and env do), since the footprint is read from that pid.
+///
+/// The daemon runs with `MALLOC_ARENA_MAX` from [`malloc_arenas`], as deployed.
 fn proxyd_command(binary: PathBuf) -> Command {
     let wrapper = std::env::var("SOAK_PROXYD_WRAPPER").unwrap_or_default();
     let mut words = wrapper.split_whitespace();
-    match words.next() {
+    let mut command = match words.next() {
         None => Command::new(binary),
         Some(program) => {
             let mut command = Command::new(program);
             command.args(words).arg(binary);
             command
         }
+    };
+    match malloc_arenas() {
+        Some(arenas) => command.env("MALLOC_ARENA_MAX", arenas),
+        None => command.env_remove("MALLOC_ARENA_MAX"),
+    };
+    command
+}
+
+/// glibc malloc arenas for the daemon: `1` as the deployment files set it
+/// (docs/soak.md, "Memory trend": with glibc's default of one arena per
+/// thread, freed pages stay in the worker threads' arenas and RSS creeps up
+/// while the live heap stays flat). `SOAK_MALLOC_ARENA_MAX=default` runs
+/// with glibc's default, to reproduce that; any other value is passed on.
+fn malloc_arenas() -> Option<String> {
+    match std::env::var("SOAK_MALLOC_ARENA_MAX") {
+        Ok(value) if value == "default" => None,
+        Ok(value) if !value.trim().is_empty() => Some(value),
+        _ => Some("1".to_owned()),
     }
 }
 
@@ -1046,6 +1068,49 @@ async fn soak() {
     let admin: SocketAddr = listening["admin"].as_str().unwrap().parse().unwrap();
     let (cold_fds, cold_rss) = footprint(pid);
 
+    // The edge daemon: TLS, PROXY protocol and the request-rate limit, a fixed table (A).
+    let pki = testkit::pki::TestPki::new();
+    let edge_policy = dir.path().join("edge.bin");
+    std::fs::write(&edge_policy, &table_a).unwrap();
+    let mut edge_child = proxyd_command(testkit::binary("proxyd"))
+        .args(["--listen-ip", "127.0.0.1", "--listen-port", "0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--policy")
+        .arg(&edge_policy)
+        .args(["--resolver-address", &dns.addr().to_string(), "--allow-missing-role"])
+        .args(["--timeout", &secs(CONNECT_TIMEOUT), "--dns-timeout", &secs(DNS_TIMEOUT)])
+        .args(["--header-timeout", &secs(HEADER_TIMEOUT), "--idle-timeout", "30s"])
+        .arg("--tls-server-bundle-file")
+        .arg(&pki.server_bundle)
+        .args(["--proxy-protocol", "--max-requests-per-client-per-second", &edge::EDGE_RATE.to_string()])
+        .args(["--allow-address", &echo.addr.to_string()])
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("PROXY_PASSWORD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the edge proxyd");
+    let edge_pid = edge_child.id();
+    let edge_stderr = edge_child.stderr.take().unwrap();
+    let edge_proxyd = Proxyd { child: edge_child };
+    let edge_tally = Arc::new(Mutex::new(LogTally::default()));
+    let (edge_first_tx, edge_first_rx) = std::sync::mpsc::channel::<String>();
+    let edge_reader = {
+        let tally = Arc::clone(&edge_tally);
+        std::thread::spawn(move || read_log(edge_stderr, tally, Some(edge_first_tx)))
+    };
+    let edge_listening = wait_listening(&edge_first_rx);
+    let edge_admin: SocketAddr = edge_listening["admin"].as_str().unwrap().parse().unwrap();
+    let edge = Arc::new(edge::Edge {
+        proxy: edge_listening["listen"].as_str().unwrap().parse().unwrap(),
+        connector: pki.client_connector(None),
+        server_name: pki.server_name(),
+        target: format!("echo.soak.test:{}", echo.addr.port()),
+        seen: edge::EdgeSeen::default(),
+    });
+    let (edge_cold_fds, edge_cold_rss) = footprint(edge_pid);
+
     let ports: HashMap<&'static str, u16> = [
         ("echo", echo.addr.port()),
         ("reset", reset.addr.port()),
@@ -1087,6 +1152,11 @@ async fn soak() {
     }
     load.spawn(failing_client(Arc::clone(&soak), Duration::from_millis(100)));
     load.spawn(rough_tunnel_client(Arc::clone(&soak), Duration::from_millis(200)));
+    for id in 0..2 {
+        load.spawn(edge::tunnel_client(Arc::clone(&soak), Arc::clone(&edge), id));
+    }
+    load.spawn(edge::rate_flooder(Arc::clone(&soak), Arc::clone(&edge)));
+    load.spawn(edge::garbage_client(Arc::clone(&soak), Arc::clone(&edge)));
     for kind in [0, 0, 1, 2] {
         load.spawn(hostile_client(Arc::clone(&soak), kind, Duration::from_millis(200)));
     }
@@ -1132,6 +1202,9 @@ async fn soak() {
     let _ = fill_the_cap(&soak, Duration::from_secs(2)).await;
     tokio::time::sleep(warm_up.saturating_sub(started.elapsed())).await;
     let baseline = quiet_sample(&soak, pid, started).await.expect("quiet point for the baseline");
+    // Taken at the same quiet point (the edge clients pause with the others).
+    let edge_baseline = footprint(edge_pid);
+    let mut edge_peak = (edge_cold_fds.max(edge_baseline.0), edge_cold_rss.max(edge_baseline.1));
     let mut samples = vec![baseline];
     let mut peak = (cold_fds.max(baseline.fds), cold_rss.max(baseline.rss_kib));
     // The cap window: from 40% to 55% of the run.
@@ -1146,6 +1219,8 @@ async fn soak() {
         }
         let (fds, rss) = footprint(pid);
         peak = (peak.0.max(fds), peak.1.max(rss));
+        let (edge_fds, edge_rss) = footprint(edge_pid);
+        edge_peak = (edge_peak.0.max(edge_fds), edge_peak.1.max(edge_rss));
         if Instant::now() >= next_sample {
             next_sample = Instant::now() + SAMPLE_EVERY;
             if soak.in_cap_window.load(Ordering::SeqCst) {
@@ -1201,6 +1276,8 @@ async fn soak() {
         }
     };
     let (final_sample, final_gauge, final_scrape) = after;
+    let edge_final = footprint(edge_pid);
+    let edge_scrape = scrape(edge_admin).await;
     samples.push(final_sample);
     let policy_doc = admin_get(admin, "/policy").await.map(|(_, body)| body).unwrap_or_default();
     let (swapped, refused, unchanged) = policy_reloads(&policy_doc);
@@ -1223,6 +1300,24 @@ async fn soak() {
         }
     };
     reader.join().unwrap();
+    let edge_exit = {
+        let sent = Command::new("kill").args(["-TERM", &edge_pid.to_string()]).status().unwrap();
+        assert!(sent.success());
+        let mut edge_proxyd = edge_proxyd;
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = edge_proxyd.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    edge_reader.join().unwrap();
+    let edge_log = std::mem::take(&mut *edge_tally.lock().unwrap());
+    let edge_sent = std::mem::take(&mut *edge.seen.sent.lock().unwrap());
     sink.abort();
     drop((blackhole, queue_fillers));
     let log = std::mem::take(&mut *tally.lock().unwrap());
@@ -1275,6 +1370,32 @@ async fn soak() {
         }
     }
     let unknown_traces = log.decisions.keys().filter(|t| !sent_requests.contains_key(*t)).count();
+    // The edge daemon: every answer has its line and agrees with it.
+    let mut edge_mismatched = Vec::new();
+    for (trace, status) in &edge_sent {
+        let expected = match edge_log.decisions.get(trace).map(|d| d.refusal.as_deref()) {
+            None => {
+                edge_mismatched.push(format!("edge {trace}: answered {status} but no decision line"));
+                continue;
+            }
+            Some(None) => 200,
+            Some(Some("denied")) => 403,
+            Some(Some("client_request_rate")) => 429,
+            Some(Some(other)) => {
+                edge_mismatched.push(format!("edge {trace}: refusal {other}"));
+                continue;
+            }
+        };
+        if *status != expected {
+            edge_mismatched.push(format!("edge {trace}: client saw {status}, expected {expected}"));
+        }
+    }
+    let edge_unknown = edge_log.decisions.keys().filter(|t| !edge_sent.contains_key(*t)).count();
+    let edge_rate_lines =
+        edge_log.decisions.values().filter(|d| d.refusal.as_deref() == Some("client_request_rate")).count();
+    let edge_rate_metric =
+        edge_scrape.as_ref().map_or(f64::NAN, |s| metric(s, "proxyd_requests_total{outcome=\"client_request_rate\"}"));
+    let edge_gauge = edge_scrape.as_ref().map_or(f64::NAN, |s| metric(s, "proxyd_tunnels_active"));
     let connect_attempts = final_scrape.as_ref().map_or(f64::NAN, |s| metric(s, "proxyd_connect_attempts_total"));
     let expected_attempts = log
         .decisions
@@ -1365,6 +1486,45 @@ async fn soak() {
         ),
         (denied_name_queries == 0, format!("DNS queries for names denied by the table: {denied_name_queries}")),
         (exit.is_some_and(|s| s.success()), format!("exit after SIGTERM: {exit:?}")),
+        (
+            edge_mismatched.is_empty(),
+            format!("edge: requests whose answer and line disagree: {}", edge_mismatched.len()),
+        ),
+        (
+            edge_log.decision_lines == edge_sent.len() as u64
+                && edge_log.untraced_decisions == 0
+                && edge_unknown == 0
+                && edge_log.duplicate_traces.is_empty(),
+            format!(
+                "edge: decision lines {} == requests {} (untraced {}, unknown {edge_unknown}, duplicated {})",
+                edge_log.decision_lines,
+                edge_sent.len(),
+                edge_log.untraced_decisions,
+                edge_log.duplicate_traces.len()
+            ),
+        ),
+        (
+            edge_log.panics == 0 && edge_log.not_json.is_empty() && edge_log.unexplained.is_empty(),
+            format!(
+                "edge: panics {}, non-JSON lines {}, WARN/ERROR lines {}",
+                edge_log.panics,
+                edge_log.not_json.len(),
+                edge_log.unexplained.len()
+            ),
+        ),
+        (
+            edge_rate_lines > 0 && edge_rate_metric == edge_rate_lines as f64,
+            format!("edge: request-rate 429s {edge_rate_lines} (lines), counted in /metrics {edge_rate_metric}"),
+        ),
+        (edge_gauge == 0.0, format!("edge: tunnel gauge after the load: {edge_gauge}")),
+        (
+            within(edge_final.0 as f64, edge_baseline.0 as f64) && within(edge_final.1 as f64, edge_baseline.1 as f64),
+            format!(
+                "edge: fds {} vs baseline {}, RSS {} KiB vs baseline {} KiB (within 10%)",
+                edge_final.0, edge_baseline.0, edge_final.1, edge_baseline.1
+            ),
+        ),
+        (edge_exit.is_some_and(|s| s.success()), format!("edge: exit after SIGTERM: {edge_exit:?}")),
     ];
     if duration < Duration::from_secs(600) {
         // Under 10 minutes a 1 %/h RSS trend is a few KiB: below allocator noise. Reported, not asserted.
@@ -1378,6 +1538,7 @@ async fn soak() {
     let mut table = String::new();
     let mut row = |k: &str, v: String| table.push_str(&format!("| {k} | {v} |\n"));
     row("duration", format!("{duration:?} (warm-up {warm_up:?}), proxyd pid {pid}"));
+    row("MALLOC_ARENA_MAX", malloc_arenas().unwrap_or_else(|| "glibc default".to_owned()));
     row("requests sent (complete heads)", sent_requests.len().to_string());
     row("answered by proxyd / by the HTTP parser", format!("{answered_by_proxy} / {answered_by_parser}"));
     let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
@@ -1422,6 +1583,18 @@ async fn soak() {
             steady.len()
         ),
     );
+    row("edge daemon (TLS, PROXY protocol, rate limit)", format!("pid {edge_pid}, {} requests", edge_sent.len()));
+    for (what, n) in edge.seen.counts.lock().unwrap().iter() {
+        row(what, n.to_string());
+    }
+    row(
+        "edge fds: cold / baseline / peak / final",
+        format!("{edge_cold_fds} / {} / {} / {}", edge_baseline.0, edge_peak.0, edge_final.0),
+    );
+    row(
+        "edge RSS KiB: cold / baseline / peak / final",
+        format!("{edge_cold_rss} / {} / {} / {}", edge_baseline.1, edge_peak.1, edge_final.1),
+    );
     for (ok, what) in &checks {
         row(if *ok { "PASS" } else { "FAIL" }, what.clone());
     }
@@ -1435,13 +1608,16 @@ async fn soak() {
     }
 
     problems.extend(mismatched.into_iter().take(20));
+    problems.extend(edge.seen.failures.lock().unwrap().iter().cloned());
+    problems.extend(edge_mismatched.into_iter().take(20));
+    problems.extend(edge_log.unexplained.iter().chain(&edge_log.not_json).cloned());
     problems.extend(log.duplicate_traces.iter().map(|t| format!("duplicate line for {t}")));
     problems.extend(log.unexplained.iter().cloned());
     problems.extend(log.not_json.iter().cloned());
     problems.extend(not_ready.into_iter().take(10));
     let failed: Vec<&String> = checks.iter().filter(|(ok, _)| !ok).map(|(_, what)| what).collect();
     assert!(failed.is_empty(), "soak checks failed: {failed:#?}\nfirst problems: {problems:#?}");
-    drop((echo, reset, dns, dir));
+    drop((echo, reset, dns, dir, pki));
 }
 
 #[test]
