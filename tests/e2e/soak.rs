@@ -25,6 +25,12 @@
 //! pauses until no connection is in flight and no tunnel is open, so the
 //! samples compare like with like) and must not trend upwards.
 //!
+//! Beside it, an edge daemon (`soak/edge.rs`) serves TLS behind PROXY
+//! protocol with a request-rate limit: well-behaved PROXY v1/v2 + TLS
+//! tunnels, a client over the rate, and PROXY/TLS garbage, with the same
+//! log, footprint and exit checks. Both run with `MALLOC_ARENA_MAX=1`, as
+//! deployed (docs/soak.md, "Memory trend").
+//!
 //! Network safety: everything listens on and connects to 127.x addresses;
 //! corpus names resolve to special-purpose addresses that the daemon must
 //! refuse before connecting (the connect-attempt counter proves it never
@@ -902,15 +908,15 @@ impl Drop for Proxyd {
     }
 }
 
-/// The command that runs `proxyd`: the binary itself, or, for investigating the
-/// daemon under the soak's load, the binary behind the command prefix in
+/// The command that runs `proxyd`: the binary itself, or (`wrapped`: the main
+/// daemon only), for investigating the daemon under the soak's load, the binary behind the command prefix in
 /// `SOAK_PROXYD_WRAPPER` (whitespace-separated, e.g. `valgrind --tool=massif` or
 /// `env MALLOC_ARENA_MAX=1`). The prefix must exec the daemon in its own process
 /// (valgrind and env do), since the footprint is read from that pid.
 ///
 /// The daemon runs with `MALLOC_ARENA_MAX` from [`malloc_arenas`], as deployed.
-fn proxyd_command(binary: PathBuf) -> Command {
-    let wrapper = std::env::var("SOAK_PROXYD_WRAPPER").unwrap_or_default();
+fn proxyd_command(binary: PathBuf, wrapped: bool) -> Command {
+    let wrapper = if wrapped { std::env::var("SOAK_PROXYD_WRAPPER").unwrap_or_default() } else { String::new() };
     let mut words = wrapper.split_whitespace();
     let mut command = match words.next() {
         None => Command::new(binary),
@@ -1036,7 +1042,7 @@ async fn soak() {
         .flat_map(|a| ["--allow-address".to_owned(), a.to_string()])
         .collect();
     let secs = |d: Duration| format!("{}ms", d.as_millis());
-    let mut child = proxyd_command(testkit::binary("proxyd"))
+    let mut child = proxyd_command(testkit::binary("proxyd"), true)
         .args(["--listen-ip", "127.0.0.1", "--listen-port", "0", "--admin-listen", "127.0.0.1:0"])
         .arg("--policy")
         .arg(&policy)
@@ -1072,7 +1078,7 @@ async fn soak() {
     let pki = testkit::pki::TestPki::new();
     let edge_policy = dir.path().join("edge.bin");
     std::fs::write(&edge_policy, &table_a).unwrap();
-    let mut edge_child = proxyd_command(testkit::binary("proxyd"))
+    let mut edge_child = proxyd_command(testkit::binary("proxyd"), false)
         .args(["--listen-ip", "127.0.0.1", "--listen-port", "0", "--admin-listen", "127.0.0.1:0"])
         .arg("--policy")
         .arg(&edge_policy)
