@@ -491,7 +491,7 @@ async fn run(plan: Plan) -> Result<()> {
 
     let scale = if plan.parts.idle100k { Some(scale::idle_100k(&targets).await?) } else { None };
     let mtls = match plan.parts.mtls {
-        true => Some(mtls::mtls(plan.full, plan.rounds, plan.setup_phase, &targets).await?),
+        true => Some(mtls::mtls(plan.full, plan.rounds, plan.setup_phase, &targets, &mut noise).await?),
         false => None,
     };
 

@@ -40,7 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
 use super::{
-    CLIENTS, CpuMeter, Daemon, ECHO_BYTES, Latencies, Launch, OP_TIMEOUT, Result, SetupPhase, Targets, median,
+    CLIENTS, CpuMeter, Daemon, ECHO_BYTES, Latencies, Launch, Noise, OP_TIMEOUT, Result, SetupPhase, Targets, median,
 };
 
 const ROLES: usize = 5_000;
@@ -267,7 +267,13 @@ struct Row {
 }
 
 /// Runs the part; returns summary lines.
-pub async fn mtls(full: bool, rounds: usize, length: Duration, targets: &Targets) -> Result<Vec<String>> {
+pub async fn mtls(
+    full: bool,
+    rounds: usize,
+    length: Duration,
+    targets: &Targets,
+    noise: &mut Noise,
+) -> Result<Vec<String>> {
     let dir = tempfile::tempdir()?;
     let pki = pki(dir.path())?;
     let table = policy(dir.path(), targets)?;
@@ -322,6 +328,7 @@ pub async fn mtls(full: bool, rounds: usize, length: Duration, targets: &Targets
             let cpu = CpuMeter::start(Some(row.daemon.pid()));
             let phase = phase(&row.config, row.daemon.addr, &targets.echo, length).await?;
             let cpu = cpu.stop();
+            noise.record(&cpu);
             let per_op = cpu.peer_per(phase.ops as f64, 1e6);
             println!(
                 "mtls round {round}: {:<38} {} ({cpu}, {} µs CPU per tunnel)",
