@@ -14,6 +14,9 @@
 //!   stream sent directly. Interleaved too.
 //! - **idle memory**: a fresh proxy's VmRSS before and after opening 5,000
 //!   idle tunnels (and again after one echo through each), per tunnel.
+//! - **mtls**: tunnel setup over mutual TLS with a 5,000-role ACL, full
+//!   handshakes and resumed ones, ECDSA and RSA server keys, against the
+//!   old build (see `load/mtls.rs`).
 //! - **idle100k** (only when named, only under `cargo bench`): 100,000 idle
 //!   tunnels, setup rate and p99 while they are held, and a reload of a
 //!   100,000-pattern table meanwhile (see `load/scale.rs`).
@@ -37,7 +40,7 @@
 //! per GiB) from its /proc/<pid>/stat utime + stime.
 //!
 //! `cargo bench -p proxyd --bench load -- bulk` runs only the named parts
-//! (`setup`, `bulk`, `idle`, `idle100k`); `PROXYD_BIN=path` measures another
+//! (`setup`, `bulk`, `idle`, `idle100k`, `mtls`); `PROXYD_BIN=path` measures another
 //! build of `proxyd` as the main column.
 //!
 //! It ends with a summary block: each number, its target and `OK`/`MISSED`.
@@ -67,6 +70,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+#[path = "load/mtls.rs"]
+mod mtls;
 #[path = "load/peers.rs"]
 mod peers;
 #[path = "load/scale.rs"]
@@ -127,10 +132,12 @@ struct Parts {
     idle: bool,
     /// 100,000 idle tunnels (bench mode only, and only when named).
     idle100k: bool,
+    /// Tunnel setup over mutual TLS (see `load/mtls.rs`).
+    mtls: bool,
 }
 
-const ALL_PARTS: Parts = Parts { setup: true, bulk: true, idle: true, idle100k: false };
-const PART_NAMES: [&str; 4] = ["setup", "bulk", "idle", "idle100k"];
+const ALL_PARTS: Parts = Parts { setup: true, bulk: true, idle: true, idle100k: false, mtls: true };
+const PART_NAMES: [&str; 5] = ["setup", "bulk", "idle", "idle100k", "mtls"];
 
 impl Plan {
     fn full() -> Plan {
@@ -175,6 +182,7 @@ fn main() {
             bulk: only.iter().any(|a| a == "bulk"),
             idle: only.iter().any(|a| a == "idle"),
             idle100k: only.iter().any(|a| a == "idle100k"),
+            mtls: only.iter().any(|a| a == "mtls"),
         };
     }
     // `LOAD_ROUNDS=5` runs more setup rounds (and at least as many bulk rounds) to narrow the medians.
@@ -482,6 +490,10 @@ async fn run(plan: Plan) -> Result<()> {
     }
 
     let scale = if plan.parts.idle100k { Some(scale::idle_100k(&targets).await?) } else { None };
+    let mtls = match plan.parts.mtls {
+        true => Some(mtls::mtls(plan.full, plan.rounds, plan.setup_phase, &targets, &mut noise).await?),
+        false => None,
+    };
 
     // Summary.
     let names: Vec<&str> = specs.iter().map(PeerSpec::name).collect();
@@ -600,6 +612,9 @@ async fn run(plan: Plan) -> Result<()> {
     }
     if let Some(scale) = &scale {
         scale.print();
+    }
+    for line in mtls.iter().flatten() {
+        println!("{line}");
     }
     println!(
         "other load on the machine during the phases: up to {:.2} cores of {}; load average at the end: {} \

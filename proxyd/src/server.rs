@@ -81,7 +81,7 @@ struct Shared {
     policy: PolicySlot,
     addresses: AddressPolicy,
     resolver: Resolver,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<tls::ServerTls>,
     tunnels: Arc<Semaphore>,
     /// `--max-tunnels-per-client`, when set.
     client_tunnels: Option<Arc<ClientTunnels>>,
@@ -263,9 +263,9 @@ pub fn load_policy(config: &Config, metrics: Arc<Metrics>) -> Result<PolicyState
 
 /// The TLS acceptor for the client-facing listener (certificates, keys,
 /// client CAs, CRLs), or `None` for plain TCP; shared with `--check-config`.
-pub fn tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+pub fn tls_acceptor(config: &Config) -> Result<Option<tls::ServerTls>, StartError> {
     Ok(match &config.tls {
-        Some(settings) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(settings)?)),
+        Some(settings) => Some(tls::ServerTls::new(settings)?),
         None => None,
     })
 }
@@ -344,13 +344,16 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     };
     let (client_stream, identity) = match &shared.tls {
         None => (ClientStream::Plain(stream), None),
-        Some(acceptor) => {
+        Some(server_tls) => {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => {
-                    let identity = tls::client_identity(tls_stream.get_ref().1);
-                    (ClientStream::Tls(Box::new(tls_stream)), Some(identity))
-                }
+            match tokio::time::timeout(remaining, server_tls.acceptor().accept(stream)).await {
+                Ok(Ok(tls_stream)) => match server_tls.client_identity(tls_stream.get_ref().1) {
+                    Ok(identity) => (ClientStream::Tls(Box::new(tls_stream)), Some(identity)),
+                    Err(error) => {
+                        tracing::info!(%client, %error, "TLS session resumption refused: the client certificate no longer verifies");
+                        return;
+                    }
+                },
                 Ok(Err(error)) => {
                     tracing::info!(%client, %error, "TLS handshake failed");
                     return;

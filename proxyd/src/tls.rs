@@ -29,19 +29,51 @@
 //!   NumericString, or BMPString as UTF-16), or contains a control character is
 //!   a *missing* role, never the role `""`.
 //! * Without client CAs, client certificates are not requested at all.
-//! * With client CAs, TLS session resumption is off, so every connection
-//!   proves its certificate against the current CA and CRL set.
+//! * With client CAs, TLS session resumption is on, through stateless
+//!   session tickets only (TLS 1.3, and TLS 1.2 clients that ask for them; no
+//!   server-side session cache). A ticket is sealed with a key that exists
+//!   only in this process's memory and belongs to one [`ServerTls`]: a restart
+//!   or a rebuilt configuration makes every earlier ticket useless (a full
+//!   handshake follows). A ticket is accepted for at most
+//!   [`SESSION_TICKET_LIFETIME`] after it was issued, and the ticket keys
+//!   themselves rotate every 6 hours (rustls's ring `Ticketer`).
+//! * A resumed session carries the certificate chain its full handshake
+//!   verified (inside the sealed ticket), and the role is read from that
+//!   chain. Before that, [`ServerTls::client_identity`] verifies the chain
+//!   again with the same verifier, at the current time: CA, validity period,
+//!   revocation and CRL expiry, exactly what a full handshake would check
+//!   now. Resumption only skips the handshake's signatures (the server's
+//!   CertificateVerify and the client's), never a check. A chain that fails
+//!   is refused: the connection is closed before a byte of HTTP is read.
+//! * Re-verification is remembered per chain (by SHA-256 of its
+//!   certificates, at most [`VERIFIED_CHAINS_MAX`] chains): a chain verified at
+//!   time `t` is taken as verified again at `now` only while
+//!   `t <= now < min(notAfter of every certificate in the chain, nextUpdate of
+//!   every CRL)`. That is the same verdict the verifier would give: its
+//!   inputs (trust anchors and CRLs) are fixed for the life of a
+//!   [`ServerTls`], revocation is a lookup by serial with no time in it, and
+//!   the only time-dependent checks are the validity periods (a path valid at
+//!   `t` is valid until its earliest notAfter) and CRL expiry (nextUpdate);
+//!   the window takes the earliest of all of them, over more certificates and
+//!   CRLs than the path uses, so it never extends past a time the verifier
+//!   would refuse. A clock that goes backwards re-verifies.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use std::{fs, io};
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{NoServerSessionStorage, ProducesTickets, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::{InconsistentKeys, RootCertStore, ServerConfig, ServerConnection};
+use rustls::{HandshakeKind, InconsistentKeys, RootCertStore, ServerConfig, ServerConnection};
 use rustls_pki_types::pem::{PemObject, SectionKind};
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, SignatureVerificationAlgorithm};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, SignatureVerificationAlgorithm, UnixTime,
+};
+use sha2::{Digest, Sha256};
 use x509_parser::asn1_rs::{Any, FromDer, Tag};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::time::ASN1Time;
@@ -51,6 +83,12 @@ use x509_parser::x509::AttributeTypeAndValue;
 const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 /// Marks a PEM file; a CRL file without it is read as DER.
 const PEM_BEGIN: &[u8] = b"-----BEGIN ";
+/// How long after it was issued a session ticket of an mTLS listener is
+/// accepted; the client is told so (the ticket's lifetime hint).
+pub const SESSION_TICKET_LIFETIME: Duration = Duration::from_secs(60 * 60);
+/// Client chains whose re-verification is remembered; when full, all are
+/// forgotten (they are verified again on their next resumption).
+pub const VERIFIED_CHAINS_MAX: usize = 4096;
 
 /// Where the server's certificate chain and private key come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,51 +185,201 @@ fn key_mismatch_text(cert: &Path, key: &Path) -> String {
     }
 }
 
-/// Builds the listener's TLS configuration: TLS 1.2 and 1.3 with the ring
-/// provider, ALPN `http/1.1`, and client authentication as configured.
-pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certified_key = load_server_identity(&settings.server_bundle, &provider)?;
-
-    let client_auth = !settings.client_ca_files.is_empty();
-    let verifier = if client_auth {
-        let cas = load_client_cas(&settings.client_ca_files)?;
-        let roots = Arc::new(root_store(&cas)?);
-        let crls = load_crls(&settings.crl_files, &cas, &roots, &provider)?;
-        let mut builder = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
-            .with_crls(crls)
-            .enforce_revocation_expiration()
-            .allow_unknown_revocation_status();
-        if settings.allow_missing_role {
-            builder = builder.allow_unauthenticated();
-        }
-        builder.build().map_err(|e| TlsError::Rustls { what: "client certificate verifier", reason: e.to_string() })?
-    } else {
-        if let Some(path) = settings.crl_files.first() {
-            return Err(TlsError::CrlWithoutClientCa { path: path.clone() });
-        }
-        WebPkiClientVerifier::no_client_auth()
-    };
-
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Rustls { what: "protocol versions", reason: e.to_string() })?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key)));
-    config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
-    if client_auth {
-        config.session_storage = Arc::new(NoServerSessionStorage {});
-        config.send_tls13_tickets = 0;
-    }
-    Ok(Arc::new(config))
+/// The listener's TLS: the rustls configuration and, with client CAs, what
+/// a resumed session must pass again before its role is believed.
+pub struct ServerTls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    resumption: Option<ResumptionCheck>,
 }
 
-/// The identity of a client whose handshake has completed (and therefore
-/// whose certificate chain, if any, was verified).
-pub fn client_identity(conn: &ServerConnection) -> ClientIdentity {
-    match conn.peer_certificates().and_then(<[CertificateDer<'static>]>::first) {
-        None => ClientIdentity::NoCertificate,
-        Some(cert) => identity_from_certificate(cert),
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("mutual", &self.resumption.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Builds the listener's TLS configuration: TLS 1.2 and 1.3 with the ring
+    /// provider, ALPN `http/1.1`, client authentication as configured and,
+    /// with client CAs, session tickets under a key of its own.
+    pub fn new(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
+        let tickets = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| TlsError::Rustls { what: "session tickets", reason: e.to_string() })?;
+        Self::with_ticketer(settings, Arc::new(BoundedTickets { inner: tickets, lifetime: SESSION_TICKET_LIFETIME }))
+    }
+
+    fn with_ticketer(settings: &TlsSettings, ticketer: Arc<dyn ProducesTickets>) -> Result<ServerTls, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certified_key = load_server_identity(&settings.server_bundle, &provider)?;
+
+        let mut resumption = None;
+        let verifier = if settings.client_ca_files.is_empty() {
+            if let Some(path) = settings.crl_files.first() {
+                return Err(TlsError::CrlWithoutClientCa { path: path.clone() });
+            }
+            WebPkiClientVerifier::no_client_auth()
+        } else {
+            let cas = load_client_cas(&settings.client_ca_files)?;
+            let roots = Arc::new(root_store(&cas)?);
+            let crls = load_crls(&settings.crl_files, &cas, &roots, &provider)?;
+            let mut builder = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
+                .with_crls(crls.iter().map(|crl| crl.der.clone()))
+                .enforce_revocation_expiration()
+                .allow_unknown_revocation_status();
+            if settings.allow_missing_role {
+                builder = builder.allow_unauthenticated();
+            }
+            let verifier = builder
+                .build()
+                .map_err(|e| TlsError::Rustls { what: "client certificate verifier", reason: e.to_string() })?;
+            resumption = Some(ResumptionCheck {
+                verifier: Arc::clone(&verifier),
+                crls_valid_until: crls.iter().map(|crl| crl.next_update).min(),
+                verified: Mutex::new(HashMap::new()),
+            });
+            verifier
+        };
+
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rustls { what: "protocol versions", reason: e.to_string() })?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key)));
+        config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+        if resumption.is_some() {
+            // Tickets only: they expire (BoundedTickets) and die with this
+            // configuration; a server-side session cache would do neither.
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+            config.ticketer = ticketer;
+            // One ticket per connection: a client that reconnects needs one,
+            // and each resumption brings it the next.
+            config.send_tls13_tickets = 1;
+        }
+        Ok(ServerTls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), resumption })
+    }
+
+    /// Runs handshakes with this configuration.
+    pub fn acceptor(&self) -> &tokio_rustls::TlsAcceptor {
+        &self.acceptor
+    }
+
+    /// The rustls configuration.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        Arc::clone(self.acceptor.config())
+    }
+
+    /// The identity of a client whose handshake has completed. A full
+    /// handshake has verified the client's chain; a resumed one has its chain
+    /// verified again here, now (see the module documentation), and an error
+    /// means the client must be refused.
+    pub fn client_identity(&self, conn: &ServerConnection) -> Result<ClientIdentity, rustls::Error> {
+        let chain = conn.peer_certificates().unwrap_or_default();
+        if let Some(check) = &self.resumption
+            && conn.handshake_kind() == Some(HandshakeKind::Resumed)
+        {
+            check.verify_again(chain, UnixTime::now())?;
+        }
+        Ok(match chain.first() {
+            None => ClientIdentity::NoCertificate,
+            Some(cert) => identity_from_certificate(cert),
+        })
+    }
+}
+
+/// What a resumed mTLS session is checked against.
+struct ResumptionCheck {
+    /// The verifier full handshakes use.
+    verifier: Arc<dyn ClientCertVerifier>,
+    /// The earliest nextUpdate of the CRLs (Unix seconds); `None` without CRLs.
+    crls_valid_until: Option<u64>,
+    /// SHA-256 of a chain -> when it was verified and until when that stands.
+    verified: Mutex<HashMap<[u8; 32], VerifiedWindow>>,
+}
+
+/// A re-verification that stands for `from <= now < until` (Unix seconds).
+#[derive(Debug, Clone, Copy)]
+struct VerifiedWindow {
+    from: u64,
+    until: u64,
+}
+
+impl ResumptionCheck {
+    fn verify_again(&self, chain: &[CertificateDer<'static>], now: UnixTime) -> Result<(), rustls::Error> {
+        // No certificate: the session was resumed from a handshake without
+        // one, which only `allow_missing_role` permits (and still does).
+        let Some((end_entity, intermediates)) = chain.split_first() else { return Ok(()) };
+        let key = chain_digest(chain);
+        let now_secs = now.as_secs();
+        let known = self.verified.lock().unwrap_or_else(PoisonError::into_inner).get(&key).copied();
+        if known.is_some_and(|window| window.from <= now_secs && now_secs < window.until) {
+            return Ok(());
+        }
+        self.verifier.verify_client_cert(end_entity, intermediates, now)?;
+        let until = chain_valid_until(chain).map(|certs| self.crls_valid_until.map_or(certs, |crls| certs.min(crls)));
+        if let Some(until) = until.filter(|until| now_secs < *until) {
+            let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+            if verified.len() >= VERIFIED_CHAINS_MAX {
+                verified.clear();
+            }
+            verified.insert(key, VerifiedWindow { from: now_secs, until });
+        }
+        Ok(())
+    }
+}
+
+fn chain_digest(chain: &[CertificateDer<'_>]) -> [u8; 32] {
+    let mut digest = Sha256::new();
+    for cert in chain {
+        // Length-prefixed, so no two different chains hash the same bytes.
+        digest.update((cert.len() as u64).to_be_bytes());
+        digest.update(cert.as_ref());
+    }
+    digest.finalize().into()
+}
+
+/// The earliest notAfter of the chain's certificates (Unix seconds); `None`
+/// if one does not parse (then nothing is remembered).
+fn chain_valid_until(chain: &[CertificateDer<'_>]) -> Option<u64> {
+    let mut until = u64::MAX;
+    for cert in chain {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+        until = until.min(u64::try_from(parsed.validity().not_after.timestamp()).ok()?);
+    }
+    Some(until)
+}
+
+/// Session tickets that carry their issue time under the ticket key's seal
+/// and are refused once older than `lifetime` (rustls's own ticketers bound
+/// a ticket's age only by their 6-hour key rotation).
+#[derive(Debug)]
+struct BoundedTickets {
+    inner: Arc<dyn ProducesTickets>,
+    lifetime: Duration,
+}
+
+impl ProducesTickets for BoundedTickets {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        u32::try_from(self.lifetime.as_secs()).unwrap_or(u32::MAX)
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let mut stamped = Vec::with_capacity(8 + plain.len());
+        stamped.extend_from_slice(&UnixTime::now().as_secs().to_be_bytes());
+        stamped.extend_from_slice(plain);
+        self.inner.encrypt(&stamped)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.inner.decrypt(cipher)?;
+        let (stamp, session) = plain.split_first_chunk::<8>()?;
+        let issued = u64::from_be_bytes(*stamp);
+        let now = UnixTime::now().as_secs();
+        // A ticket from the future (the clock went back) is refused too.
+        (issued <= now && now - issued < self.lifetime.as_secs()).then(|| session.to_vec())
     }
 }
 
@@ -368,7 +556,7 @@ fn load_crls(
     cas: &[ClientCa],
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
-) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+) -> Result<Vec<LoadedCrl>, TlsError> {
     let mut crls = Vec::new();
     let mut covered = vec![false; cas.len()];
     for path in files {
@@ -389,12 +577,12 @@ fn load_crls(
             });
         }
         for der in ders {
-            let crl = CertificateRevocationListDer::from(der);
-            let issuer = check_crl(path, &crl, cas, roots, provider)?;
+            let der = CertificateRevocationListDer::from(der);
+            let (issuer, next_update) = check_crl(path, &der, cas, roots, provider)?;
             if let Some(flag) = covered.get_mut(issuer) {
                 *flag = true;
             }
-            crls.push(crl);
+            crls.push(LoadedCrl { der, next_update });
         }
     }
     if !crls.is_empty() {
@@ -409,14 +597,21 @@ fn load_crls(
     Ok(crls)
 }
 
-/// Checks one CRL against the client CAs; returns the index of the CA that signed it.
+/// A checked CRL and its nextUpdate (Unix seconds).
+struct LoadedCrl {
+    der: CertificateRevocationListDer<'static>,
+    next_update: u64,
+}
+
+/// Checks one CRL against the client CAs; returns the index of the CA that
+/// signed it and the CRL's nextUpdate (Unix seconds).
 fn check_crl(
     path: &Path,
     der: &CertificateRevocationListDer<'static>,
     cas: &[ClientCa],
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
-) -> Result<usize, TlsError> {
+) -> Result<(usize, u64), TlsError> {
     let bad = |reason: String| TlsError::BadCrl { path: path.to_path_buf(), reason };
     let crl = match x509_parser::parse_x509_crl(der) {
         Ok((rest, _)) if !rest.is_empty() => return Err(bad(format!("{} unexpected bytes after the CRL", rest.len()))),
@@ -475,7 +670,7 @@ fn check_crl(
         Some(next) if next.timestamp() <= ASN1Time::now().timestamp() => {
             Err(TlsError::CrlExpired { path: path.to_path_buf(), issuer, next_update: next.to_string() })
         }
-        Some(_) => Ok(index),
+        Some(next) => Ok((index, u64::try_from(next.timestamp()).unwrap_or(0))),
     }
 }
 
@@ -527,7 +722,8 @@ mod tests {
     };
     use rustls::pki_types::ServerName;
     use rustls::{CertificateError, ClientConfig};
-    use tokio_rustls::{TlsAcceptor, TlsConnector};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::TlsConnector;
 
     use super::*;
 
@@ -670,18 +866,17 @@ mod tests {
 
     /// Runs a real handshake over an in-memory pipe; the server's view decides.
     async fn handshake_with(
-        server: Arc<ServerConfig>,
+        server: &ServerTls,
         client: Arc<ClientConfig>,
     ) -> Result<(ClientIdentity, Option<Vec<u8>>), rustls::Error> {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let connector = TlsConnector::from(client);
-        let acceptor = TlsAcceptor::from(server);
         let name = ServerName::try_from("localhost").unwrap();
-        let (_client, accepted) = tokio::join!(connector.connect(name, client_io), acceptor.accept(server_io));
+        let (_client, accepted) = tokio::join!(connector.connect(name, client_io), server.acceptor().accept(server_io));
         match accepted {
             Ok(stream) => {
                 let conn = stream.get_ref().1;
-                Ok((client_identity(conn), conn.alpn_protocol().map(<[u8]>::to_vec)))
+                Ok((server.client_identity(conn)?, conn.alpn_protocol().map(<[u8]>::to_vec)))
             }
             Err(e) => Err(e.into_inner().unwrap().downcast::<rustls::Error>().map(|e| *e).unwrap()),
         }
@@ -692,8 +887,8 @@ mod tests {
         settings: &TlsSettings,
         client: Option<&Issued>,
     ) -> Result<ClientIdentity, rustls::Error> {
-        let server = server_config(settings).unwrap();
-        handshake_with(server, client_config(&fx.ca.pem, client, false)).await.map(|(identity, _)| identity)
+        let server = ServerTls::new(settings).unwrap();
+        handshake_with(&server, client_config(&fx.ca.pem, client, false)).await.map(|(identity, _)| identity)
     }
 
     fn is_cert_error(result: &Result<ClientIdentity, rustls::Error>, want: fn(&CertificateError) -> bool) -> bool {
@@ -705,13 +900,13 @@ mod tests {
     #[test]
     fn good_bundle_and_good_cert_key_pair_load() {
         let fx = Fixture::new();
-        let config = server_config(&fx.settings(&[], &[], false)).unwrap();
-        assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let config = ServerTls::new(&fx.settings(&[], &[], false)).unwrap();
+        assert_eq!(config.config().alpn_protocols, vec![b"http/1.1".to_vec()]);
 
         let cert = fx.write("cert.pem", &fx.server.cert);
         let key = fx.write("key.pem", &fx.server.key);
         let settings = TlsSettings { server_bundle: ServerIdentity::CertAndKey { cert, key }, ..fx.mtls(false) };
-        server_config(&settings).unwrap();
+        ServerTls::new(&settings).unwrap();
     }
 
     #[test]
@@ -722,7 +917,7 @@ mod tests {
             fx.server.cert, fx.server.key
         );
         let settings = TlsSettings { server_bundle: ServerIdentity::Bundle(fx.write("b.pem", text)), ..fx.mtls(false) };
-        server_config(&settings).unwrap();
+        ServerTls::new(&settings).unwrap();
     }
 
     #[test]
@@ -730,7 +925,7 @@ mod tests {
         let fx = Fixture::new();
         let other = fx.ca.server();
         let with = |identity: ServerIdentity| {
-            server_config(&TlsSettings { server_bundle: identity, ..fx.settings(&[], &[], false) }).unwrap_err()
+            ServerTls::new(&TlsSettings { server_bundle: identity, ..fx.settings(&[], &[], false) }).unwrap_err()
         };
         let bundle = |name: &str, text: String| with(ServerIdentity::Bundle(fx.write(name, text)));
 
@@ -790,17 +985,17 @@ mod tests {
     #[test]
     fn client_ca_errors_name_the_file_and_the_problem() {
         let fx = Fixture::new();
-        let err = server_config(&fx.settings(&["this is not a certificate\n"], &[], false)).unwrap_err();
+        let err = ServerTls::new(&fx.settings(&["this is not a certificate\n"], &[], false)).unwrap_err();
         assert!(matches!(err, TlsError::NoCertificate { .. }), "{err}");
         assert!(err.to_string().contains("ca0.pem: no certificate found"), "{err}");
 
         let garbage = "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n";
-        let err = server_config(&fx.settings(&[&fx.ca.pem, garbage], &[], false)).unwrap_err();
+        let err = ServerTls::new(&fx.settings(&[&fx.ca.pem, garbage], &[], false)).unwrap_err();
         assert!(matches!(&err, TlsError::BadCertificate { path, index: 1, .. } if path.ends_with("ca1.pem")), "{err}");
 
         let mut settings = fx.settings(&[], &[], false);
         settings.client_ca_files = vec![fx.dir.path().join("nope.pem")];
-        assert!(matches!(server_config(&settings).unwrap_err(), TlsError::Read { .. }));
+        assert!(matches!(ServerTls::new(&settings).unwrap_err(), TlsError::Read { .. }));
     }
 
     #[test]
@@ -808,30 +1003,30 @@ mod tests {
         let fx = Fixture::new();
         let good = fx.ca.crl(&[], |_| {});
 
-        let err = server_config(&fx.settings(&[], &[&good], false)).unwrap_err();
+        let err = ServerTls::new(&fx.settings(&[], &[&good], false)).unwrap_err();
         assert!(matches!(err, TlsError::CrlWithoutClientCa { .. }), "{err}");
 
         // Smokescreen panics on these (its §9.17).
         for garbage in
             ["garbage", "\x30\x03\x02\x01\x01", "-----BEGIN X509 CRL-----\nZ2FyYmFnZQ==\n-----END X509 CRL-----\n"]
         {
-            let err = server_config(&fx.settings(&[&fx.ca.pem], &[garbage], false)).unwrap_err();
+            let err = ServerTls::new(&fx.settings(&[&fx.ca.pem], &[garbage], false)).unwrap_err();
             assert!(matches!(&err, TlsError::BadCrl { path, .. } if path.ends_with("crl0.pem")), "{garbage:?}: {err}");
             assert!(
                 err.to_string().contains("crl0.pem: not a valid CRL: not an X.509 CRL in PEM or DER form"),
                 "{err}"
             );
         }
-        let err = server_config(&fx.settings(&[&fx.ca.pem], &[&fx.ca.pem], false)).unwrap_err();
+        let err = ServerTls::new(&fx.settings(&[&fx.ca.pem], &[&fx.ca.pem], false)).unwrap_err();
         assert!(err.to_string().contains("no PEM \"-----BEGIN X509 CRL-----\" block"), "{err}");
 
         let stranger = Ca::new("some other CA");
-        let err = server_config(&fx.settings(&[&fx.ca.pem], &[&stranger.crl(&[], |_| {})], false)).unwrap_err();
+        let err = ServerTls::new(&fx.settings(&[&fx.ca.pem], &[&stranger.crl(&[], |_| {})], false)).unwrap_err();
         assert!(matches!(&err, TlsError::CrlIssuerUnknown { issuer, .. } if issuer == "CN=some other CA"), "{err}");
 
         // Same name as the configured CA, different key: a forgery, or a CA that was re-keyed.
         let impostor = Ca::new("proxyd unit test CA");
-        let err = server_config(&fx.settings(&[&fx.ca.pem], &[&impostor.crl(&[], |_| {})], false)).unwrap_err();
+        let err = ServerTls::new(&fx.settings(&[&fx.ca.pem], &[&impostor.crl(&[], |_| {})], false)).unwrap_err();
         assert!(matches!(err, TlsError::CrlSignature { .. }), "{err}");
         assert!(err.to_string().contains("does not verify with the CA's key"), "{err}");
 
@@ -839,7 +1034,7 @@ mod tests {
             p.this_update = date_time_ymd(2000, 1, 1);
             p.next_update = date_time_ymd(2001, 1, 1);
         });
-        let err = server_config(&fx.settings(&[&fx.ca.pem], &[&expired], false)).unwrap_err();
+        let err = ServerTls::new(&fx.settings(&[&fx.ca.pem], &[&expired], false)).unwrap_err();
         assert!(matches!(err, TlsError::CrlExpired { .. }), "{err}");
         assert!(err.to_string().contains("expired at"), "{err}");
 
@@ -864,7 +1059,7 @@ mod tests {
         .unwrap()
         .pem()
         .unwrap();
-        let err = server_config(&fx.settings(&[&ca_pem], &[&crl], false)).unwrap_err();
+        let err = ServerTls::new(&fx.settings(&[&ca_pem], &[&crl], false)).unwrap_err();
         assert!(matches!(err, TlsError::CrlIssuerNotCrlSigner { .. }), "{err}");
     }
 
@@ -873,12 +1068,12 @@ mod tests {
         let fx = Fixture::new();
         let second = Ca::new("second CA");
         let both = format!("{}{}", fx.ca.crl(&[7], |_| {}), second.crl(&[], |_| {}));
-        server_config(&fx.settings(&[&fx.ca.pem, &second.pem], &[&both], false)).unwrap();
+        ServerTls::new(&fx.settings(&[&fx.ca.pem, &second.pem], &[&both], false)).unwrap();
 
         let der = CertificateRevocationListDer::from_pem_slice(fx.ca.crl(&[], |_| {}).as_bytes()).unwrap();
         let mut settings = fx.settings(&[&fx.ca.pem], &[], false);
         settings.crl_files = vec![fx.write("crl.der", der.as_ref())];
-        server_config(&settings).unwrap();
+        ServerTls::new(&settings).unwrap();
     }
 
     // --- identity -----------------------------------------------------------------------------
@@ -955,10 +1150,10 @@ mod tests {
     async fn valid_client_certificate_gives_its_cn_as_role() {
         let fx = Fixture::new();
         let client = fx.ca.issue(Some("billing"), 10, |_| {});
-        let server = server_config(&fx.mtls(false)).unwrap();
+        let server = ServerTls::new(&fx.mtls(false)).unwrap();
         for tls12 in [false, true] {
             let (identity, alpn) =
-                handshake_with(Arc::clone(&server), client_config(&fx.ca.pem, Some(&client), tls12)).await.unwrap();
+                handshake_with(&server, client_config(&fx.ca.pem, Some(&client), tls12)).await.unwrap();
             assert_eq!(identity, ClientIdentity::Role("billing".into()), "tls12 {tls12}");
             assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
         }
@@ -1049,15 +1244,14 @@ mod tests {
         let second = Ca::new("second CA");
         let settings =
             fx.settings(&[&fx.ca.pem, &second.pem], &[&fx.ca.crl(&[], |_| {}), &second.crl(&[5], |_| {})], false);
-        let server = server_config(&settings).unwrap();
+        let server = ServerTls::new(&settings).unwrap();
         for (ca, cn, serial) in [(&fx.ca, "one", 4), (&second, "two", 4)] {
             let client = ca.issue(Some(cn), serial, |_| {});
-            let (identity, _) =
-                handshake_with(Arc::clone(&server), client_config(&fx.ca.pem, Some(&client), false)).await.unwrap();
+            let (identity, _) = handshake_with(&server, client_config(&fx.ca.pem, Some(&client), false)).await.unwrap();
             assert_eq!(identity, ClientIdentity::Role(cn.into()));
         }
         let revoked = second.issue(Some("two"), 5, |_| {});
-        let result = handshake_with(server, client_config(&fx.ca.pem, Some(&revoked), false)).await.map(|r| r.0);
+        let result = handshake_with(&server, client_config(&fx.ca.pem, Some(&revoked), false)).await.map(|r| r.0);
         assert!(is_cert_error(&result, |e| matches!(e, CertificateError::Revoked)), "{result:?}");
     }
 
@@ -1066,14 +1260,13 @@ mod tests {
         let fx = Fixture::new();
         let second = Ca::new("second CA");
         let settings = fx.settings(&[&fx.ca.pem, &second.pem], &[&fx.ca.crl(&[66], |_| {})], false);
-        let server = server_config(&settings).unwrap();
+        let server = ServerTls::new(&settings).unwrap();
         // Serial 66 is revoked by the first CA only; the second CA's 66 is another certificate.
         let of_second = second.issue(Some("two"), 66, |_| {});
-        let (identity, _) =
-            handshake_with(Arc::clone(&server), client_config(&fx.ca.pem, Some(&of_second), false)).await.unwrap();
+        let (identity, _) = handshake_with(&server, client_config(&fx.ca.pem, Some(&of_second), false)).await.unwrap();
         assert_eq!(identity, ClientIdentity::Role("two".into()));
         let of_first = fx.ca.issue(Some("one"), 66, |_| {});
-        let result = handshake_with(server, client_config(&fx.ca.pem, Some(&of_first), false)).await.map(|r| r.0);
+        let result = handshake_with(&server, client_config(&fx.ca.pem, Some(&of_first), false)).await.map(|r| r.0);
         assert!(is_cert_error(&result, |e| matches!(e, CertificateError::Revoked)), "{result:?}");
     }
 
@@ -1085,10 +1278,10 @@ mod tests {
             p.this_update = now - Duration::from_secs(3600);
             p.next_update = now + Duration::from_secs(4);
         });
-        let server = server_config(&fx.settings(&[&fx.ca.pem], &[&crl], false)).unwrap();
+        let server = ServerTls::new(&fx.settings(&[&fx.ca.pem], &[&crl], false)).unwrap();
         let client = fx.ca.issue(Some("billing"), 10, |_| {});
         tokio::time::sleep(Duration::from_millis(5100)).await;
-        let result = handshake_with(server, client_config(&fx.ca.pem, Some(&client), false)).await.map(|r| r.0);
+        let result = handshake_with(&server, client_config(&fx.ca.pem, Some(&client), false)).await.map(|r| r.0);
         assert!(
             is_cert_error(&result, |e| matches!(
                 e,
@@ -1096,5 +1289,168 @@ mod tests {
             )),
             "{result:?}"
         );
+    }
+
+    // --- resumption ---------------------------------------------------------------------------
+
+    /// One connection over 127.0.0.1: handshake, the server's verdict on the
+    /// client (with its handshake kind), two bytes to the client (which read
+    /// the session ticket that came before them), close.
+    async fn session(
+        server: &ServerTls,
+        client: &Arc<ClientConfig>,
+    ) -> (Result<ClientIdentity, rustls::Error>, Option<HandshakeKind>) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let serve = async {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut stream = match server.acceptor().accept(socket).await {
+                Ok(stream) => stream,
+                Err(e) => return (Err(e.into_inner().unwrap().downcast::<rustls::Error>().map(|e| *e).unwrap()), None),
+            };
+            let kind = stream.get_ref().1.handshake_kind();
+            let identity = server.client_identity(stream.get_ref().1);
+            if identity.is_ok() {
+                stream.write_all(b"ok").await.unwrap();
+                stream.shutdown().await.unwrap();
+            }
+            (identity, kind)
+        };
+        let connect = async {
+            let socket = tokio::net::TcpStream::connect(address).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            if let Ok(mut stream) = TlsConnector::from(Arc::clone(client)).connect(name, socket).await {
+                let mut reply = Vec::new();
+                let _ = stream.read_to_end(&mut reply).await;
+            }
+        };
+        tokio::join!(serve, connect).0
+    }
+
+    #[tokio::test]
+    async fn a_reconnecting_client_resumes_with_the_role_of_its_certificate() {
+        let fx = Fixture::new();
+        let server = ServerTls::new(&fx.mtls(false)).unwrap();
+        let billing = fx.ca.issue(Some("billing"), 10, |_| {});
+        let search = fx.ca.issue(Some("search"), 11, |_| {});
+        for tls12 in [false, true] {
+            let client = client_config(&fx.ca.pem, Some(&billing), tls12);
+            let (identity, kind) = session(&server, &client).await;
+            assert_eq!((identity.unwrap(), kind), (ClientIdentity::Role("billing".into()), Some(HandshakeKind::Full)));
+            // The second resumption is answered from the remembered verification.
+            for attempt in 0..2 {
+                let (identity, kind) = session(&server, &client).await;
+                assert_eq!(kind, Some(HandshakeKind::Resumed), "tls12 {tls12}, attempt {attempt}");
+                assert_eq!(identity.unwrap(), ClientIdentity::Role("billing".into()), "tls12 {tls12}");
+            }
+            // Another client's resumptions carry its own certificate's role.
+            let other = client_config(&fx.ca.pem, Some(&search), tls12);
+            assert_eq!(session(&server, &other).await.1, Some(HandshakeKind::Full));
+            let (identity, kind) = session(&server, &other).await;
+            assert_eq!(
+                (identity.unwrap(), kind),
+                (ClientIdentity::Role("search".into()), Some(HandshakeKind::Resumed))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rebuilt_configuration_does_not_resume_earlier_sessions() {
+        let fx = Fixture::new();
+        let client = client_config(&fx.ca.pem, Some(&fx.ca.issue(Some("billing"), 10, |_| {})), false);
+        let first = ServerTls::new(&fx.mtls(false)).unwrap();
+        assert_eq!(session(&first, &client).await.1, Some(HandshakeKind::Full));
+        let rebuilt = ServerTls::new(&fx.mtls(false)).unwrap();
+        let (identity, kind) = session(&rebuilt, &client).await;
+        assert_eq!((identity.unwrap(), kind), (ClientIdentity::Role("billing".into()), Some(HandshakeKind::Full)));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_session_whose_certificate_is_now_revoked_is_refused() {
+        let fx = Fixture::new();
+        let cert = fx.ca.issue(Some("billing"), 66, |_| {});
+        // Two configurations under one ticket key: the second one's CRL revokes serial 66.
+        let tickets = || -> Arc<dyn ProducesTickets> {
+            Arc::new(BoundedTickets {
+                inner: rustls::crypto::ring::Ticketer::new().unwrap(),
+                lifetime: SESSION_TICKET_LIFETIME,
+            })
+        };
+        for tls12 in [false, true] {
+            let ticketer = tickets();
+            let before = ServerTls::with_ticketer(&fx.mtls(false), Arc::clone(&ticketer)).unwrap();
+            let revoking = fx.settings(&[&fx.ca.pem], &[&fx.ca.crl(&[66], |_| {})], false);
+            let after = ServerTls::with_ticketer(&revoking, ticketer).unwrap();
+            let client = client_config(&fx.ca.pem, Some(&cert), tls12);
+            let (identity, kind) = session(&before, &client).await;
+            assert_eq!((identity.unwrap(), kind), (ClientIdentity::Role("billing".into()), Some(HandshakeKind::Full)));
+            let (identity, kind) = session(&before, &client).await;
+            assert_eq!(
+                (identity.unwrap(), kind),
+                (ClientIdentity::Role("billing".into()), Some(HandshakeKind::Resumed))
+            );
+            let (identity, kind) = session(&after, &client).await;
+            assert_eq!(kind, Some(HandshakeKind::Resumed), "tls12 {tls12}: the ticket is accepted by rustls");
+            assert!(is_cert_error(&identity, |e| matches!(e, CertificateError::Revoked)), "{identity:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn resumption_is_refused_once_the_certificate_or_the_crl_has_expired() {
+        let fx = Fixture::new();
+        let now = ASN1Time::now().to_datetime();
+        let crl = fx.ca.crl(&[], |p| {
+            p.this_update = now - Duration::from_secs(3600);
+            p.next_update = now + Duration::from_secs(5);
+        });
+        let server = ServerTls::new(&fx.settings(&[&fx.ca.pem], &[&crl], false)).unwrap();
+        let short = fx.ca.issue(Some("short"), 10, |p| p.not_after = now + Duration::from_secs(2));
+        let long = fx.ca.issue(Some("long"), 11, |_| {});
+        let short = client_config(&fx.ca.pem, Some(&short), false);
+        let long = client_config(&fx.ca.pem, Some(&long), false);
+        for client in [&short, &long] {
+            assert_eq!(session(&server, client).await.1, Some(HandshakeKind::Full));
+            for _ in 0..2 {
+                let (identity, kind) = session(&server, client).await;
+                assert!(identity.is_ok() && kind == Some(HandshakeKind::Resumed), "{identity:?} {kind:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        let (identity, kind) = session(&server, &short).await;
+        assert_eq!(kind, Some(HandshakeKind::Resumed));
+        assert!(
+            is_cert_error(&identity, |e| matches!(
+                e,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            )),
+            "{identity:?}"
+        );
+        let (identity, kind) = session(&server, &long).await;
+        assert_eq!((identity.unwrap(), kind), (ClientIdentity::Role("long".into()), Some(HandshakeKind::Resumed)));
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let (identity, kind) = session(&server, &long).await;
+        assert_eq!(kind, Some(HandshakeKind::Resumed));
+        assert!(
+            is_cert_error(&identity, |e| matches!(
+                e,
+                CertificateError::ExpiredRevocationList | CertificateError::ExpiredRevocationListContext { .. }
+            )),
+            "{identity:?}"
+        );
+    }
+
+    #[test]
+    fn tickets_are_refused_past_their_lifetime_or_when_altered() {
+        let fresh =
+            BoundedTickets { inner: rustls::crypto::ring::Ticketer::new().unwrap(), lifetime: SESSION_TICKET_LIFETIME };
+        assert_eq!(fresh.lifetime(), 3600);
+        let ticket = fresh.encrypt(b"session").unwrap();
+        assert_eq!(fresh.decrypt(&ticket).as_deref(), Some(&b"session"[..]));
+        let mut altered = ticket.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert_eq!(fresh.decrypt(&altered), None);
+        let spent = BoundedTickets { inner: rustls::crypto::ring::Ticketer::new().unwrap(), lifetime: Duration::ZERO };
+        let ticket = spent.encrypt(b"session").unwrap();
+        assert_eq!(spent.decrypt(&ticket), None);
     }
 }

@@ -2,13 +2,12 @@
 
 use std::fs;
 
-use proxyd::tls::{ClientIdentity, ServerIdentity, TlsSettings, client_identity, server_config};
+use proxyd::tls::{ClientIdentity, ServerIdentity, ServerTls, TlsSettings};
 use rustls::CertificateError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 
 use testkit::pki::*;
 
@@ -44,9 +43,9 @@ fn the_files_parse_and_proxyd_accepts_them() {
     assert_eq!(fs::read_to_string(&client.key_path).unwrap(), client.key_pem);
     assert_ne!(pki.client(None).cert_path, client.cert_path, "every client gets its own files");
 
-    server_config(&settings(&pki, ServerIdentity::Bundle(pki.server_bundle.clone()))).unwrap();
+    ServerTls::new(&settings(&pki, ServerIdentity::Bundle(pki.server_bundle.clone()))).unwrap();
     let pair = ServerIdentity::CertAndKey { cert: pki.server_cert.clone(), key: pki.server_key.clone() };
-    server_config(&settings(&pki, pair)).unwrap();
+    ServerTls::new(&settings(&pki, pair)).unwrap();
 }
 
 fn rustls_error(error: std::io::Error) -> rustls::Error {
@@ -59,13 +58,13 @@ fn rustls_error(error: std::io::Error) -> rustls::Error {
 
 /// Connects over loopback to a server with `proxyd`'s TLS configuration; the server's verdict.
 async fn identity_over(pki: &TestPki, ip: &str, cert: Option<&ClientCert>) -> Result<ClientIdentity, rustls::Error> {
-    let config = server_config(&settings(pki, ServerIdentity::Bundle(pki.server_bundle.clone()))).unwrap();
+    let server_tls = ServerTls::new(&settings(pki, ServerIdentity::Bundle(pki.server_bundle.clone()))).unwrap();
     let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let address = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let (socket, _) = listener.accept().await.unwrap();
-        let mut stream = TlsAcceptor::from(config).accept(socket).await.map_err(rustls_error)?;
-        let identity = client_identity(stream.get_ref().1);
+        let mut stream = server_tls.acceptor().accept(socket).await.map_err(rustls_error)?;
+        let identity = server_tls.client_identity(stream.get_ref().1)?;
         stream.write_all(b"ok").await.map_err(rustls_error)?;
         stream.shutdown().await.map_err(rustls_error)?;
         Ok(identity)
