@@ -120,3 +120,19 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Stops any child process as an operator would: SIGTERM, then SIGKILL if it
+/// is still running after `grace`; never fails (for `Drop` impls of
+/// benchmark peers, where the process may already be gone).
+pub fn stop_child(child: &mut Child, grace: Duration) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

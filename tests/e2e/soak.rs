@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
@@ -253,7 +253,7 @@ impl Soak {
 }
 
 /// Reads a response head (and a body of at most 64 KiB); nothing after it.
-async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Result<(u16, Vec<(String, String)>), String> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(u16, Vec<(String, String)>), String> {
     let read = async {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
@@ -289,12 +289,19 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Result<(u
     tokio::time::timeout(OPERATION_LIMIT, read).await.map_err(|_| "no answer in time".to_owned())?
 }
 
-/// Echo rounds through an open tunnel, then a half-close each way.
-async fn exchange(stream: &mut TcpStream, seed: u64, rounds: usize) -> Result<u64, String> {
+/// Echo rounds of 1..=`max_size` bytes through an open tunnel (plain or
+/// TLS), then a half-close each way (for TLS, close_notify) and the end of
+/// the stream.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    seed: u64,
+    rounds: usize,
+    max_size: u64,
+) -> Result<u64, String> {
     let mut rng = XorShift(seed | 1);
     let mut total = 0u64;
     for round in 0..rounds {
-        let size = 1 + (rng.next() % 16_384) as usize;
+        let size = 1 + (rng.next() % max_size) as usize;
         let mut out = vec![0u8; size];
         rng.fill(&mut out);
         stream.write_all(&out).await.map_err(|e| format!("round {round}: write: {e}"))?;
@@ -364,7 +371,7 @@ async fn echo_client(soak: Arc<Soak>, id: u64, pace: Duration) {
         let outcome = tokio::time::timeout(OPERATION_LIMIT, async {
             let (status, mut stream, _guard) = soak.request(host, &target, &trace).await?;
             match status {
-                200 => exchange(&mut stream, id << 32 | n, 4).await.map(|bytes| (200, bytes)),
+                200 => exchange(&mut stream, id << 32 | n, 4, 16_384).await.map(|bytes| (200, bytes)),
                 403 | 429 => Ok((status, 0)),
                 other => Err(format!("answered {other}")),
             }
@@ -689,7 +696,7 @@ async fn fill_the_cap(soak: &Soak, hold: Duration) -> (usize, usize) {
     }
     let count = held.len();
     for (i, (mut stream, _guard)) in held.into_iter().enumerate() {
-        match tokio::time::timeout(OPERATION_LIMIT, exchange(&mut stream, 0xCA9 + i as u64, 1)).await {
+        match tokio::time::timeout(OPERATION_LIMIT, exchange(&mut stream, 0xCA9 + i as u64, 1, 16_384)).await {
             Ok(Ok(bytes)) => {
                 soak.bytes_verified.fetch_add(bytes, Ordering::Relaxed);
                 soak.count("cap filler: held tunnel intact after the hold");
@@ -803,6 +810,22 @@ async fn quiet_sample(soak: &Soak, pid: u32, started: Instant) -> Option<Sample>
     let anon_kib = anon_kib(pid);
     soak.paused.store(false, Ordering::SeqCst);
     quiet.then_some(Sample { at: started.elapsed(), fds, rss_kib, anon_kib, quiet })
+}
+
+/// SIGTERM, as an operator stops the daemon, and its exit status if it exits within `within`.
+fn terminate(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Least-squares slope of `values` over `times` (seconds), as % of the mean per hour.
@@ -1290,37 +1313,11 @@ async fn soak() {
     let denied_name_queries = dns.queries().iter().filter(|(name, _)| name.ends_with(".other.test")).count();
 
     // Stop the daemon and read the rest of its log.
-    let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    assert!(sent.success());
     let mut proxyd = proxyd;
-    let exit = {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(status) = proxyd.child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if Instant::now() > deadline {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let exit = terminate(&mut proxyd.child, Duration::from_secs(40));
     reader.join().unwrap();
-    let edge_exit = {
-        let sent = Command::new("kill").args(["-TERM", &edge_pid.to_string()]).status().unwrap();
-        assert!(sent.success());
-        let mut edge_proxyd = edge_proxyd;
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(status) = edge_proxyd.child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if Instant::now() > deadline {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let mut edge_proxyd = edge_proxyd;
+    let edge_exit = terminate(&mut edge_proxyd.child, Duration::from_secs(40));
     edge_reader.join().unwrap();
     let edge_log = std::mem::take(&mut *edge_tally.lock().unwrap());
     let edge_sent = std::mem::take(&mut *edge.seen.sent.lock().unwrap());

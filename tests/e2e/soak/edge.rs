@@ -18,10 +18,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{HEADER_TIMEOUT, InFlight, OPERATION_LIMIT, Soak, XorShift, read_head};
+use super::{HEADER_TIMEOUT, InFlight, OPERATION_LIMIT, Soak, XorShift, exchange, read_head};
 
 /// Request heads per second per client address on the edge daemon.
 pub(super) const EDGE_RATE: u32 = 5;
@@ -114,31 +114,6 @@ impl Edge {
     }
 }
 
-/// Echo rounds through a tunnel, then a half-close (TLS close_notify) and the end of the stream.
-async fn echo_rounds<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, seed: u64) -> Result<u64, String> {
-    let mut rng = XorShift(seed | 1);
-    let mut total = 0u64;
-    for round in 0..3 {
-        let size = 1 + (rng.next() % 8192) as usize;
-        let mut out = vec![0u8; size];
-        rng.fill(&mut out);
-        stream.write_all(&out).await.map_err(|e| format!("round {round}: write: {e}"))?;
-        let mut back = vec![0u8; size];
-        stream.read_exact(&mut back).await.map_err(|e| format!("round {round}: read: {e}"))?;
-        if back != out {
-            return Err(format!("round {round}: {size} bytes came back altered"));
-        }
-        total += size as u64;
-    }
-    stream.shutdown().await.map_err(|e| format!("half-close: {e}"))?;
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).await.map_err(|e| format!("after half-close: {e}"))?;
-    if !rest.is_empty() {
-        return Err(format!("{} unexpected bytes after half-close", rest.len()));
-    }
-    Ok(total)
-}
-
 /// A well-behaved client behind a load balancer: PROXY v1 (`id` even) or v2
 /// naming 198.51.100.(10 + id), TLS, CONNECT, echo rounds. Paced under the rate limit.
 pub(super) async fn tunnel_client(soak: Arc<Soak>, edge: Arc<Edge>, id: u8) {
@@ -154,7 +129,7 @@ pub(super) async fn tunnel_client(soak: Arc<Soak>, edge: Arc<Edge>, id: u8) {
             if status != 200 {
                 return Err(format!("answered {status}"));
             }
-            echo_rounds(&mut stream, u64::from(id) << 40 | n).await
+            exchange(&mut stream, u64::from(id) << 40 | n, 3, 8192).await
         })
         .await;
         match outcome {
