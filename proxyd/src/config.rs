@@ -32,6 +32,14 @@ const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_TUNNELS: usize = 10_000;
+/// More data-plane threads than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
+
+/// One data-plane thread per CPU proxyd may run on (affinity and cgroup
+/// quota included), or 1 when that cannot be read.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS)
+}
 const DEFAULT_AUTH_ROLE: &str = "authed";
 
 /// The command line. Flag names are Smokescreen's where the meaning is the same.
@@ -114,6 +122,9 @@ pub struct Args {
     /// Cap on request heads per second per client IP address (a burst of N, then N a second); beyond it 429 [default: off].
     #[arg(long, value_name = "N")]
     pub max_requests_per_client_per_second: Option<u32>,
+    /// Data-plane threads, each accepting and serving its own connections [default: the CPUs proxyd may use].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
     /// Clients without a role (no certificate, no credentials) use the default rule.
     #[arg(long)]
     pub allow_missing_role: bool,
@@ -226,6 +237,7 @@ pub struct FileConfig {
     // Keys proxyd adds.
     max_tunnels_per_client: Option<usize>,
     max_requests_per_client_per_second: Option<u32>,
+    workers: Option<usize>,
     policy: Option<PathBuf>,
     policy_check_interval: Option<String>,
     policy_reload_debounce: Option<String>,
@@ -307,6 +319,9 @@ pub struct Config {
     pub max_tunnels_per_client: Option<usize>,
     /// Request heads per second per client IP address; `None`: no rate limit.
     pub max_requests_per_client_per_second: Option<u32>,
+    /// Data-plane threads (at least 1): each runs its own event loop, accepts
+    /// from the shared listener and keeps every connection it accepted.
+    pub workers: usize,
     /// Operator address rules; the listener's own address is added at start.
     pub address_rules: AddressRules,
     pub network: Network,
@@ -360,6 +375,7 @@ impl Config {
             max_tunnels: DEFAULT_MAX_TUNNELS,
             max_tunnels_per_client: None,
             max_requests_per_client_per_second: None,
+            workers: default_workers(),
             address_rules: AddressRules::default(),
             network: Network::Ip,
             resolver_addresses: Vec::new(),
@@ -544,6 +560,15 @@ impl Config {
             max_requests_per_client_per_second = None;
         }
 
+        let mut workers = args.workers.or(file.workers).unwrap_or_else(default_workers);
+        if workers == 0 || workers > MAX_WORKERS {
+            p.push(ConfigError::Invalid {
+                input: "workers".into(),
+                message: format!("must be between 1 and {MAX_WORKERS}; leave it out for one per CPU"),
+            });
+            workers = 1;
+        }
+
         let listen = SocketAddr::new(listen_ip, listen_port);
         let admin_listen = args.admin_listen.or(file.admin_listen);
         if let Some(admin) = admin_listen
@@ -584,6 +609,7 @@ impl Config {
             max_tunnels,
             max_tunnels_per_client,
             max_requests_per_client_per_second,
+            workers,
             address_rules: rules,
             network: file.network.unwrap_or_default(),
             resolver_addresses,
@@ -896,6 +922,19 @@ mod tests {
         assert_eq!(c.idle_timeout, None);
         assert!(c.allow_missing_role);
         assert_eq!(c.address_rules.deny_ranges.len(), 1);
+    }
+
+    #[test]
+    fn workers_default_to_the_cpus_and_must_be_at_least_one() {
+        assert_eq!(load(&["--policy", "p.bin"], None).unwrap().workers, default_workers());
+        assert!(default_workers() >= 1);
+        assert_eq!(load(&["--policy", "p.bin"], Some("workers: 3\n")).unwrap().workers, 3);
+        let c = load(&["--policy", "p.bin", "--workers", "1"], Some("workers: 3\n")).unwrap();
+        assert_eq!(c.workers, 1, "the flag overrides the file");
+        for bad in ["0", "1025"] {
+            let err = load(&["--policy", "p.bin", "--workers", bad], None).unwrap_err();
+            assert!(err.to_string().contains("workers: must be between 1 and 1024"), "{err}");
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! to addresses it checked. Tests start it in-process with [`run`] on
 //! `127.0.0.1:0`; the binary is a thin shell around the same function.
 //!
-//! Layout: [`config`] (flags and config file), [`server`] (accept loop and
+//! Layout: [`config`] (flags and config file), [`workers`] (the data-plane
+//! threads, one event loop per CPU), [`server`] (start-up, drain and the
 //! request path), [`tls`] and [`proxy_protocol`] (what arrives before the
 //! request), [`resolver`] (DNS), [`egress`] (address stage and connect),
 //! [`tunnel`] (moving bytes), [`answer`] (failures to HTTP answers), [`log`],
@@ -39,6 +40,7 @@ pub mod statsd;
 pub mod systemd;
 pub mod tls;
 pub mod tunnel;
+pub mod workers;
 
 pub use config::{Args, Config};
 pub use server::{StartError, run, serve};

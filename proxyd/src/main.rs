@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         }
     };
     proxyd::log::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("proxyd: cannot start the runtime: {error}");

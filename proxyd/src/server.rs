@@ -1,4 +1,4 @@
-//! The accept loop and the life of one request: PROXY header, TLS, the
+//! Start-up, the drain, and the life of one request: PROXY header, TLS, the
 //! CONNECT head (hyper, HTTP/1 only), who is asking, the name stage, the
 //! address stage, connect, then hand-over to the tunnel.
 //!
@@ -48,6 +48,7 @@ use crate::statsd::StatsdSink;
 use crate::systemd;
 use crate::tls::{self, ClientIdentity};
 use crate::tunnel::{self, ClientStream, TunnelStats};
+use crate::workers::Workers;
 
 /// Largest CONNECT head (request line plus headers) we read.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -68,6 +69,8 @@ pub enum StartError {
     Resolver(#[from] crate::resolver::ResolverInitError),
     #[error("listener: {0}")]
     Listener(std::io::Error),
+    #[error("cannot start the data-plane threads: {0}")]
+    Workers(std::io::Error),
     #[error("cannot listen on {addr} for the admin endpoints: {error}")]
     Admin { addr: SocketAddr, error: std::io::Error },
     #[error("statsd address {address}: {message}")]
@@ -198,30 +201,17 @@ pub async fn serve(
 
     // Every connection task holds a clone; when all are gone, the drain is over.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
-    tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    backoff = Duration::from_millis(5);
-                    let shared = Arc::clone(&shared);
-                    let alive = alive.clone();
-                    tokio::spawn(serve_connection(shared, stream, peer, alive));
-                }
-                Err(error) => {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
-        }
-    }
+    let listener = listener.into_std().map_err(StartError::Listener)?;
+    let serving = Arc::clone(&shared);
+    let accepted_alive = alive.clone();
+    let mut workers = Workers::start(listener, shared.config.workers, move |stream, peer| {
+        serve_connection(Arc::clone(&serving), stream, peer, accepted_alive.clone())
+    })
+    .map_err(StartError::Workers)?;
+    shutdown.await;
 
     systemd::stopping();
-    drop(listener);
+    workers.stop_accepting().await;
     shared.draining.store(true, Ordering::SeqCst);
     admin_state.draining();
     let _ = stop_watching.send(());
@@ -236,6 +226,8 @@ pub async fn serve(
         // Give the closed tunnels a moment to write their close lines.
         let _ = tokio::time::timeout(Duration::from_secs(2), all_done.recv()).await;
     }
+    // Joined off this runtime: a worker may still be dropping what is left.
+    let _ = tokio::task::spawn_blocking(move || workers.finish()).await;
     let _ = stop_admin.send(());
     if let Some(task) = admin_task {
         let _ = task.await;
