@@ -244,7 +244,7 @@ enum Burst {
 /// up for small request/response traffic); once a read fills the buffer the
 /// direction splices through a pipe until it goes quiet (see [`splice`]).
 async fn pump_tcp_to_tcp(
-    from: OwnedReadHalf,
+    mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     counter: &AtomicU64,
     last_activity: &Activity,
@@ -254,7 +254,7 @@ async fn pump_tcp_to_tcp(
     loop {
         wait_readable(&from).await?;
         let splice = splice::AVAILABLE && no_pipe_until.is_none_or(|until| Instant::now() >= until);
-        let burst = copy_burst(&from, &mut to, counter, last_activity, splice).await?;
+        let burst = copy_burst(&mut from, &mut to, counter, last_activity, splice).await?;
         let ended = match burst {
             Burst::Drained => false,
             Burst::Eof => true,
@@ -278,14 +278,14 @@ async fn pump_tcp_to_tcp(
 
 /// TCP to any writer (a TLS client): copies burst by burst.
 async fn pump_tcp<W: AsyncWrite + Unpin>(
-    from: OwnedReadHalf,
+    mut from: OwnedReadHalf,
     mut to: W,
     counter: &AtomicU64,
     last_activity: &Activity,
 ) -> io::Result<()> {
     loop {
         wait_readable(&from).await?;
-        if copy_burst(&from, &mut to, counter, last_activity, false).await? == Burst::Eof {
+        if copy_burst(&mut from, &mut to, counter, last_activity, false).await? == Burst::Eof {
             to.shutdown().await?;
             return Ok(());
         }
@@ -305,8 +305,15 @@ async fn wait_readable(from: &OwnedReadHalf) -> io::Result<()> {
 /// that exists only for the burst (allocated uninitialised: nothing to
 /// zero). With `stop_when_full`, returns [`Burst::Full`] after writing a
 /// read that filled the buffer.
+///
+/// Reads go through tokio's `poll_read`, never waiting (a no-op waker; the
+/// caller's next [`wait_readable`] registers the real one): a read that
+/// returns less than the buffer's room has emptied the socket, so tokio
+/// marks it not ready and the burst ends without a `recv` that would only
+/// say `EAGAIN` (one system call fewer per burst; end of stream is still
+/// seen, as tokio keeps the closed state).
 async fn copy_burst<W: AsyncWrite + Unpin>(
-    from: &OwnedReadHalf,
+    from: &mut OwnedReadHalf,
     to: &mut W,
     counter: &AtomicU64,
     last_activity: &Activity,
@@ -315,9 +322,13 @@ async fn copy_burst<W: AsyncWrite + Unpin>(
     let mut buffer = Vec::with_capacity(BURST_BUFFER);
     let burst = loop {
         buffer.clear();
-        match from.try_read_buf(&mut buffer) {
-            Ok(0) => break Burst::Eof,
-            Ok(n) => {
+        let read = {
+            let read = std::pin::pin!(from.read_buf(&mut buffer));
+            read.poll(&mut Context::from_waker(std::task::Waker::noop()))
+        };
+        match read {
+            Poll::Ready(Ok(0)) => break Burst::Eof,
+            Poll::Ready(Ok(n)) => {
                 last_activity.touch();
                 to.write_all(&buffer).await?;
                 counter.fetch_add(n as u64, Ordering::Relaxed);
@@ -326,8 +337,8 @@ async fn copy_burst<W: AsyncWrite + Unpin>(
                     break Burst::Full;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Burst::Drained,
-            Err(e) => return Err(e),
+            Poll::Pending => break Burst::Drained,
+            Poll::Ready(Err(e)) => return Err(e),
         }
     };
     // A TLS writer may keep the last record until flushed; for TCP this is free.
