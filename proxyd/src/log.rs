@@ -18,6 +18,8 @@ use std::time::Duration;
 use crate::config::LogFormat;
 use crate::tunnel::TunnelStats;
 
+mod json;
+
 /// Installs the global subscriber: JSON lines (or text for humans) on
 /// stderr, written in batches by one writer thread (see `BatchedStderr`).
 /// Call [`flush`] before the process exits.
@@ -28,7 +30,7 @@ pub fn init(format: LogFormat) {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal());
     let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder.event_format(json::JsonLines).try_init(),
         LogFormat::Text => builder.try_init(),
     };
     // Already installed (tests start several proxies in one process): keep it.
@@ -246,7 +248,7 @@ impl DecisionLine {
             decision_reason = self.decision_reason.as_deref(),
             enforce_would_deny = self.enforce_would_deny,
             default_rule = self.default_rule,
-            inbound_remote_addr = self.inbound_remote_addr.map(|a| a.to_string()),
+            inbound_remote_addr = self.inbound_remote_addr.map(tracing::field::display),
             dst_ip = self.dst_ip.as_deref(),
             dst_port = self.dst_port,
             dns_lookup_time_ms = self.dns_lookup_time_ms,

@@ -149,6 +149,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
     use super::*;
     use std::collections::HashSet;
     use std::sync::Mutex;
