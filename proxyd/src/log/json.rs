@@ -179,10 +179,6 @@ mod tests {
         text
     }
 
-    fn lines(emit: impl FnOnce()) -> Vec<serde_json::Value> {
-        text(emit).lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))).collect()
-    }
-
     /// Every kind of value, escaping and absent fields, parsed back with serde_json.
     #[test]
     fn lines_are_json_objects_with_typed_fields_in_order() {
