@@ -37,7 +37,11 @@
 //! (`old-proxyd` for the old build); `LOAD_ROUNDS=5` runs 5 setup rounds
 //! instead of 3. Every figure is printed as a ratio to
 //! direct and to the HAProxy relay, with each process's CPU per tunnel (and
-//! per GiB) from its /proc/<pid>/stat utime + stime.
+//! per GiB) from its /proc/<pid>/stat utime + stime. Setup also reports the
+//! load generator's own CPU per tunnel (`load µs/tun`: this process, the
+//! clients and upstreams) and, from those figures, the `ceiling:` line: the
+//! rate a CONNECT proxy costing no more than the relay could reach here, and
+//! the proxyd CPU per tunnel that 0.8x the relay's rate would need.
 //!
 //! `cargo bench -p proxyd --bench load -- bulk` runs only the named parts
 //! (`setup`, `bulk`, `idle`, `idle100k`, `mtls`); `PROXYD_BIN=path` measures another
@@ -334,12 +338,57 @@ fn peer_specs() -> Result<Vec<PeerSpec>> {
     Ok(specs)
 }
 
+/// What the machine allows a CONNECT proxy when the cores are saturated:
+/// the rate is then the cores over the CPU a tunnel costs everything on the
+/// machine, the proxy *and* the load generator. A CONNECT client pays for a
+/// round trip (write the request, wait for and read the `200`) that a fixed
+/// relay's client does not, which shows as more load-generator CPU per
+/// tunnel through proxyd than through the relay.
+#[derive(Debug)]
+struct ConnectCeiling {
+    /// Load-generator µs per tunnel through the relay and through proxyd.
+    load_relay: f64,
+    load_proxyd: f64,
+    /// The relay's own µs per tunnel.
+    relay: f64,
+}
+
+impl ConnectCeiling {
+    fn from(proxyd: &Column, relay: &Column) -> Option<ConnectCeiling> {
+        let ceiling = ConnectCeiling {
+            load_relay: median(relay.setup_load_cpu_us.iter().copied()),
+            load_proxyd: median(proxyd.setup_load_cpu_us.iter().copied()),
+            relay: median(relay.setup_cpu_us.iter().copied()),
+        };
+        [ceiling.load_relay, ceiling.load_proxyd, ceiling.relay].iter().all(|v| v.is_finite() && *v > 0.0).then_some(ceiling)
+    }
+
+    fn print(&self) {
+        let (relay_total, connect) = (self.load_relay + self.relay, self.load_proxyd - self.load_relay);
+        // A CONNECT proxy as cheap as the relay itself, with this run's CONNECT clients.
+        let best = relay_total / (self.load_proxyd + self.relay);
+        // The proxy CPU per tunnel at which the rate would be 0.8x the relay's.
+        let needed = relay_total / 0.8 - self.load_proxyd;
+        println!(
+            "ceiling: the clients' CONNECT round trip costs the load generator {connect:.0} µs per tunnel more than through the relay \
+             ({:.0} vs {:.0}); a CONNECT proxy costing no more CPU than the relay ({:.0} µs) would reach {best:.2}x the relay's rate; \
+             0.8x needs proxyd at <= {needed:.0} µs per tunnel ({:.2}x the relay's CPU)",
+            self.load_proxyd,
+            self.load_relay,
+            self.relay,
+            needed / self.relay
+        );
+    }
+}
+
 /// Every figure of one column of the summary.
 #[derive(Debug, Default)]
 struct Column {
     setup: Vec<SetupPhase>,
     /// CPU of the peer's process per tunnel, µs, one value per round.
     setup_cpu_us: Vec<f64>,
+    /// CPU of the load generator (this process: clients and upstreams) per tunnel, µs.
+    setup_load_cpu_us: Vec<f64>,
     bulk_mibs: Vec<f64>,
     /// CPU of the peer's process per GiB moved, s, one value per round.
     bulk_cpu_s_per_gib: Vec<f64>,
@@ -402,6 +451,7 @@ async fn run(plan: Plan) -> Result<()> {
         let cpu = cpu.stop();
         noise.record(&cpu);
         println!("setup round {round}: {:<10} {} ({cpu})", "direct", phase.describe());
+        direct.setup_load_cpu_us.extend(cpu.load_per(phase.ops as f64, 1e6));
         direct.setup.push(phase);
         for k in 0..peers.len() {
             let i = (k + round - 1) % peers.len();
@@ -418,6 +468,7 @@ async fn run(plan: Plan) -> Result<()> {
                 per_op.map_or("?".to_owned(), |v| format!("{v:.0}"))
             );
             column.setup_cpu_us.extend(per_op);
+            column.setup_load_cpu_us.extend(cpu.load_per(phase.ops as f64, 1e6));
             column.setup.push(phase);
         }
     }
@@ -515,12 +566,12 @@ async fn run(plan: Plan) -> Result<()> {
         let relay_cpu = relay.map(|c| median(c.setup_cpu_us.iter().copied()));
         println!("setup ({CLIENTS} clients, connect (+ CONNECT for proxies) + {ECHO_BYTES} B echo + close):");
         println!(
-            "  {:<11} {:>8} {:>8} {:>9} {:>9} {:>9} {:>12} {:>9}",
-            "", "tunnels/s", "x direct", "x haproxy", "p50 ms", "p99 ms", "CPU µs/tun", "x haproxy"
+            "  {:<11} {:>8} {:>8} {:>9} {:>9} {:>9} {:>12} {:>9} {:>13}",
+            "", "tunnels/s", "x direct", "x haproxy", "p50 ms", "p99 ms", "CPU µs/tun", "x haproxy", "load µs/tun"
         );
         let lat = Latencies::merge(&direct.setup);
         println!(
-            "  {:<11} {:>9.0} {:>8} {:>9} {:>9.2} {:>9.2} {:>12} {:>9}",
+            "  {:<11} {:>9.0} {:>8} {:>9} {:>9.2} {:>9.2} {:>12} {:>9} {:>13.0}",
             "direct",
             direct_rate,
             "1.00",
@@ -528,14 +579,15 @@ async fn run(plan: Plan) -> Result<()> {
             lat.quantile(0.5).as_secs_f64() * 1e3,
             lat.quantile(0.99).as_secs_f64() * 1e3,
             "-",
-            "-"
+            "-",
+            median(direct.setup_load_cpu_us.iter().copied())
         );
         for (name, column) in names.iter().zip(&columns) {
             let rate = column.setup_rate();
             let cpu = median(column.setup_cpu_us.iter().copied());
             let lat = Latencies::merge(&column.setup);
             println!(
-                "  {:<11} {:>9.0} {:>8} {:>9} {:>9.2} {:>9.2} {:>12.0} {:>9}",
+                "  {:<11} {:>9.0} {:>8} {:>9} {:>9.2} {:>9.2} {:>12.0} {:>9} {:>13.0}",
                 name,
                 rate,
                 ratio(rate, Some(direct_rate)),
@@ -543,7 +595,8 @@ async fn run(plan: Plan) -> Result<()> {
                 lat.quantile(0.5).as_secs_f64() * 1e3,
                 lat.quantile(0.99).as_secs_f64() * 1e3,
                 cpu,
-                ratio(cpu, relay_cpu)
+                ratio(cpu, relay_cpu),
+                median(column.setup_load_cpu_us.iter().copied())
             );
         }
     }
@@ -600,6 +653,9 @@ async fn run(plan: Plan) -> Result<()> {
             let cpu = median(proxyd.setup_cpu_us.iter().copied()) / median(relay.setup_cpu_us.iter().copied());
             println!("goal: setup rate >= 0.8x the relay's: {rate:.2} {}", verdict(rate >= 0.8));
             println!("goal: CPU per tunnel <= 1.5x the relay's: {cpu:.2} {}", verdict(cpu <= 1.5));
+            if let Some(ceiling) = ConnectCeiling::from(proxyd, relay) {
+                ceiling.print();
+            }
         }
         if plan.parts.bulk {
             let bulk = median(proxyd.bulk_mibs.iter().copied()) / median(relay.bulk_mibs.iter().copied());
@@ -1110,7 +1166,8 @@ impl CpuMeter {
             _ => None,
         };
         let proxy_seconds = proxy.map(|t| t as f64 / Self::TICKS_PER_SECOND);
-        CpuUse { seconds, machine_busy, proxy_seconds, others_seconds }
+        let load_seconds = this.map(|t| t as f64 / Self::TICKS_PER_SECOND);
+        CpuUse { seconds, machine_busy, proxy_seconds, load_seconds, others_seconds }
     }
 }
 
@@ -1135,6 +1192,8 @@ struct CpuUse {
     machine_busy: Option<f64>,
     /// CPU time the proxy process used (user plus system).
     proxy_seconds: Option<f64>,
+    /// CPU time of this process: the clients and upstreams generating the load.
+    load_seconds: Option<f64>,
     /// CPU time used by neither the proxy nor this process (kernel threads, other jobs).
     others_seconds: Option<f64>,
 }
@@ -1143,6 +1202,11 @@ impl CpuUse {
     /// The peer's CPU time per unit of work, scaled (e.g. µs per op).
     fn peer_per(&self, units: f64, scale: f64) -> Option<f64> {
         self.proxy_seconds.filter(|_| units > 0.0).map(|cpu| cpu * scale / units)
+    }
+
+    /// The load generator's (clients and upstreams) CPU time per unit of work, scaled.
+    fn load_per(&self, units: f64, scale: f64) -> Option<f64> {
+        self.load_seconds.filter(|_| units > 0.0).map(|cpu| cpu * scale / units)
     }
 }
 
