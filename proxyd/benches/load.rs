@@ -683,10 +683,16 @@ async fn run(plan: Plan) -> Result<()> {
         "command: {}{}cargo bench -p proxyd --bench load{}   (or: make bench); took {:.0?}",
         if std::env::var_os("PROXYD_BASELINE_BIN").is_some() { "PROXYD_BASELINE_BIN=... " } else { "" },
         std::env::var("LOAD_ROUNDS").map(|n| format!("LOAD_ROUNDS={n} ")).unwrap_or_default(),
-        if plan.parts.idle100k { " -- idle100k" } else { "" },
+        named_parts(),
         started.elapsed()
     );
     Ok(())
+}
+
+/// The parts named on the command line, as ` -- setup bulk`, or nothing when all ran.
+fn named_parts() -> String {
+    let named: Vec<String> = std::env::args().skip(1).filter(|a| PART_NAMES.contains(&a.as_str())).collect();
+    if named.is_empty() { String::new() } else { format!(" -- {}", named.join(" ")) }
 }
 
 /// The first three fields of /proc/loadavg.
