@@ -360,7 +360,10 @@ impl ConnectCeiling {
             load_proxyd: median(proxyd.setup_load_cpu_us.iter().copied()),
             relay: median(relay.setup_cpu_us.iter().copied()),
         };
-        [ceiling.load_relay, ceiling.load_proxyd, ceiling.relay].iter().all(|v| v.is_finite() && *v > 0.0).then_some(ceiling)
+        [ceiling.load_relay, ceiling.load_proxyd, ceiling.relay]
+            .iter()
+            .all(|v| v.is_finite() && *v > 0.0)
+            .then_some(ceiling)
     }
 
     fn print(&self) {

@@ -204,7 +204,18 @@ mod tests {
         assert_eq!(got.len(), 1);
         let line = &got[0];
         let keys = [
-            "timestamp", "level", "message", "id", "text", "yes", "count", "negative", "seconds", "whole", "nan", "addr",
+            "timestamp",
+            "level",
+            "message",
+            "id",
+            "text",
+            "yes",
+            "count",
+            "negative",
+            "seconds",
+            "whole",
+            "nan",
+            "addr",
             "debug",
         ];
         assert_eq!(line.as_object().unwrap().len(), keys.len(), "no other fields (none for the absent one): {raw}");
