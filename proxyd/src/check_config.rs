@@ -210,7 +210,17 @@ fn summary(args: &Args, config: &Config, policy: &PolicyState, resolvers: &[std:
             seconds(config.shutdown_grace)
         ),
     );
-    line("max tunnels", config.max_tunnels.to_string());
+    let off = |limit: Option<String>| limit.unwrap_or_else(|| "off".to_owned());
+    line(
+        "tunnels",
+        format!(
+            "at most {}, per client {}, requests per client per second {}",
+            config.max_tunnels,
+            off(config.max_tunnels_per_client.map(|n| n.to_string())),
+            off(config.max_requests_per_client_per_second.map(|n| n.to_string()))
+        ),
+    );
+    line("workers", format!("{} data-plane threads", config.workers));
     line("log format", format!("{:?}", config.log_format).to_lowercase());
     line(
         "statsd",

@@ -39,6 +39,10 @@ fn a_valid_configuration_is_summarised_without_binding_or_secrets() {
             "127.0.0.1:53",
             "--admin-listen",
             "127.0.0.1:9810",
+            "--workers",
+            "3",
+            "--max-tunnels-per-client",
+            "40",
         ],
         &[("PW", "correct-horse-battery")],
     );
@@ -57,6 +61,8 @@ fn a_valid_configuration_is_summarised_without_binding_or_secrets() {
         "from $PW (value redacted)",
         table.to_str().unwrap(),
         "4 role rules",
+        "at most 10000, per client 40, requests per client per second off",
+        "3 data-plane threads",
     ] {
         assert!(stdout.contains(expected), "{expected:?} missing from:\n{stdout}");
     }
