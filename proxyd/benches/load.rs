@@ -1210,12 +1210,16 @@ struct CpuUse {
 impl CpuUse {
     /// The peer's CPU time per unit of work, scaled (e.g. µs per op).
     fn peer_per(&self, units: f64, scale: f64) -> Option<f64> {
-        self.proxy_seconds.filter(|_| units > 0.0).map(|cpu| cpu * scale / units)
+        Self::per(self.proxy_seconds, units, scale)
     }
 
     /// The load generator's (clients and upstreams) CPU time per unit of work, scaled.
     fn load_per(&self, units: f64, scale: f64) -> Option<f64> {
-        self.load_seconds.filter(|_| units > 0.0).map(|cpu| cpu * scale / units)
+        Self::per(self.load_seconds, units, scale)
+    }
+
+    fn per(seconds: Option<f64>, units: f64, scale: f64) -> Option<f64> {
+        seconds.filter(|_| units > 0.0).map(|cpu| cpu * scale / units)
     }
 }
 

@@ -32,6 +32,7 @@ const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_TUNNELS: usize = 10_000;
+const DEFAULT_AUTH_ROLE: &str = "authed";
 /// More data-plane threads than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
 
@@ -40,7 +41,6 @@ const MAX_WORKERS: usize = 1024;
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS)
 }
-const DEFAULT_AUTH_ROLE: &str = "authed";
 
 /// The command line. Flag names are Smokescreen's where the meaning is the same.
 #[derive(Debug, Default, Parser)]

@@ -352,17 +352,9 @@ async fn wait_readable(from: &OwnedReadHalf) -> io::Result<()> {
     std::future::poll_fn(|cx| from.as_ref().poll_read_ready(cx)).await
 }
 
-/// Copies for as long as reads succeed without blocking, through a buffer
-/// that exists only for the burst (allocated uninitialised: nothing to
-/// zero). With `stop_when_full`, returns [`Burst::Full`] after writing a
-/// read that filled the buffer.
-///
-/// Reads go through tokio's `poll_read`, never waiting (a no-op waker; the
-/// caller's next [`wait_readable`] registers the real one): a read that
-/// returns less than the buffer's room has emptied the socket, so tokio
-/// marks it not ready and the burst ends without a `recv` that would only
-/// say `EAGAIN` (one system call fewer per burst; end of stream is still
-/// seen, as tokio keeps the closed state).
+/// Copies for as long as reads succeed without blocking ([`read_now`]),
+/// through a [`BurstBuffer`] held only for the burst. With `stop_when_full`,
+/// returns [`Burst::Full`] after writing a read that filled the buffer.
 async fn copy_burst<W: AsyncWrite + Unpin>(
     from: &mut OwnedReadHalf,
     to: &mut W,
@@ -373,11 +365,7 @@ async fn copy_burst<W: AsyncWrite + Unpin>(
     let mut buffer = BurstBuffer::take();
     let burst = loop {
         buffer.clear();
-        let read = {
-            let read = std::pin::pin!(from.read_buf(&mut *buffer));
-            read.poll(&mut Context::from_waker(std::task::Waker::noop()))
-        };
-        match read {
+        match read_now(from, &mut buffer) {
             Poll::Ready(Ok(0)) => break Burst::Eof,
             Poll::Ready(Ok(n)) => {
                 last_activity.touch();
@@ -395,6 +383,18 @@ async fn copy_burst<W: AsyncWrite + Unpin>(
     // A TLS writer may keep the last record until flushed; for TCP this is free.
     to.flush().await?;
     Ok(burst)
+}
+
+/// One read of whatever `from` has now, appended to `buffer`, never waiting:
+/// `Pending` means nothing is ready. Polled with a no-op waker, since the
+/// caller's next wait for readability registers the real one. For a tokio
+/// socket, a read that returns less than the buffer's room has emptied it,
+/// so tokio marks it not ready and the next call is `Pending` without a
+/// `recv` that would only say `EAGAIN` (end of stream is still seen: tokio
+/// keeps the closed state).
+fn read_now<R: AsyncRead + Unpin>(from: &mut R, buffer: &mut Vec<u8>) -> Poll<io::Result<usize>> {
+    let read = std::pin::pin!(from.read_buf(buffer));
+    read.poll(&mut Context::from_waker(std::task::Waker::noop()))
 }
 
 /// Any reader (a TLS client) to TCP. It waits for the first byte of a burst
@@ -416,12 +416,8 @@ async fn pump_generic<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         buffer.push(first);
         let mut eof = false;
         loop {
-            // Whatever is ready now, without waiting: a noop waker, since the
-            // next wait for a first byte registers the real one again.
-            let more = {
-                let read = std::pin::pin!(from.read_buf(&mut *buffer));
-                read.poll(&mut Context::from_waker(std::task::Waker::noop()))
-            };
+            // Whatever is ready now, without waiting.
+            let more = read_now(&mut from, &mut buffer);
             match more {
                 Poll::Ready(Ok(0)) => eof = true,
                 Poll::Ready(Ok(_)) => {

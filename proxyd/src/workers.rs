@@ -83,19 +83,25 @@ impl Workers {
     /// Ends the workers: whatever connections are left are dropped (closed),
     /// then the threads are joined.
     pub fn finish(mut self) {
-        let _ = self.stop_accepting.send(true);
-        let _ = self.finish.send(true);
+        self.signal_end();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
 }
 
+impl Workers {
+    /// Tells every worker to stop accepting and to drop what is left.
+    fn signal_end(&self) {
+        let _ = self.stop_accepting.send(true);
+        let _ = self.finish.send(true);
+    }
+}
+
 impl Drop for Workers {
     /// When the serving future is dropped early, the threads still exit.
     fn drop(&mut self) {
-        let _ = self.stop_accepting.send(true);
-        let _ = self.finish.send(true);
+        self.signal_end();
     }
 }
 
