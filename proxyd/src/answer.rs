@@ -1,14 +1,14 @@
-//! Every way a request can fail, and the one function that turns a failure
-//! into its HTTP answer (PROXY.md §5). Nothing else in `proxyd` chooses a
-//! status code or writes an error body.
+//! Every way a request can fail, the one function that turns a failure into
+//! its HTTP answer (PROXY.md §5), and the bytes of every answer the proxy
+//! writes on its port, the tunnel's `200` included. Nothing else in `proxyd`
+//! chooses a status code or writes an answer.
 
 use std::io;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::Full;
+use http::StatusCode;
 
+use crate::request::Version;
 use crate::resolver::ResolveError;
 
 /// Why a CONNECT was not tunnelled.
@@ -92,10 +92,20 @@ impl Refusal {
     }
 }
 
+/// An answer the proxy writes on its port instead of opening a tunnel: a
+/// status, its header fields and a plain-text body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    /// In the order they are written; names in lower case, as hyper wrote them.
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
 /// The answer to a refused request: one line of plain text, the same text
 /// in `X-Smokescreen-Error`, and the headers each status needs. The
 /// operator's extra message is added to 403 denials only.
-pub fn response(refusal: &Refusal, deny_message_extra: Option<&str>) -> Response<Full<Bytes>> {
+pub fn response(refusal: &Refusal, deny_message_extra: Option<&str>) -> Answer {
     let status = refusal.status();
     let mut text = refusal.to_string();
     if status == StatusCode::FORBIDDEN
@@ -104,32 +114,114 @@ pub fn response(refusal: &Refusal, deny_message_extra: Option<&str>) -> Response
         text.push(' ');
         text.push_str(extra);
     }
-    // Header values cannot hold control characters; the body keeps them.
+    let mut headers =
+        vec![("content-type", "text/plain; charset=utf-8".to_owned()), ("connection", "close".to_owned())];
+    // Header values cannot hold control characters (the body keeps them);
+    // a text with other than ASCII goes in the body only.
     let header_text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    let mut builder = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header(header::CONNECTION, "close");
-    if let Ok(value) = HeaderValue::from_str(&header_text) {
-        builder = builder.header("X-Smokescreen-Error", value);
+    if header_text.is_ascii() {
+        headers.push(("x-smokescreen-error", header_text));
     }
-    builder = match refusal {
-        Refusal::NotConnect(_) => builder.header(header::ALLOW, "CONNECT"),
+    match refusal {
+        Refusal::NotConnect(_) => headers.push(("allow", "CONNECT".to_owned())),
         Refusal::AuthRequired | Refusal::BadCredentials => {
-            builder.header(header::PROXY_AUTHENTICATE, "Basic realm=\"proxyd\"")
+            headers.push(("proxy-authenticate", "Basic realm=\"proxyd\"".to_owned()));
         }
         Refusal::TunnelCap | Refusal::ClientTunnelCap { .. } | Refusal::ClientRequestRate { .. } => {
-            builder.header(header::RETRY_AFTER, "1")
+            headers.push(("retry-after", "1".to_owned()));
         }
-        _ => builder,
-    };
+        _ => {}
+    }
     text.push('\n');
-    builder.body(Full::new(Bytes::from(text))).unwrap_or_else(|_| {
-        // Only reachable if a static header above were invalid.
-        let mut fallback = Response::new(Full::new(Bytes::from_static(b"internal error\n")));
-        *fallback.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-        fallback
-    })
+    Answer { status, headers, body: text }
+}
+
+impl Answer {
+    /// The answer to a request head that could not be read (400, 431): no body.
+    pub fn bare(status: StatusCode) -> Answer {
+        Answer { status, headers: vec![("connection", "close".to_owned())], body: String::new() }
+    }
+
+    /// The first value of header field `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+
+    /// The bytes on the wire for a request of `version`: status line, the
+    /// fields, `content-length` and `date`, then the body unless `head_only`
+    /// (the answer to a `HEAD` request).
+    pub fn to_bytes(&self, version: Version, head_only: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + self.body.len());
+        status_line(&mut out, version, self.status.as_u16(), self.status.canonical_reason().unwrap_or(""));
+        for (name, value) in &self.headers {
+            field(&mut out, name, value.as_bytes());
+        }
+        field(&mut out, "content-length", self.body.len().to_string().as_bytes());
+        end_of_head(&mut out);
+        if !head_only {
+            out.extend_from_slice(self.body.as_bytes());
+        }
+        out
+    }
+}
+
+/// The answer that opens a tunnel: `200 Connection established`, appended
+/// to `out` (what follows is the tunnel).
+pub fn established(version: Version, out: &mut Vec<u8>) {
+    status_line(out, version, 200, "Connection established");
+    if version == Version::Http11 {
+        field(out, "connection", b"close");
+    }
+    end_of_head(out);
+}
+
+fn status_line(out: &mut Vec<u8>, version: Version, code: u16, reason: &str) {
+    out.extend_from_slice(match version {
+        Version::Http10 => b"HTTP/1.0 ",
+        Version::Http11 => b"HTTP/1.1 ",
+    });
+    out.extend_from_slice(code.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `date` field and the empty line that ends a head.
+fn end_of_head(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"date: ");
+    http_date(out);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Appends the current time as an IMF-fixdate (`Sat, 05 Dec 2026 09:15:13
+/// GMT`), formatted at most once a second per thread.
+fn http_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let written = CACHED.try_with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            *cached = (second, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(cached.1.as_bytes());
+    });
+    if written.is_err() {
+        out.extend_from_slice(httpdate::fmt_http_date(now).as_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -142,25 +234,25 @@ mod tests {
     fn statuses_follow_the_design_table() {
         let denied = Refusal::Denied { host: "x.com".into(), reason: "rule has enforce policy".into() };
         let r = response(&denied, Some("Contact #egress."));
-        assert_eq!(r.status(), 403);
+        assert_eq!(r.status, 403);
         assert_eq!(
-            r.headers()["x-smokescreen-error"],
-            "Egress proxying is denied to host 'x.com': rule has enforce policy. Contact #egress."
+            r.header("x-smokescreen-error"),
+            Some("Egress proxying is denied to host 'x.com': rule has enforce policy. Contact #egress.")
         );
         let r = response(&Refusal::TunnelCap, Some("extra"));
-        assert_eq!(r.status(), 429);
-        assert_eq!(r.headers()["retry-after"], "1");
-        assert!(!r.headers()["x-smokescreen-error"].to_str().unwrap().contains("extra"), "extra only on 403");
+        assert_eq!(r.status, 429);
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert!(!r.header("x-smokescreen-error").unwrap().contains("extra"), "extra only on 403");
         let r = response(&Refusal::ClientTunnelCap { limit: 3 }, None);
-        assert_eq!((r.status().as_u16(), &r.headers()["retry-after"]), (429, &HeaderValue::from_static("1")));
+        assert_eq!((r.status.as_u16(), r.header("retry-after")), (429, Some("1")));
         assert_eq!(
-            r.headers()["x-smokescreen-error"],
-            "maximum concurrent connect tunnels for this client address exceeded (3 open)"
+            r.header("x-smokescreen-error"),
+            Some("maximum concurrent connect tunnels for this client address exceeded (3 open)")
         );
         let r = response(&Refusal::NotConnect("GET".into()), None);
-        assert_eq!((r.status().as_u16(), &r.headers()["allow"]), (405, &HeaderValue::from_static("CONNECT")));
+        assert_eq!((r.status.as_u16(), r.header("allow")), (405, Some("CONNECT")));
         let r = response(&Refusal::AuthRequired, None);
-        assert_eq!(r.headers()["proxy-authenticate"], "Basic realm=\"proxyd\"");
+        assert_eq!(r.header("proxy-authenticate"), Some("Basic realm=\"proxyd\""));
         let timeout = Refusal::Dns {
             host: "slow.test".into(),
             error: ResolveError::Timeout { name: "slow.test".into(), after: Duration::from_secs(1) },
@@ -169,6 +261,53 @@ mod tests {
         assert_eq!(Refusal::Draining.status(), 503);
         assert_eq!(Refusal::NoPolicy.status(), 503);
         assert_eq!(Refusal::NoPolicy.to_string(), "no policy loaded");
+    }
+
+    /// Header values never carry control characters or non-ASCII text; the body keeps the text.
+    #[test]
+    fn error_header_is_plain_ascii_or_absent() {
+        let denied = Refusal::Denied { host: "x.com".into(), reason: "a".into() };
+        let r = response(&denied, Some("line\r\nInjected: yes"));
+        assert_eq!(
+            r.header("x-smokescreen-error"),
+            Some("Egress proxying is denied to host 'x.com': a. line  Injected: yes")
+        );
+        assert!(r.body().contains("line\r\nInjected"));
+        let r = response(&denied, Some("Contactez l'équipe"));
+        assert_eq!(r.header("x-smokescreen-error"), None);
+        assert!(r.body().contains("équipe"));
+    }
+
+    /// The bytes are what hyper wrote before (lower-case names, this order,
+    /// `content-length` then `date`), so clients see no change.
+    #[test]
+    fn wire_format() {
+        let without_date = |bytes: Vec<u8>| {
+            let text = String::from_utf8(bytes).unwrap();
+            let at = text.find("date: ").expect("a date field");
+            let date = &text[at + 6..at + 6 + 29];
+            assert!(date.ends_with(" GMT") && date.as_bytes()[3] == b',', "{date}");
+            format!("{}date: <now>{}", &text[..at], &text[at + 6 + 29..])
+        };
+        let mut ok = Vec::new();
+        established(Version::Http11, &mut ok);
+        assert_eq!(without_date(ok), "HTTP/1.1 200 Connection established\r\nconnection: close\r\ndate: <now>\r\n\r\n");
+        let mut ok = Vec::new();
+        established(Version::Http10, &mut ok);
+        assert_eq!(without_date(ok), "HTTP/1.0 200 Connection established\r\ndate: <now>\r\n\r\n");
+        assert_eq!(
+            without_date(Answer::bare(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).to_bytes(Version::Http11, false)),
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: <now>\r\n\r\n"
+        );
+        let refused = response(&Refusal::NotConnect("GET".into()), None);
+        let text = refused.header("x-smokescreen-error").unwrap();
+        let head = format!(
+            "HTTP/1.0 405 Method Not Allowed\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n\
+             x-smokescreen-error: {text}\r\nallow: CONNECT\r\ncontent-length: {}\r\ndate: <now>\r\n\r\n",
+            text.len() + 1
+        );
+        assert_eq!(without_date(refused.to_bytes(Version::Http10, false)), format!("{head}{text}\n"));
+        assert_eq!(without_date(refused.to_bytes(Version::Http10, true)), head, "HEAD: no body");
     }
 
     #[test]

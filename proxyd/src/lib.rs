@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod answer;
+pub mod buffers;
 pub mod check_config;
 pub mod config;
 pub mod egress;
@@ -34,6 +35,7 @@ pub mod policy_fetch;
 pub mod policy_trust;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod request;
 pub mod resolver;
 pub mod server;
 pub mod statsd;

@@ -1,5 +1,5 @@
-//! Start-up, the drain, and the life of one request: PROXY header, TLS, the
-//! CONNECT head (hyper, HTTP/1 only), who is asking, the name stage, the
+//! Start-up, the drain, and the life of one connection: PROXY header, TLS,
+//! the request head (`request`), who is asking, the name stage, the
 //! address stage, connect, then hand-over to the tunnel.
 //!
 //! The decision itself is `egress-policy`'s pure functions; failures become HTTP
@@ -8,7 +8,6 @@
 //! shutdown grace period, and the admin listener's lifetime. Every event
 //! worth counting goes to [`Metrics`] once, where it happens.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,15 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use http::StatusCode;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -33,7 +27,7 @@ use egress_policy::authority::{self, Authority};
 use egress_policy::table;
 
 use crate::admin::{self, AdminState};
-use crate::answer::{self, Refusal};
+use crate::answer::{self, Answer, Refusal};
 use crate::config::Config;
 use crate::egress::{self, AddressStage, ConnectFailure};
 use crate::limits::{ClientRequestRate, ClientSlot, ClientTunnels, RateVerdict};
@@ -43,15 +37,13 @@ use crate::policy_fetch::{Fetcher, PolicySlot, RemotePolicy};
 use crate::policy_trust;
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::reload::{self, PolicyState};
+use crate::request::{self, HeadError, Method, RequestHead, Version};
 use crate::resolver::{ResolveError, Resolver};
 use crate::statsd::StatsdSink;
 use crate::systemd;
 use crate::tls::{self, ClientIdentity};
 use crate::tunnel::{self, ClientStream, TunnelStats};
 use crate::workers::Workers;
-
-/// Largest CONNECT head (request line plus headers) we read.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Why the proxy could not start. Printed as one line before anything listens.
 #[derive(Debug, thiserror::Error)]
@@ -309,18 +301,30 @@ fn forward_sighup(requests: mpsc::Sender<()>) -> impl Future<Output = ()> {
 }
 
 /// What is known about a connection before its request is read.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct ConnectionInfo {
     /// The client's address (from the PROXY header when one is required).
     client: SocketAddr,
     identity: Option<ClientIdentity>,
-    /// Held by the connection and by its tunnel: draining waits for all of them.
-    alive: mpsc::Sender<()>,
 }
 
+/// One connection, from accept to the end of its tunnel. `alive` is held
+/// throughout: draining waits for every connection.
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, alive: mpsc::Sender<()>) {
+    let _alive = alive;
+    // Boxed: everything before the tunnel (TLS handshake, head, DNS,
+    // connect) is freed before it starts, so an idle tunnel's task keeps
+    // only the tunnel's own state.
+    let Some(tunnel) = Box::pin(open(&shared, stream, peer)).await else { return };
+    run_tunnel(&shared, tunnel).await;
+}
+
+/// A client's request up to its answer: the PROXY header, TLS, the request
+/// head, the decision and the upstream connect. Refusals are answered (and
+/// logged) here; a request that may tunnel comes back unanswered.
+async fn open(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Option<Tunnel> {
     let _ = stream.set_nodelay(true);
-    let deadline = Instant::now() + shared.config.header_timeout;
+    let deadline = tokio::time::Instant::now() + shared.config.header_timeout;
     let mut stream = stream;
     let client = if shared.config.proxy_protocol {
         match proxy_protocol::read_header(&mut stream, shared.config.header_timeout).await {
@@ -328,61 +332,88 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
             Ok(ProxyHeader::Local) => peer,
             Err(error) => {
                 tracing::info!(%peer, %error, "connection refused: invalid or missing PROXY protocol header");
-                return;
+                return None;
             }
         }
     } else {
         peer
     };
-    let (client_stream, identity) = match &shared.tls {
+    let (mut client_stream, identity) = match &shared.tls {
         None => (ClientStream::Plain(stream), None),
-        Some(server_tls) => {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, server_tls.acceptor().accept(stream)).await {
-                Ok(Ok(tls_stream)) => match server_tls.client_identity(tls_stream.get_ref().1) {
-                    Ok(identity) => (ClientStream::Tls(Box::new(tls_stream)), Some(identity)),
-                    Err(error) => {
-                        tracing::info!(%client, %error, "TLS session resumption refused: the client certificate no longer verifies");
-                        return;
-                    }
-                },
-                Ok(Err(error)) => {
-                    tracing::info!(%client, %error, "TLS handshake failed");
-                    return;
+        Some(server_tls) => match tokio::time::timeout_at(deadline, server_tls.acceptor().accept(stream)).await {
+            Ok(Ok(tls_stream)) => match server_tls.client_identity(tls_stream.get_ref().1) {
+                Ok(identity) => (ClientStream::Tls(Box::new(tls_stream)), Some(identity)),
+                Err(error) => {
+                    tracing::info!(%client, %error, "TLS session resumption refused: the client certificate no longer verifies");
+                    return None;
                 }
-                Err(_) => {
-                    tracing::info!(%client, "TLS handshake timed out");
-                    return;
-                }
+            },
+            Ok(Err(error)) => {
+                tracing::info!(%client, %error, "TLS handshake failed");
+                return None;
             }
+            Err(_) => {
+                tracing::info!(%client, "TLS handshake timed out");
+                return None;
+            }
+        },
+    };
+    let head = match request::read(&mut client_stream, deadline).await {
+        Ok(head) => head,
+        Err(error) => {
+            let status = match error {
+                HeadError::Malformed(_) => Some(StatusCode::BAD_REQUEST),
+                HeadError::TooLarge => Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+                HeadError::Closed | HeadError::TimedOut | HeadError::Io(_) => None,
+            };
+            if let Some(status) = status {
+                send_answer(&mut client_stream, &Answer::bare(status).to_bytes(Version::Http11, false)).await;
+            }
+            tracing::debug!(%client, %error, "connection ended without a request");
+            return None;
         }
     };
-    let info = ConnectionInfo { client, identity, alive };
-    let service = service_fn(move |request| {
-        let shared = Arc::clone(&shared);
-        let info = info.clone();
-        async move { Ok::<_, Infallible>(handle(shared, request, info).await) }
-    });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))
-        .max_buf_size(MAX_HEAD_BYTES)
-        .keep_alive(false)
-        .serve_connection(TokioIo::new(client_stream), service)
-        .with_upgrades();
-    if let Err(error) = connection.await {
-        tracing::debug!(%client, %error, "connection ended with an error");
+    let info = ConnectionInfo { client, identity };
+    handle(shared, client_stream, head, &info).await
+}
+
+/// Writes a refusal's answer and closes the connection.
+async fn send_answer(client: &mut ClientStream, bytes: &[u8]) {
+    if client.write_all(bytes).await.is_ok() {
+        let _ = client.shutdown().await;
     }
 }
 
-/// One CONNECT request: decide, connect, answer, and start the tunnel.
-async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: ConnectionInfo) -> Response<Full<Bytes>> {
+/// A request allowed to tunnel, not yet answered.
+struct Tunnel {
+    client: ClientStream,
+    /// The request's version, which the `200` repeats.
+    version: Version,
+    /// Bytes the client sent after its head.
+    pipelined: Vec<u8>,
+    opened: Opened,
+    /// The decision line's id, table and trace id, repeated on the close line.
+    id: String,
+    revision: String,
+    trace_id: Option<String>,
+}
+
+/// One request: decide and connect, or answer the refusal. The decision is
+/// abandoned (and logged as `client_gone`) if the client closes its
+/// connection meanwhile, so a client cannot leave DNS and connect work
+/// running after it is gone.
+async fn handle(
+    shared: &Shared,
+    mut client: ClientStream,
+    mut head: RequestHead,
+    info: &ConnectionInfo,
+) -> Option<Tunnel> {
     // One table for the whole request, even if a reload swaps it meanwhile.
     let Some(policy) = shared.policy.get().map(|state| state.current()) else {
         let mut line = PendingLine::new(
             DecisionLine {
                 id: log::request_id(),
-                requested_host: request.uri().to_string(),
+                requested_host: head.target.clone(),
                 inbound_remote_addr: Some(info.client),
                 refusal: Some(Refusal::NoPolicy.kind()),
                 error: Some(Refusal::NoPolicy.to_string()),
@@ -392,9 +423,11 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: Conne
             &shared.metrics,
         );
         line.emit();
-        return answer::response(&Refusal::NoPolicy, None);
+        let answer = answer::response(&Refusal::NoPolicy, None);
+        send_answer(&mut client, &answer.to_bytes(head.version, head.head_only())).await;
+        return None;
     };
-    let (trace_id, trace_id_error) = match log::trace_id(request.headers()) {
+    let (trace_id, trace_id_error) = match std::mem::replace(&mut head.trace_id, Ok(None)) {
         Ok(trace_id) => (trace_id, None),
         Err(why) => (None, Some(why)),
     };
@@ -402,7 +435,7 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: Conne
     let mut pending = PendingLine::new(
         DecisionLine {
             id: log::request_id(),
-            requested_host: request.uri().to_string(),
+            requested_host: head.target.clone(),
             inbound_remote_addr: Some(info.client),
             policy_revision: policy.table.revision().to_owned(),
             policy_serial: policy.table.signature.as_ref().map(|s| s.serial),
@@ -412,52 +445,18 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: Conne
         },
         &shared.metrics,
     );
-    match decide_and_connect(&shared, &policy.table, &request, &info, &mut pending.line).await {
+    let decided = tokio::select! {
+        biased;
+        decided = decide_and_connect(shared, &policy.table, &head, info, &mut pending.line) => decided,
+        () = client_left(client.tcp()) => return None,
+    };
+    match decided {
         Ok(opened) => {
             pending.emit();
-            let on_upgrade = hyper::upgrade::on(&mut request);
-            let id = pending.line.id.clone();
-            let revision = pending.line.policy_revision.clone();
+            let id = std::mem::take(&mut pending.line.id);
+            let revision = std::mem::take(&mut pending.line.policy_revision);
             let trace_id = pending.line.trace_id.take();
-            let idle = shared.config.idle_timeout;
-            let mut stop = shared.stop_tunnels.clone();
-            let alive = info.alive.clone();
-            let open = shared.metrics.tunnel_opened();
-            tokio::spawn(async move {
-                let _alive = alive;
-                let _permit = opened.permit;
-                let _client_slot = opened.client_slot;
-                let started = Instant::now();
-                let stop = async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
-                };
-                let stats = match on_upgrade.await {
-                    Ok(upgraded) => match upgraded.downcast::<TokioIo<ClientStream>>() {
-                        Ok(parts) => {
-                            // Copy out the (usually empty) pipelined bytes so hyper's
-                            // 8 KiB read buffer is not kept alive by an idle tunnel.
-                            let pipelined = parts.read_buf.to_vec();
-                            drop(parts.read_buf);
-                            tunnel::run(parts.io.into_inner(), &pipelined, opened.upstream, idle, stop).await
-                        }
-                        Err(_) => TunnelStats {
-                            error: Some("internal error: upgraded connection of unexpected type".into()),
-                            ..TunnelStats::default()
-                        },
-                    },
-                    Err(error) => TunnelStats {
-                        error: Some(format!("client went away before the tunnel opened: {error}")),
-                        ..TunnelStats::default()
-                    },
-                };
-                let duration = started.elapsed();
-                log::close(&id, &stats, duration, &revision, trace_id.as_deref());
-                open.closed(opened.tags, duration, stats.bytes_in, stats.bytes_out);
-            });
-            let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = StatusCode::OK;
-            response.extensions_mut().insert(hyper::ext::ReasonPhrase::from_static(b"Connection established"));
-            response
+            Some(Tunnel { client, version: head.version, pipelined: head.pipelined, opened, id, revision, trace_id })
         }
         Err(refusal) => {
             pending.line.refusal = Some(refusal.kind());
@@ -466,9 +465,55 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, info: Conne
                 pending.line.allow = Some(false);
             }
             pending.emit();
-            answer::response(&refusal, shared.config.deny_message_extra.as_deref())
+            let answer = answer::response(&refusal, shared.config.deny_message_extra.as_deref());
+            send_answer(&mut client, &answer.to_bytes(head.version, head.head_only())).await;
+            None
         }
     }
+}
+
+/// Resolves once the client has closed or reset its connection, seen by a
+/// peek, so nothing it sent is consumed. A client that sent bytes (early
+/// tunnel data) is still there: then this never resolves.
+async fn client_left(client: &TcpStream) {
+    let mut byte = [0u8; 1];
+    if let Ok(1..) = client.peek(&mut byte).await {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Writes the `200` that opens the tunnel (its bytes are freed once sent).
+async fn send_established(client: &mut ClientStream, version: Version) -> std::io::Result<()> {
+    let mut established = Vec::with_capacity(96);
+    answer::established(version, &mut established);
+    client.write_all(&established).await?;
+    client.flush().await
+}
+
+/// Answers `200`, then moves bytes until the tunnel ends, and writes its
+/// close line.
+async fn run_tunnel(shared: &Shared, tunnel: Tunnel) {
+    let Tunnel { mut client, version, pipelined, opened, id, revision, trace_id } = tunnel;
+    let open = shared.metrics.tunnel_opened();
+    let started = Instant::now();
+    let stats = match send_established(&mut client, version).await {
+        Ok(()) => {
+            let mut stop = shared.stop_tunnels.clone();
+            let stop = async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            tunnel::run(client, &pipelined, opened.upstream, shared.config.idle_timeout, stop).await
+        }
+        Err(error) => TunnelStats {
+            error: Some(format!("client went away before the tunnel opened: {error}")),
+            ..TunnelStats::default()
+        },
+    };
+    let duration = started.elapsed();
+    log::close(&id, &stats, duration, &revision, trace_id.as_deref());
+    open.closed(opened.tags, duration, stats.bytes_in, stats.bytes_out);
+    // Held until the tunnel is over.
+    drop((opened.permit, opened.client_slot));
 }
 
 /// A decision line that is written even if the request future is dropped
@@ -515,7 +560,7 @@ struct Opened {
 async fn decide_and_connect(
     shared: &Shared,
     policy: &table::CompiledTable,
-    request: &Request<Incoming>,
+    request: &RequestHead,
     info: &ConnectionInfo,
     line: &mut DecisionLine,
 ) -> Result<Opened, Refusal> {
@@ -528,10 +573,15 @@ async fn decide_and_connect(
     {
         return Err(Refusal::ClientRequestRate { per_second: rate.per_second() });
     }
-    if request.method() != Method::CONNECT {
-        return Err(Refusal::NotConnect(request.method().to_string()));
+    if let Method::Other(method) = &request.method {
+        return Err(Refusal::NotConnect(method.clone()));
     }
-    let destination = parse_destination(request)?;
+    if request.declares_content {
+        return Err(Refusal::BadRequest(
+            "a CONNECT request has no content: Content-Length must be 0 and Transfer-Encoding absent".to_owned(),
+        ));
+    }
+    let destination = parse_destination(&request.target)?;
     let host = destination.host.as_str().to_owned();
 
     let role = role(shared, request, info, &host)?;
@@ -623,35 +673,27 @@ async fn decide_and_connect(
     }
 }
 
-/// The CONNECT target must be a bare authority; the `Host` header is never used.
-fn parse_destination(request: &Request<Incoming>) -> Result<Authority, Refusal> {
-    let uri = request.uri();
-    let Some(raw) = uri.authority().map(|a| a.as_str()) else {
-        return Err(Refusal::BadRequest(format!("CONNECT target {uri:?} is not host:port")));
-    };
-    if uri.scheme().is_some() || uri.path_and_query().is_some_and(|p| !p.as_str().is_empty() && p.as_str() != "/") {
-        return Err(Refusal::BadRequest(format!("CONNECT target {uri:?} is not host:port")));
+/// The CONNECT target must be a bare authority (`host:port`); the `Host`
+/// header is never used.
+fn parse_destination(target: &str) -> Result<Authority, Refusal> {
+    if target.starts_with('/') || target == "*" || target.contains("://") {
+        return Err(Refusal::BadRequest(format!("CONNECT target {target} is not host:port")));
     }
-    authority::parse(raw).map_err(|e| Refusal::BadRequest(format!("invalid CONNECT target: {e}")))
+    authority::parse(target).map_err(|e| Refusal::BadRequest(format!("invalid CONNECT target: {e}")))
 }
 
 /// Who is asking: a verified client certificate's CN, else the proxy
 /// password's role, else nobody. Role headers from clients are never read.
-fn role(
-    shared: &Shared,
-    request: &Request<Incoming>,
-    info: &ConnectionInfo,
-    host: &str,
-) -> Result<Option<String>, Refusal> {
+fn role(shared: &Shared, request: &RequestHead, info: &ConnectionInfo, host: &str) -> Result<Option<String>, Refusal> {
     if let Some(ClientIdentity::Role(cn)) = &info.identity {
         return Ok(Some(cn.clone()));
     }
     if let Some(auth) = &shared.config.proxy_auth {
-        return match request.headers().get(header::PROXY_AUTHORIZATION) {
+        return match &request.proxy_authorization {
             None if shared.config.allow_missing_role => Ok(None),
             None => Err(Refusal::AuthRequired),
             Some(value) => {
-                if password_matches(value.as_bytes(), &auth.password) {
+                if password_matches(value, &auth.password) {
                     Ok(Some(auth.role.clone()))
                 } else {
                     Err(Refusal::BadCredentials)

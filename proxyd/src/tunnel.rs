@@ -28,62 +28,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
-/// Size of the buffer a direction borrows while a burst of reads lasts. A
-/// read that fills it marks bulk data (see [`pump_tcp_to_tcp`]). Below
-/// glibc's 64 KiB threshold at which a free consolidates the heap, which
-/// showed up in profiles when every small request/response burst paid it.
-const BURST_BUFFER: usize = 32 * 1024;
-
-/// A burst buffer, taken from the ones this thread keeps for reuse and
-/// given back when dropped. A connection stays on the worker thread that
-/// accepted it, so buffers circulate within a thread; allocating and freeing
-/// 32 KiB for every burst (two or more per tunnel) showed in profiles as
-/// malloc work. At most [`BurstBuffer::KEPT`] wait per thread: an idle
-/// tunnel still holds none.
-struct BurstBuffer(Vec<u8>);
-
-thread_local! {
-    static SPARE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-impl BurstBuffer {
-    const KEPT: usize = 8;
-
-    fn take() -> BurstBuffer {
-        let spare = SPARE_BUFFERS.try_with(|spare| spare.borrow_mut().pop()).ok().flatten();
-        BurstBuffer(spare.unwrap_or_else(|| Vec::with_capacity(BURST_BUFFER)))
-    }
-}
-
-impl std::ops::Deref for BurstBuffer {
-    type Target = Vec<u8>;
-    fn deref(&self) -> &Vec<u8> {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for BurstBuffer {
-    fn deref_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.0
-    }
-}
-
-impl Drop for BurstBuffer {
-    fn drop(&mut self) {
-        let mut buffer = std::mem::take(&mut self.0);
-        if buffer.capacity() != BURST_BUFFER {
-            return;
-        }
-        buffer.clear();
-        // During thread teardown the list may be gone: then the buffer is simply freed.
-        let _ = SPARE_BUFFERS.try_with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < BurstBuffer::KEPT {
-                spare.push(buffer);
-            }
-        });
-    }
-}
+use crate::buffers::Buffer;
 
 /// What a finished tunnel reports for the close log line.
 #[derive(Debug, Default)]
@@ -100,6 +45,16 @@ pub struct TunnelStats {
 pub enum ClientStream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(s) => s,
+            ClientStream::Tls(s) => s.get_ref().0,
+        }
+    }
 }
 
 impl std::fmt::Debug for ClientStream {
@@ -353,7 +308,7 @@ async fn wait_readable(from: &OwnedReadHalf) -> io::Result<()> {
 }
 
 /// Copies for as long as reads succeed without blocking ([`read_now`]),
-/// through a [`BurstBuffer`] held only for the burst. With `stop_when_full`,
+/// through a [`Buffer`] held only for the burst. With `stop_when_full`,
 /// returns [`Burst::Full`] after writing a read that filled the buffer.
 async fn copy_burst<W: AsyncWrite + Unpin>(
     from: &mut OwnedReadHalf,
@@ -362,7 +317,7 @@ async fn copy_burst<W: AsyncWrite + Unpin>(
     last_activity: &Activity,
     stop_when_full: bool,
 ) -> io::Result<Burst> {
-    let mut buffer = BurstBuffer::take();
+    let mut buffer = Buffer::take();
     let burst = loop {
         buffer.clear();
         match read_now(from, &mut buffer) {
@@ -412,7 +367,7 @@ async fn pump_generic<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             return Ok(());
         };
         last_activity.touch();
-        let mut buffer = BurstBuffer::take();
+        let mut buffer = Buffer::take();
         buffer.push(first);
         let mut eof = false;
         loop {
@@ -598,40 +553,5 @@ mod splice {
         ) -> io::Result<bool> {
             Ok(false)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
-
-    use super::*;
-
-    /// A dropped burst buffer is handed out again on the same thread, empty;
-    /// at most `KEPT` wait, and a buffer that grew is not kept.
-    #[test]
-    fn burst_buffers_are_reused_within_a_thread_and_bounded() {
-        std::thread::spawn(|| {
-            let mut first = BurstBuffer::take();
-            first.extend_from_slice(b"secret");
-            let address = first.as_ptr();
-            drop(first);
-            let again = BurstBuffer::take();
-            assert_eq!(again.as_ptr(), address, "the same allocation comes back");
-            assert!(again.is_empty(), "nothing of the last burst is left");
-            assert_eq!(again.capacity(), BURST_BUFFER);
-            drop(again);
-
-            let many: Vec<BurstBuffer> = (0..BurstBuffer::KEPT + 5).map(|_| BurstBuffer::take()).collect();
-            drop(many);
-            assert_eq!(SPARE_BUFFERS.with(|spare| spare.borrow().len()), BurstBuffer::KEPT);
-
-            let mut grown = BurstBuffer::take();
-            grown.extend_from_slice(&vec![0u8; BURST_BUFFER + 1]);
-            drop(grown);
-            assert_eq!(SPARE_BUFFERS.with(|spare| spare.borrow().len()), BurstBuffer::KEPT - 1);
-        })
-        .join()
-        .unwrap();
     }
 }
