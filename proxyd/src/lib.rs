@@ -10,7 +10,8 @@
 //! threads, one event loop per CPU), [`server`] (start-up, drain and the
 //! request path), [`tls`] and [`proxy_protocol`] (what arrives before the
 //! request), [`resolver`] (DNS), [`egress`] (address stage and connect),
-//! [`tunnel`] (moving bytes), [`answer`] (failures to HTTP answers), [`log`],
+//! [`request`] (the request head), [`tunnel`] (moving bytes), [`buffers`]
+//! (per-thread reusable buffers), [`answer`] (every answer written), [`log`],
 //! [`reload`] (the active table and live reload), [`metrics`] (the one
 //! instrumentation facade) with [`statsd`] (its UDP export), [`events`] (the
 //! telemetry vocabulary both sinks consume; it imports neither), and
