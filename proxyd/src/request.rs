@@ -11,7 +11,9 @@
 //! This module only reads and parses: `server` decides what the request
 //! gets, `answer` writes it.
 
+use std::future::Future;
 use std::io;
+use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
@@ -68,7 +70,7 @@ pub struct RequestHead {
 impl RequestHead {
     /// Whether the answer carries no body (a `HEAD` request).
     pub fn head_only(&self) -> bool {
-        self.method == Method::Other("HEAD".to_owned())
+        matches!(&self.method, Method::Other(method) if method == "HEAD")
     }
 }
 
@@ -90,25 +92,41 @@ pub enum HeadError {
 }
 
 /// Reads one request head from `client`, which must be complete by
-/// `deadline`. The bytes are read into a [`Buffer`] borrowed for the read
-/// and parsed again after every read (heads are small; most arrive in one).
+/// `deadline`.
 pub async fn read<R: AsyncRead + Unpin>(client: &mut R, deadline: Instant) -> Result<RequestHead, HeadError> {
-    tokio::time::timeout_at(deadline, read_head(client)).await.unwrap_or(Err(HeadError::TimedOut))
+    // Bytes of a head that is still incomplete, kept between reads.
+    let mut partial = Vec::new();
+    let reading = std::future::poll_fn(|cx| poll_head(client, &mut partial, cx));
+    tokio::time::timeout_at(deadline, reading).await.unwrap_or(Err(HeadError::TimedOut))
 }
 
-async fn read_head<R: AsyncRead + Unpin>(client: &mut R) -> Result<RequestHead, HeadError> {
+/// Reads what `client` has into a [`Buffer`] borrowed for this poll only
+/// (after `partial`, the bytes of earlier polls), and parses the whole
+/// again (heads are small; most arrive in one read). While the client is
+/// silent the buffer is back in the pool, so a connection that has sent
+/// nothing holds no buffer, and one that sent part of a head holds only
+/// that part.
+fn poll_head<R: AsyncRead + Unpin>(
+    client: &mut R,
+    partial: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<RequestHead, HeadError>> {
     let mut buffer = Buffer::take();
+    buffer.extend_from_slice(partial);
     loop {
-        // At most MAX_HEAD_BYTES are buffered before a read, so the buffer never grows.
-        if client.read_buf(&mut *buffer).await.map_err(HeadError::Io)? == 0 {
-            return Err(HeadError::Closed);
+        // Less than MAX_HEAD_BYTES are buffered before a read, so the buffer never grows.
+        let read = std::pin::pin!(client.read_buf(&mut *buffer));
+        if ready!(read.poll(cx)).map_err(HeadError::Io)? == 0 {
+            return Poll::Ready(Err(HeadError::Closed));
         }
         if let Some(head) = parse(&buffer)? {
-            return Ok(head);
+            return Poll::Ready(Ok(head));
         }
         if buffer.len() >= MAX_HEAD_BYTES {
-            return Err(HeadError::TooLarge);
+            return Poll::Ready(Err(HeadError::TooLarge));
         }
+        partial.clear();
+        partial.extend_from_slice(&buffer);
     }
 }
 
