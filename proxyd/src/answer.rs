@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::request::Version;
+use crate::request::{HeadError, RequestHead, Version};
 use crate::resolver::ResolveError;
 
 /// Why a CONNECT was not tunnelled.
@@ -137,9 +137,21 @@ pub fn response(refusal: &Refusal, deny_message_extra: Option<&str>) -> Answer {
 }
 
 impl Answer {
-    /// The answer to a request head that could not be read (400, 431): no body.
-    pub fn bare(status: StatusCode) -> Answer {
-        Answer { status, headers: vec![("connection", "close".to_owned())], body: String::new() }
+    /// The answer to a request head that could not be read (400, 431; no
+    /// body), or `None` when there is nobody to answer (the client left or
+    /// stayed silent).
+    pub fn to_unread_head(error: &HeadError) -> Option<Answer> {
+        let status = match error {
+            HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
+            HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::Closed | HeadError::TimedOut | HeadError::Io(_) => return None,
+        };
+        Some(Answer { status, headers: vec![("connection", "close".to_owned())], body: String::new() })
+    }
+
+    /// The bytes answering `head` (its version; no body for `HEAD`).
+    pub fn to_bytes_for(&self, head: &RequestHead) -> Vec<u8> {
+        self.to_bytes(head.version, head.head_only())
     }
 
     /// The first value of header field `name` (lower case).
@@ -156,7 +168,7 @@ impl Answer {
     /// (the answer to a `HEAD` request).
     pub fn to_bytes(&self, version: Version, head_only: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.body.len());
-        status_line(&mut out, version, self.status.as_u16(), self.status.canonical_reason().unwrap_or(""));
+        status_line(&mut out, version, self.status, self.status.canonical_reason().unwrap_or(""));
         for (name, value) in &self.headers {
             field(&mut out, name, value.as_bytes());
         }
@@ -172,19 +184,19 @@ impl Answer {
 /// The answer that opens a tunnel: `200 Connection established`, appended
 /// to `out` (what follows is the tunnel).
 pub fn established(version: Version, out: &mut Vec<u8>) {
-    status_line(out, version, 200, "Connection established");
+    status_line(out, version, StatusCode::OK, "Connection established");
     if version == Version::Http11 {
         field(out, "connection", b"close");
     }
     end_of_head(out);
 }
 
-fn status_line(out: &mut Vec<u8>, version: Version, code: u16, reason: &str) {
+fn status_line(out: &mut Vec<u8>, version: Version, status: StatusCode, reason: &str) {
     out.extend_from_slice(match version {
         Version::Http10 => b"HTTP/1.0 ",
         Version::Http11 => b"HTTP/1.1 ",
     });
-    out.extend_from_slice(code.to_string().as_bytes());
+    out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -296,7 +308,7 @@ mod tests {
         established(Version::Http10, &mut ok);
         assert_eq!(without_date(ok), "HTTP/1.0 200 Connection established\r\ndate: <now>\r\n\r\n");
         assert_eq!(
-            without_date(Answer::bare(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).to_bytes(Version::Http11, false)),
+            without_date(Answer::to_unread_head(&HeadError::TooLarge).unwrap().to_bytes(Version::Http11, false)),
             "HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: <now>\r\n\r\n"
         );
         let refused = response(&Refusal::NotConnect("GET".into()), None);

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use http::StatusCode;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
@@ -28,6 +27,7 @@ use egress_policy::table;
 
 use crate::admin::{self, AdminState};
 use crate::answer::{self, Answer, Refusal};
+use crate::buffers::Buffer;
 use crate::config::Config;
 use crate::egress::{self, AddressStage, ConnectFailure};
 use crate::limits::{ClientRequestRate, ClientSlot, ClientTunnels, RateVerdict};
@@ -37,7 +37,7 @@ use crate::policy_fetch::{Fetcher, PolicySlot, RemotePolicy};
 use crate::policy_trust;
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::reload::{self, PolicyState};
-use crate::request::{self, HeadError, Method, RequestHead, Version};
+use crate::request::{self, Method, RequestHead, Version};
 use crate::resolver::{ResolveError, Resolver};
 use crate::statsd::StatsdSink;
 use crate::systemd;
@@ -361,13 +361,8 @@ async fn open(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Option<Tu
     let head = match request::read(&mut client_stream, deadline).await {
         Ok(head) => head,
         Err(error) => {
-            let status = match error {
-                HeadError::Malformed(_) => Some(StatusCode::BAD_REQUEST),
-                HeadError::TooLarge => Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
-                HeadError::Closed | HeadError::TimedOut | HeadError::Io(_) => None,
-            };
-            if let Some(status) = status {
-                send_answer(&mut client_stream, &Answer::bare(status).to_bytes(Version::Http11, false)).await;
+            if let Some(answer) = Answer::to_unread_head(&error) {
+                send_answer(&mut client_stream, &answer.to_bytes(Version::Http11, false)).await;
             }
             tracing::debug!(%client, %error, "connection ended without a request");
             return None;
@@ -424,7 +419,7 @@ async fn handle(
         );
         line.emit();
         let answer = answer::response(&Refusal::NoPolicy, None);
-        send_answer(&mut client, &answer.to_bytes(head.version, head.head_only())).await;
+        send_answer(&mut client, &answer.to_bytes_for(&head)).await;
         return None;
     };
     let (trace_id, trace_id_error) = match std::mem::replace(&mut head.trace_id, Ok(None)) {
@@ -466,7 +461,7 @@ async fn handle(
             }
             pending.emit();
             let answer = answer::response(&refusal, shared.config.deny_message_extra.as_deref());
-            send_answer(&mut client, &answer.to_bytes(head.version, head.head_only())).await;
+            send_answer(&mut client, &answer.to_bytes_for(&head)).await;
             None
         }
     }
@@ -482,9 +477,9 @@ async fn client_left(client: &TcpStream) {
     }
 }
 
-/// Writes the `200` that opens the tunnel (its bytes are freed once sent).
+/// Writes the `200` that opens the tunnel, from a buffer lent only while it is sent.
 async fn send_established(client: &mut ClientStream, version: Version) -> std::io::Result<()> {
-    let mut established = Vec::with_capacity(96);
+    let mut established = Buffer::take();
     answer::established(version, &mut established);
     client.write_all(&established).await?;
     client.flush().await
@@ -517,7 +512,7 @@ async fn run_tunnel(shared: &Shared, tunnel: Tunnel) {
 }
 
 /// A decision line that is written even if the request future is dropped
-/// (hyper drops it when the client disconnects during DNS or connect): one
+/// (`handle` drops it when the client disconnects during DNS or connect): one
 /// line per request, always.
 /// Emitting it also counts the request's outcome.
 struct PendingLine<'m> {

@@ -299,10 +299,9 @@ async fn pump_tcp<W: AsyncWrite + Unpin>(
 }
 
 /// Waits until `from` may have data. Through the socket's single reader
-/// slot rather than `readable()`'s waiter list: this replaces the waker the
-/// connection task left there when hyper last polled for the CONNECT head,
-/// which would otherwise keep that finished task's memory (about 1.8 KiB)
-/// alive for as long as the tunnel stays idle.
+/// slot rather than `readable()`'s waiter list: an idle direction then
+/// holds only the waker in that slot (replacing the one the request head's
+/// last read left there), not a waiter entry of its own.
 async fn wait_readable(from: &OwnedReadHalf) -> io::Result<()> {
     std::future::poll_fn(|cx| from.as_ref().poll_read_ready(cx)).await
 }
