@@ -204,6 +204,13 @@ mod tests {
     }
 
     #[test]
+    fn a_utf8_target_is_kept_and_other_bytes_are_malformed() {
+        assert_eq!(complete("CONNECT ｆｕｌｌ.test:80 HTTP/1.1\r\n\r\n".as_bytes()).target, "ｆｕｌｌ.test:80");
+        assert!(matches!(parse(b"CONNECT \xff.test:80 HTTP/1.1\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert!(matches!(parse(b"CONNECT a\x01.test:80 HTTP/1.1\r\n\r\n"), Err(HeadError::Malformed(_))));
+    }
+
+    #[test]
     fn content_on_a_request_is_flagged() {
         let flagged =
             |fields: &str| complete(format!("CONNECT a:1 HTTP/1.1\r\n{fields}\r\n").as_bytes()).declares_content;

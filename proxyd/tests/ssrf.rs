@@ -57,10 +57,6 @@ async fn check(proxy: SocketAddr, row: Row, attempts: Arc<std::sync::Mutex<Vec<S
     let (status, body) = (reply.status, reply.body.clone());
     let fail =
         |what: String| Some(format!("line {}: CONNECT {:?}: {what}; got {status}: {body}", row.line, row.authority));
-    // HTTP/1.1 request targets are ASCII; the HTTP parser may refuse others first.
-    if !row.authority.is_ascii() && status == 400 {
-        return None;
-    }
     match &row.expected {
         Expected::Reject if status != 400 => fail("expected 400".into()),
         Expected::Reject => None,
