@@ -323,7 +323,6 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
 /// head, the decision and the upstream connect. Refusals are answered (and
 /// logged) here; a request that may tunnel comes back unanswered.
 async fn open(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Option<Tunnel> {
-    let _ = stream.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + shared.config.header_timeout;
     let mut stream = stream;
     let client = if shared.config.proxy_protocol {
