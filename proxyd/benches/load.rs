@@ -1083,7 +1083,8 @@ async fn bulk(
     chunk: &Arc<[u8]>,
     reports: &mut mpsc::UnboundedReceiver<SinkReport>,
 ) -> Result<f64> {
-    // Forget connections that carried nothing (a relay's start-up check connects through to the sink).
+    // Forget connections that carried nothing: a relay's start-up check connects through to the
+    // sink, and its report may come in before or after this transfer's.
     while reports.try_recv().is_ok() {}
     let mut stream = route.open().await?;
     let began = Instant::now();
@@ -1094,7 +1095,15 @@ async fn bulk(
         sent += n as u64;
     }
     stream.shutdown().await?;
-    let report = tokio::time::timeout(Duration::from_secs(60), reports.recv())
+    let transfer = async {
+        loop {
+            match reports.recv().await {
+                Some(report) if report.bytes == 0 => continue,
+                other => return other,
+            }
+        }
+    };
+    let report = tokio::time::timeout(Duration::from_secs(60), transfer)
         .await
         .map_err(|_| "sink did not report")?
         .ok_or("sink stopped")?;
