@@ -53,8 +53,30 @@ impl CanonicalHost {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 @ IpAddr::V4(_) => v4,
         };
-        CanonicalHost { text: ip.to_string().into_boxed_str(), ip: Some(ip) }
+        CanonicalHost { text: ip_text(ip), ip: Some(ip) }
     }
+}
+
+/// An address's standard spelling in one allocation: formatted on the stack
+/// first (`to_string` would grow a `String`, then shrink it into the box).
+fn ip_text(ip: IpAddr) -> Box<str> {
+    use std::fmt::Write as _;
+    /// Room for any spelling: the longest, eight groups of `ffff`, is 39 bytes.
+    struct Text {
+        bytes: [u8; 48],
+        len: usize,
+    }
+    impl fmt::Write for Text {
+        fn write_str(&mut self, piece: &str) -> fmt::Result {
+            let end = self.len + piece.len();
+            self.bytes.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(piece.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+    let mut text = Text { bytes: [0; 48], len: 0 };
+    let written = write!(text, "{ip}").ok().and_then(|()| std::str::from_utf8(text.bytes.get(..text.len)?).ok());
+    written.map_or_else(|| ip.to_string().into_boxed_str(), Box::from)
 }
 
 impl fmt::Display for CanonicalHost {
@@ -378,6 +400,15 @@ mod tests {
 
     fn ok(input: &str) -> String {
         canonical(input).unwrap_or_else(|e| panic!("{input:?}: {e}")).to_string()
+    }
+
+    #[test]
+    fn address_text_is_the_standard_spelling() {
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        for ip in ["0.0.0.0", "255.255.255.255", "::", "2001:db8::1", "::ffff:255.255.255.255", longest] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(&*ip_text(ip), ip.to_string());
+        }
     }
 
     #[test]

@@ -208,28 +208,39 @@ impl std::io::Write for BatchedStderr {
     }
 }
 
-/// A request id: unique in this process, unpredictable across processes.
-pub fn request_id() -> String {
+/// A request id: unique in this process, unpredictable across processes,
+/// shown as 16 hex digits. A number until it is written into a line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RequestId(u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// The next request id.
+pub fn request_id() -> RequestId {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let seed = *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().build_hasher().finish());
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:016x}", seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    RequestId(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// The fields of one decision line. Absent values are omitted.
 #[derive(Debug, Default)]
 pub struct DecisionLine {
-    pub id: String,
+    pub id: RequestId,
     pub role: Option<String>,
     pub project: Option<String>,
     pub requested_host: String,
     pub allow: Option<bool>,
-    pub decision_reason: Option<String>,
+    pub decision_reason: Option<std::borrow::Cow<'static, str>>,
     pub enforce_would_deny: Option<bool>,
     pub default_rule: Option<bool>,
     pub inbound_remote_addr: Option<SocketAddr>,
-    pub dst_ip: Option<String>,
+    pub dst_ip: Option<std::net::IpAddr>,
     pub dst_port: Option<u16>,
     pub dns_lookup_time_ms: Option<u64>,
     pub policy_revision: String,
@@ -260,7 +271,7 @@ impl DecisionLine {
             enforce_would_deny = self.enforce_would_deny,
             default_rule = self.default_rule,
             inbound_remote_addr = self.inbound_remote_addr.map(tracing::field::display),
-            dst_ip = self.dst_ip.as_deref(),
+            dst_ip = self.dst_ip.map(tracing::field::display),
             dst_port = self.dst_port,
             dns_lookup_time_ms = self.dns_lookup_time_ms,
             policy_revision = %self.policy_revision,
@@ -301,7 +312,7 @@ pub fn trace_id<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Result<Option
 }
 
 /// The close line of a tunnel.
-pub fn close(id: &str, stats: &TunnelStats, duration: Duration, policy_revision: &str, trace_id: Option<&str>) {
+pub fn close(id: RequestId, stats: &TunnelStats, duration: Duration, policy_revision: &str, trace_id: Option<&str>) {
     tracing::info!(
         id = %id,
         bytes_in = stats.bytes_in,
@@ -365,8 +376,9 @@ mod tests {
 
     #[test]
     fn ids_are_unique() {
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| request_id()).collect();
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| request_id().to_string()).collect();
         assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())));
     }
 
     #[test]

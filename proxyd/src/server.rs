@@ -387,7 +387,7 @@ struct Tunnel {
     pipelined: Vec<u8>,
     opened: Opened,
     /// The decision line's id, table and trace id, repeated on the close line.
-    id: String,
+    id: log::RequestId,
     revision: String,
     trace_id: Option<String>,
 }
@@ -447,7 +447,7 @@ async fn handle(
     match decided {
         Ok(opened) => {
             pending.emit();
-            let id = std::mem::take(&mut pending.line.id);
+            let id = pending.line.id;
             let revision = std::mem::take(&mut pending.line.policy_revision);
             let trace_id = pending.line.trace_id.take();
             Some(Tunnel { client, version: head.version, pipelined: head.pipelined, opened, id, revision, trace_id })
@@ -504,7 +504,7 @@ async fn run_tunnel(shared: &Shared, tunnel: Tunnel) {
         },
     };
     let duration = started.elapsed();
-    log::close(&id, &stats, duration, &revision, trace_id.as_deref());
+    log::close(id, &stats, duration, &revision, trace_id.as_deref());
     open.closed(opened.tags, duration, stats.bytes_in, stats.bytes_out);
     // Held until the tunnel is over.
     drop((opened.permit, opened.client_slot));
@@ -576,9 +576,10 @@ async fn decide_and_connect(
         ));
     }
     let destination = parse_destination(&request.target)?;
-    let host = destination.host.as_str().to_owned();
+    // For refusals only: an allowed request never copies its host.
+    let host = || destination.host.as_str().to_owned();
 
-    let role = role(shared, request, info, &host)?;
+    let role = role(shared, request, info, destination.host.as_str())?;
     line.role = role.clone();
 
     // Name stage: a denied name is refused before any DNS query.
@@ -588,12 +589,12 @@ async fn decide_and_connect(
     }
     line.project = Some(decision.project.to_owned());
     line.allow = Some(decision.verdict.is_allowed());
-    line.decision_reason = Some(decision.reason.as_str().to_owned());
+    line.decision_reason = Some(decision.reason.as_str().into());
     line.enforce_would_deny = Some(decision.verdict.enforce_would_deny());
     line.default_rule = Some(decision.default_rule());
     let tags = shared.metrics.decision(role.as_deref(), &decision);
     if !decision.verdict.is_allowed() {
-        return Err(Refusal::Denied { host, reason: decision.reason.as_str().to_owned() });
+        return Err(Refusal::Denied { host: host(), reason: decision.reason.as_str().to_owned() });
     }
 
     // The cap bounds tunnels and the DNS and connect work that leads to them;
@@ -621,11 +622,11 @@ async fn decide_and_connect(
                 Err(_) => DnsResult::Error,
             };
             shared.metrics.dns_lookup(elapsed, result);
-            let ips = resolved.map_err(|error| Refusal::Dns { host: host.clone(), error })?;
+            let ips = resolved.map_err(|error| Refusal::Dns { host: host(), error })?;
             let usable: Vec<_> = ips.into_iter().filter(|ip| shared.config.network.permits(*ip)).collect();
             if usable.is_empty() {
                 return Err(Refusal::Dns {
-                    host,
+                    host: host(),
                     error: ResolveError::NotFound { name: destination.host.to_string() },
                 });
             }
@@ -640,29 +641,29 @@ async fn decide_and_connect(
             let reason = format!("address {ip} denied by rule '{rule}'");
             line.allow = Some(false);
             line.enforce_would_deny = Some(true);
-            line.decision_reason = Some(reason.clone());
-            line.dst_ip = Some(ip.to_string());
+            line.decision_reason = Some(reason.clone().into());
+            line.dst_ip = Some(ip);
             line.dst_port = Some(destination.port);
-            return Err(Refusal::Denied { host, reason });
+            return Err(Refusal::Denied { host: host(), reason });
         }
     };
 
     let guard = shared.config.egress_guard.as_ref();
     match egress::connect(&candidates, shared.config.connect_timeout, guard, &shared.metrics).await {
         Ok((upstream, checked)) => {
-            line.dst_ip = Some(checked.addr().ip().to_string());
+            line.dst_ip = Some(checked.addr().ip());
             line.dst_port = Some(checked.addr().port());
             Ok(Opened { upstream, permit, client_slot, tags })
         }
         Err(ConnectFailure::Io { addr, error }) => {
-            line.dst_ip = Some(addr.ip().to_string());
+            line.dst_ip = Some(addr.ip());
             line.dst_port = Some(addr.port());
-            Err(Refusal::Connect { host, addr, error })
+            Err(Refusal::Connect { host: host(), addr, error })
         }
         Err(ConnectFailure::Timeout { addr, after }) => {
-            line.dst_ip = Some(addr.ip().to_string());
+            line.dst_ip = Some(addr.ip());
             line.dst_port = Some(addr.port());
-            Err(Refusal::ConnectTimeout { host, addr, after })
+            Err(Refusal::ConnectTimeout { host: host(), addr, after })
         }
     }
 }
