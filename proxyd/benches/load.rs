@@ -36,7 +36,9 @@
 //! `load/peers.rs`); `LOAD_PEERS=proxyd,haproxy` keeps only the named ones
 //! (`old-proxyd` for the old build); `LOAD_ROUNDS=5` runs 5 setup rounds
 //! instead of 3. Every figure is printed as a ratio to
-//! direct and to the HAProxy relay, with each process's CPU per tunnel (and
+//! direct and to the HAProxy relay (the median of each round's ratio, as
+//! the peers of one round run seconds apart; figures are medians over
+//! rounds), with each process's CPU per tunnel (and
 //! per GiB) from its /proc/<pid>/stat utime + stime. Setup also reports the
 //! load generator's own CPU per tunnel (`load µs/tun`: this process, the
 //! clients and upstreams) and, from those figures, the `ceiling:` line: the
@@ -358,7 +360,7 @@ impl ConnectCeiling {
         let ceiling = ConnectCeiling {
             load_relay: median(relay.setup_load_cpu_us.iter().copied()),
             load_proxyd: median(proxyd.setup_load_cpu_us.iter().copied()),
-            relay: median(relay.setup_cpu_us.iter().copied()),
+            relay: median(relay.setup_cpu_us.iter().flatten().copied()),
         };
         [ceiling.load_relay, ceiling.load_proxyd, ceiling.relay]
             .iter()
@@ -388,8 +390,8 @@ impl ConnectCeiling {
 #[derive(Debug, Default)]
 struct Column {
     setup: Vec<SetupPhase>,
-    /// CPU of the peer's process per tunnel, µs, one value per round.
-    setup_cpu_us: Vec<f64>,
+    /// CPU of the peer's process per tunnel, µs, one value per round (`None`: not measured).
+    setup_cpu_us: Vec<Option<f64>>,
     /// CPU of the load generator (this process: clients and upstreams) per tunnel, µs.
     setup_load_cpu_us: Vec<f64>,
     bulk_mibs: Vec<f64>,
@@ -402,6 +404,28 @@ impl Column {
     fn setup_rate(&self) -> f64 {
         median(self.setup.iter().map(SetupPhase::rate))
     }
+
+    fn setup_rates(&self) -> impl Iterator<Item = Option<f64>> + '_ {
+        self.setup.iter().map(|phase| Some(phase.rate()))
+    }
+
+    fn setup_cpu(&self) -> f64 {
+        median(self.setup_cpu_us.iter().flatten().copied())
+    }
+}
+
+/// The median over rounds of each round's `value / base`. Both figures of a
+/// round were measured seconds apart, so the machine's load drifting during
+/// a run (other jobs come and go) cancels out; the ratio of two medians can
+/// pair one peer's quiet rounds with another's busy ones. Rounds missing
+/// either figure are skipped.
+fn paired_ratio(values: impl Iterator<Item = Option<f64>>, bases: impl Iterator<Item = Option<f64>>) -> f64 {
+    median(values.zip(bases).filter_map(|(value, base)| Some(value? / base?)).filter(|r| r.is_finite()))
+}
+
+/// Rounds' figures that are always measured, for [`paired_ratio`].
+fn each(values: &[f64]) -> impl Iterator<Item = Option<f64>> + '_ {
+    values.iter().map(|v| Some(*v))
 }
 
 async fn run(plan: Plan) -> Result<()> {
@@ -470,7 +494,7 @@ async fn run(plan: Plan) -> Result<()> {
                 phase.describe(),
                 per_op.map_or("?".to_owned(), |v| format!("{v:.0}"))
             );
-            column.setup_cpu_us.extend(per_op);
+            column.setup_cpu_us.push(per_op);
             column.setup_load_cpu_us.extend(cpu.load_per(phase.ops as f64, 1e6));
             column.setup.push(phase);
         }
@@ -553,20 +577,19 @@ async fn run(plan: Plan) -> Result<()> {
     let names: Vec<&str> = specs.iter().map(PeerSpec::name).collect();
     println!();
     println!(
-        "== proxyd load summary ({}; medians of {} setup and {} bulk interleaved rounds) ==",
+        "== proxyd load summary ({}; medians of {} setup and {} bulk interleaved rounds; \
+         ratios are medians of each round's ratio) ==",
         plan_name(&plan),
         plan.rounds,
         plan.bulk_rounds
     );
     let relay = names.iter().position(|n| *n == "haproxy").and_then(|i| columns.get(i));
-    let ratio = |value: f64, base: Option<f64>| match base {
-        Some(base) if base > 0.0 && value.is_finite() => format!("{:.2}", value / base),
+    let shown = |ratio: Option<f64>| match ratio {
+        Some(ratio) if ratio.is_finite() => format!("{ratio:.2}"),
         _ => "-".to_owned(),
     };
     if plan.parts.setup {
         let direct_rate = direct.setup_rate();
-        let relay_rate = relay.map(Column::setup_rate);
-        let relay_cpu = relay.map(|c| median(c.setup_cpu_us.iter().copied()));
         println!("setup ({CLIENTS} clients, connect (+ CONNECT for proxies) + {ECHO_BYTES} B echo + close):");
         println!(
             "  {:<11} {:>8} {:>8} {:>9} {:>9} {:>9} {:>12} {:>9} {:>13}",
@@ -578,7 +601,7 @@ async fn run(plan: Plan) -> Result<()> {
             "direct",
             direct_rate,
             "1.00",
-            ratio(direct_rate, relay_rate),
+            shown(relay.map(|relay| paired_ratio(direct.setup_rates(), relay.setup_rates()))),
             lat.quantile(0.5).as_secs_f64() * 1e3,
             lat.quantile(0.99).as_secs_f64() * 1e3,
             "-",
@@ -587,25 +610,28 @@ async fn run(plan: Plan) -> Result<()> {
         );
         for (name, column) in names.iter().zip(&columns) {
             let rate = column.setup_rate();
-            let cpu = median(column.setup_cpu_us.iter().copied());
+            let cpu = column.setup_cpu();
             let lat = Latencies::merge(&column.setup);
             println!(
                 "  {:<11} {:>9.0} {:>8} {:>9} {:>9.2} {:>9.2} {:>12.0} {:>9} {:>13.0}",
                 name,
                 rate,
-                ratio(rate, Some(direct_rate)),
-                ratio(rate, relay_rate),
+                shown(Some(paired_ratio(column.setup_rates(), direct.setup_rates()))),
+                shown(relay.map(|relay| paired_ratio(column.setup_rates(), relay.setup_rates()))),
                 lat.quantile(0.5).as_secs_f64() * 1e3,
                 lat.quantile(0.99).as_secs_f64() * 1e3,
                 cpu,
-                ratio(cpu, relay_cpu),
+                shown(relay.map(|relay| paired_ratio(
+                    column.setup_cpu_us.iter().copied(),
+                    relay.setup_cpu_us.iter().copied()
+                ))),
                 median(column.setup_load_cpu_us.iter().copied())
             );
         }
     }
     if plan.parts.bulk {
         let direct_mibs = median(direct.bulk_mibs.iter().copied());
-        let relay_mibs = relay.map(|c| median(c.bulk_mibs.iter().copied()));
+        let relay_mibs = relay.map(|relay| relay.bulk_mibs.as_slice());
         println!("bulk ({} MiB one way, client to sink):", plan.bulk_bytes >> 20);
         println!("  {:<11} {:>8} {:>8} {:>9} {:>12}", "", "MiB/s", "x direct", "x haproxy", "CPU s/GiB");
         println!(
@@ -613,7 +639,7 @@ async fn run(plan: Plan) -> Result<()> {
             "direct",
             direct_mibs,
             "1.00",
-            ratio(direct_mibs, relay_mibs),
+            shown(relay_mibs.map(|relay| paired_ratio(each(&direct.bulk_mibs), each(relay)))),
             "-"
         );
         for (name, column) in names.iter().zip(&columns) {
@@ -622,8 +648,8 @@ async fn run(plan: Plan) -> Result<()> {
                 "  {:<11} {:>8.0} {:>8} {:>9} {:>12.2}",
                 name,
                 mibs,
-                ratio(mibs, Some(direct_mibs)),
-                ratio(mibs, relay_mibs),
+                shown(Some(paired_ratio(each(&column.bulk_mibs), each(&direct.bulk_mibs)))),
+                shown(relay_mibs.map(|relay| paired_ratio(each(&column.bulk_mibs), each(relay)))),
                 median(column.bulk_cpu_s_per_gib.iter().copied())
             );
         }
@@ -641,7 +667,7 @@ async fn run(plan: Plan) -> Result<()> {
                 "  {:<11} {:>12.2} {:>9} {:>16.2} {:>10.2} {:>16.2}",
                 name,
                 memory.idle_kib_per_tunnel(),
-                ratio(memory.idle_kib_per_tunnel(), relay_kib),
+                shown(relay_kib.map(|relay| memory.idle_kib_per_tunnel() / relay)),
                 memory.used_kib_per_tunnel(),
                 memory.fds_per_tunnel(memory.idle_fds),
                 memory.fds_per_tunnel(memory.used_fds),
@@ -652,8 +678,8 @@ async fn run(plan: Plan) -> Result<()> {
     let verdict = |ok: bool| if ok { "OK" } else { "MISSED" };
     if let (Some(proxyd), Some(relay)) = (columns.first(), relay) {
         if plan.parts.setup {
-            let rate = proxyd.setup_rate() / relay.setup_rate();
-            let cpu = median(proxyd.setup_cpu_us.iter().copied()) / median(relay.setup_cpu_us.iter().copied());
+            let rate = paired_ratio(proxyd.setup_rates(), relay.setup_rates());
+            let cpu = paired_ratio(proxyd.setup_cpu_us.iter().copied(), relay.setup_cpu_us.iter().copied());
             println!("goal: setup rate >= 0.8x the relay's: {rate:.2} {}", verdict(rate >= 0.8));
             println!("goal: CPU per tunnel <= 1.5x the relay's: {cpu:.2} {}", verdict(cpu <= 1.5));
             if let Some(ceiling) = ConnectCeiling::from(proxyd, relay) {
@@ -661,7 +687,7 @@ async fn run(plan: Plan) -> Result<()> {
             }
         }
         if plan.parts.bulk {
-            let bulk = median(proxyd.bulk_mibs.iter().copied()) / median(relay.bulk_mibs.iter().copied());
+            let bulk = paired_ratio(each(&proxyd.bulk_mibs), each(&relay.bulk_mibs));
             println!("goal: bulk >= 0.95x the relay's: {bulk:.2} {}", verdict(bulk >= 0.95));
         }
     }
