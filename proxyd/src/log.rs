@@ -19,9 +19,15 @@ use crate::config::LogFormat;
 use crate::tunnel::TunnelStats;
 
 mod json;
+mod sink;
+
+use sink::Batch;
+pub use sink::{Reservation, SinkState};
 
 /// Installs the global subscriber: JSON lines (or text for humans) on
-/// stderr, written in batches by one writer thread (see `BatchedStderr`).
+/// stderr, written in batches by one writer thread (see `sink`): logging
+/// never waits for stderr; a line that finds the buffer full is dropped and
+/// counted ([`sink_state`]).
 /// Call [`flush`] before the process exits.
 pub fn init(format: LogFormat) {
     use std::io::IsTerminal as _;
@@ -37,152 +43,48 @@ pub fn init(format: LogFormat) {
     let _ = result;
 }
 
-/// Waits until every line logged so far is written to stderr.
+/// Waits until every line logged so far is written to stderr, for at most
+/// two seconds: a stalled sink must not keep the process from exiting.
 pub fn flush() {
     BATCH.flush();
 }
 
-/// Log lines wait here for the writer thread: the first line of a batch
-/// waits up to [`Batch::LINGER`] for the lines of other requests in flight,
-/// then everything pending goes out with one `write`. Written directly, each line cost a `write(2)` on the
-/// request path plus contention for stderr's lock between the runtime's
-/// workers: about a tenth of proxyd's CPU per tunnel in `perf` profiles of
-/// the setup benchmark (2 lines per tunnel). Lines keep the order in which
-/// they were logged. When the writer falls behind (stderr blocked), the
-/// buffer is capped at [`Batch::MAX_BYTES`] and loggers wait, as they did
-/// for a full pipe before: memory stays bounded and no line is dropped.
-struct Batch {
-    state: std::sync::Mutex<Pending>,
-    /// Signalled when lines arrive in an empty buffer, when a batch has been
-    /// written (room again; flushes done), and when a flush is requested.
-    changed: std::sync::Condvar,
-    writer: std::sync::Once,
-    /// Where batches go: stderr, or a test's capture.
-    write: fn(&[u8]),
-    /// Set when the writer thread could not be started: every line is written directly.
-    direct: std::sync::atomic::AtomicBool,
-}
-
-#[derive(Default)]
-struct Pending {
-    lines: Vec<u8>,
-    /// Batches taken by the writer (written once `written` catches up).
-    taken: u64,
-    written: u64,
-    /// A flush is waiting: write without lingering.
-    urgent: bool,
-}
-
 static BATCH: Batch = Batch::new(write_stderr);
 
-impl Pending {
-    const fn new() -> Pending {
-        Pending { lines: Vec::new(), taken: 0, written: 0, urgent: false }
-    }
-}
-
-impl Batch {
-    const fn new(write: fn(&[u8])) -> Batch {
-        Batch {
-            state: std::sync::Mutex::new(Pending::new()),
-            changed: std::sync::Condvar::new(),
-            writer: std::sync::Once::new(),
-            write,
-            direct: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    const MAX_BYTES: usize = 1 << 20;
-    /// A batch this large is written at once, without waiting out the linger,
-    /// so loggers never wait for room while the writer lingers.
-    const FULL: usize = Self::MAX_BYTES / 4;
-    /// How late a line may reach stderr. Each batch costs the writer thread
-    /// a sleep and two wake-ups and a logging worker a futex wake: with
-    /// 1 ms, that was 2.5% of the setup benchmark's rate (16,936 against
-    /// 17,359 tunnels/s with 10 ms, side by side). [`flush`] does not wait.
-    const LINGER: Duration = Duration::from_millis(10);
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        // A panic while holding the lock leaves only bytes behind: keep going.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn append(&'static self, line: &[u8]) {
-        self.writer.call_once(|| {
-            let spawned = std::thread::Builder::new().name("proxyd-log".into()).spawn(move || self.write_forever());
-            if spawned.is_err() {
-                // No thread: this and every later line is written directly.
-                self.direct.store(true, Ordering::Relaxed);
-            }
-        });
-        let mut pending = self.lock();
-        if self.direct.load(Ordering::Relaxed) {
-            drop(pending);
-            (self.write)(line);
-            return;
-        }
-        while pending.lines.len() >= Self::MAX_BYTES {
-            pending = self.changed.wait(pending).unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        let before = pending.lines.len();
-        pending.lines.extend_from_slice(line);
-        let filled = before < Self::FULL && pending.lines.len() >= Self::FULL;
-        drop(pending);
-        if before == 0 || filled {
-            self.changed.notify_all();
-        }
-    }
-
-    fn write_forever(&self) {
-        let mut pending = self.lock();
-        loop {
-            while pending.lines.is_empty() {
-                pending = self.changed.wait(pending).unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
-            // Let the lines of other requests in flight join this batch, unless a flush waits.
-            let linger = |pending: &mut Pending| !pending.urgent && pending.lines.len() < Self::FULL;
-            pending = match self.changed.wait_timeout_while(pending, Self::LINGER, linger) {
-                Ok((pending, _)) => pending,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-            let lines = std::mem::take(&mut pending.lines);
-            pending.taken += 1;
-            let batch = pending.taken;
-            pending.urgent = false;
-            drop(pending);
-            self.changed.notify_all();
-            (self.write)(&lines);
-            pending = self.lock();
-            pending.written = batch;
-            // Keep the allocation for the next batch unless it grew unusually large.
-            if pending.lines.is_empty() && lines.capacity() <= 64 * 1024 {
-                let mut lines = lines;
-                lines.clear();
-                pending.lines = lines;
-            }
-            self.changed.notify_all();
-        }
-    }
-
-    fn flush(&self) {
-        let mut pending = self.lock();
-        if !self.writer.is_completed() || self.direct.load(Ordering::Relaxed) {
-            return;
-        }
-        // Everything appended so far is either pending (the next batch) or in a taken batch.
-        let target = if pending.lines.is_empty() { pending.taken } else { pending.taken + 1 };
-        pending.urgent = true;
-        self.changed.notify_all();
-        while pending.written < target {
-            pending = self.changed.wait(pending).unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-    }
-}
-
-fn write_stderr(bytes: &[u8]) {
+/// One `write(2)` to stderr. A closed stderr (EBADF) counts as written,
+/// like `eprintln!`; a pipe whose reader is gone fails with EPIPE (Rust
+/// programs ignore SIGPIPE, so it is an error, not a death).
+fn write_stderr(bytes: &[u8]) -> std::io::Result<usize> {
     use std::io::Write as _;
-    // Nowhere to report a failure to write the log: like `eprintln!` minus the panic.
-    let _ = std::io::stderr().lock().write_all(bytes);
+    std::io::stderr().lock().write(bytes)
+}
+
+/// Sets how long the writer may go without completing a write, while it
+/// has lines to write, before the sink counts as stalled (`--log-stall-timeout`).
+pub fn set_stall_timeout(timeout: Duration) {
+    BATCH.set_stall_timeout(timeout);
+}
+
+/// The log sink's state now: stalled or not (and for how long), lines
+/// dropped since start, bytes waiting. Cheap: a few atomic loads.
+pub fn sink_state() -> SinkState {
+    BATCH.state()
+}
+
+/// Room for one decision line in the log buffer, if there is some now
+/// (and the sink is not failing). See [`reserve_line`].
+pub fn try_reserve_line() -> Option<Reservation> {
+    BATCH.try_reserve()
+}
+
+/// Room for one decision line, waiting up to `within` for it without
+/// blocking the thread; `None` when the log cannot take the line in time
+/// (`--log-stall-policy refuse` then refuses the request).
+pub async fn reserve_line(within: Duration) -> Option<Reservation> {
+    match BATCH.try_reserve() {
+        Some(reservation) => Some(reservation),
+        None => BATCH.reserve(within).await,
+    }
 }
 
 /// The subscriber's writer: hands each formatted line (one `write_all` per
@@ -330,49 +232,6 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
 
     use super::*;
-
-    static CAPTURED: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-
-    fn capture(bytes: &[u8]) {
-        WRITES.fetch_add(1, Ordering::Relaxed);
-        CAPTURED.lock().unwrap().extend_from_slice(bytes);
-    }
-
-    /// Lines from many threads all come out, whole, each thread's in order,
-    /// in far fewer writes than lines; a flush returns with everything written.
-    #[test]
-    fn batches_keep_every_line_whole_and_in_order() {
-        static TEST_BATCH: Batch = Batch::new(capture);
-        const THREADS: usize = 4;
-        const LINES: usize = 5_000;
-        let threads: Vec<_> = (0..THREADS)
-            .map(|t| {
-                std::thread::spawn(move || {
-                    for n in 0..LINES {
-                        TEST_BATCH.append(format!("{t} {n} {}\n", "x".repeat(n % 300)).as_bytes());
-                    }
-                })
-            })
-            .collect();
-        for thread in threads {
-            thread.join().unwrap();
-        }
-        TEST_BATCH.flush();
-        let captured = String::from_utf8(CAPTURED.lock().unwrap().clone()).unwrap();
-        let mut next = [0usize; THREADS];
-        for line in captured.lines() {
-            let mut fields = line.split(' ');
-            let t: usize = fields.next().unwrap().parse().unwrap();
-            let n: usize = fields.next().unwrap().parse().unwrap();
-            assert_eq!(n, next[t], "thread {t}'s lines in order");
-            assert_eq!(fields.next().unwrap().len(), n % 300, "line {t} {n} whole");
-            next[t] += 1;
-        }
-        assert_eq!(next, [LINES; THREADS], "every line written before flush returned");
-        let writes = WRITES.load(Ordering::Relaxed) as usize;
-        assert!(writes < THREADS * LINES / 10, "{writes} writes for {} lines", THREADS * LINES);
-    }
 
     #[test]
     fn ids_are_unique() {
