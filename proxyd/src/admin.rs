@@ -85,6 +85,9 @@ impl AdminState {
         match (self.policy.get(), self.phase.load(Ordering::SeqCst)) {
             (None, _) => Some("no policy is loaded"),
             (_, DRAINING) => Some("draining: shutting down"),
+            (_, READY) if crate::log::sink_state().stalled => {
+                Some("the log sink is stalled: no log write has completed within --log-stall-timeout")
+            }
             (_, READY) => None,
             _ => Some("the proxy listener is not accepting yet"),
         }

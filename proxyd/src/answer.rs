@@ -44,6 +44,10 @@ pub enum Refusal {
     /// `--policy-url` has not produced a verified table yet (and no cache).
     #[error("no policy loaded")]
     NoPolicy,
+    /// `--log-stall-policy refuse`: the log sink is stalled and the
+    /// decision line could not be buffered within `--log-stall-timeout`.
+    #[error("the decision log is unavailable (log sink stalled): request not recorded, so not served")]
+    LogStalled,
     #[error("Failed to resolve remote hostname '{host}': {error}")]
     Dns { host: String, error: ResolveError },
     #[error("Failed to connect to remote host '{host}' ({addr}): {error}")]
@@ -62,7 +66,7 @@ impl Refusal {
             Refusal::TunnelCap | Refusal::ClientTunnelCap { .. } | Refusal::ClientRequestRate { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Refusal::Draining | Refusal::NoPolicy => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Draining | Refusal::NoPolicy | Refusal::LogStalled => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Dns { error: ResolveError::Timeout { .. }, .. } | Refusal::ConnectTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -84,6 +88,7 @@ impl Refusal {
             Refusal::ClientRequestRate { .. } => "client_request_rate",
             Refusal::Draining => "draining",
             Refusal::NoPolicy => "no_policy",
+            Refusal::LogStalled => "log_stalled",
             Refusal::Dns { error: ResolveError::Timeout { .. }, .. } => "dns_timeout",
             Refusal::Dns { .. } => "dns_error",
             Refusal::Connect { .. } => "connect_error",
@@ -127,7 +132,10 @@ pub fn response(refusal: &Refusal, deny_message_extra: Option<&str>) -> Answer {
         Refusal::AuthRequired | Refusal::BadCredentials => {
             headers.push(("proxy-authenticate", "Basic realm=\"proxyd\"".to_owned()));
         }
-        Refusal::TunnelCap | Refusal::ClientTunnelCap { .. } | Refusal::ClientRequestRate { .. } => {
+        Refusal::TunnelCap
+        | Refusal::ClientTunnelCap { .. }
+        | Refusal::ClientRequestRate { .. }
+        | Refusal::LogStalled => {
             headers.push(("retry-after", "1".to_owned()));
         }
         _ => {}
@@ -273,6 +281,9 @@ mod tests {
         assert_eq!(Refusal::Draining.status(), 503);
         assert_eq!(Refusal::NoPolicy.status(), 503);
         assert_eq!(Refusal::NoPolicy.to_string(), "no policy loaded");
+        let r = response(&Refusal::LogStalled, None);
+        assert_eq!((r.status.as_u16(), r.header("retry-after")), (503, Some("1")));
+        assert!(r.header("x-smokescreen-error").unwrap().contains("decision log is unavailable"));
     }
 
     /// Header values never carry control characters or non-ASCII text; the body keeps the text.
@@ -344,6 +355,7 @@ mod tests {
             Refusal::Connect { host: String::new(), addr, error: io::Error::from(io::ErrorKind::ConnectionRefused) },
             Refusal::ConnectTimeout { host: String::new(), addr, after: Duration::ZERO },
             Refusal::NoPolicy,
+            Refusal::LogStalled,
         ];
         for refusal in &all {
             assert!(crate::metrics::OUTCOMES.contains(&refusal.kind()), "{} is not counted", refusal.kind());

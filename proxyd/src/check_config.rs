@@ -223,6 +223,17 @@ fn summary(args: &Args, config: &Config, policy: &PolicyState, resolvers: &[std:
     line("workers", format!("{} data-plane threads", config.workers));
     line("log format", format!("{:?}", config.log_format).to_lowercase());
     line(
+        "log stall",
+        format!(
+            "{} new CONNECTs after {} without a completed log write",
+            match config.log_stall_policy {
+                crate::config::LogStallPolicy::Refuse => "refuse (503)",
+                crate::config::LogStallPolicy::Drop => "serve (dropping their lines)",
+            },
+            seconds(config.log_stall_timeout)
+        ),
+    );
+    line(
         "statsd",
         config.statsd_address.as_ref().map_or_else(
             || "off".to_owned(),

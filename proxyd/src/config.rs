@@ -32,6 +32,7 @@ const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_TUNNELS: usize = 10_000;
+const DEFAULT_LOG_STALL_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_AUTH_ROLE: &str = "authed";
 /// More data-plane threads than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
@@ -143,6 +144,12 @@ pub struct Args {
     /// Log format [default: json].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// While the log sink is stalled: refuse new CONNECTs whose decision line cannot be buffered (503), or serve them and drop the line (counted) [default: refuse].
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub log_stall_policy: Option<LogStallPolicy>,
+    /// The log sink is stalled after this long without a completed write; a CONNECT waits at most this long for room for its decision line [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub log_stall_timeout: Option<Duration>,
     /// Serve /healthz, /readyz, /policy and /metrics on this `IP:PORT` (never the proxy's port) [default: off].
     #[arg(long, value_name = "IP:PORT")]
     pub admin_listen: Option<SocketAddr>,
@@ -189,6 +196,18 @@ pub enum LogFormat {
     #[default]
     Json,
     Text,
+}
+
+/// What happens to a new CONNECT while the log sink is stalled and its
+/// decision line cannot be buffered (`--log-stall-policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStallPolicy {
+    /// Answer 503: no tunnel without its audit line (fail closed).
+    #[default]
+    Refuse,
+    /// Serve it; the line is dropped and counted.
+    Drop,
 }
 
 /// Which address families resolution may use (Smokescreen's `network`).
@@ -245,6 +264,8 @@ pub struct FileConfig {
     proxy_password_env: Option<String>,
     proxy_auth_role: Option<String>,
     log_format: Option<LogFormat>,
+    log_stall_policy: Option<LogStallPolicy>,
+    log_stall_timeout: Option<String>,
     admin_listen: Option<SocketAddr>,
     statsd_address: Option<String>,
     time_connect: Option<bool>,
@@ -334,6 +355,11 @@ pub struct Config {
     /// Appended to 403 bodies.
     pub deny_message_extra: Option<String>,
     pub log_format: LogFormat,
+    /// New CONNECTs while the log sink is stalled: refuse (503) or serve and drop the line.
+    pub log_stall_policy: LogStallPolicy,
+    /// No completed log write for this long (with lines to write): the sink is stalled;
+    /// in `refuse` mode, the longest a CONNECT waits for room for its decision line.
+    pub log_stall_timeout: Duration,
     /// How policy reloads are triggered.
     pub reload: ReloadSettings,
     pub egress_guard: Option<EgressGuard>,
@@ -385,6 +411,8 @@ impl Config {
             proxy_auth: None,
             deny_message_extra: None,
             log_format: LogFormat::Json,
+            log_stall_policy: LogStallPolicy::Refuse,
+            log_stall_timeout: DEFAULT_LOG_STALL_TIMEOUT,
             reload: ReloadSettings::default(),
             egress_guard: None,
             admin_listen: None,
@@ -455,6 +483,8 @@ impl Config {
             duration(args.header_timeout, "read_header_timeout", &file.read_header_timeout, DEFAULT_HEADER_TIMEOUT);
         let idle_timeout = duration(args.idle_timeout, "idle_timeout", &file.idle_timeout, DEFAULT_IDLE_TIMEOUT);
         let shutdown_grace = duration(args.shutdown_grace, "exit_timeout", &file.exit_timeout, DEFAULT_SHUTDOWN_GRACE);
+        let log_stall_timeout =
+            duration(args.log_stall_timeout, "log_stall_timeout", &file.log_stall_timeout, DEFAULT_LOG_STALL_TIMEOUT);
         let defaults = ReloadSettings::default();
         let check_interval = duration(
             args.policy_check_interval,
@@ -468,9 +498,12 @@ impl Config {
             &file.policy_reload_debounce,
             defaults.debounce,
         );
-        for (name, value) in
-            [("connect timeout", connect_timeout), ("DNS timeout", dns_timeout), ("header timeout", header_timeout)]
-        {
+        for (name, value) in [
+            ("connect timeout", connect_timeout),
+            ("DNS timeout", dns_timeout),
+            ("header timeout", header_timeout),
+            ("log stall timeout", log_stall_timeout),
+        ] {
             if value.is_zero() {
                 p.push(ConfigError::Invalid { input: name.into(), message: "must be greater than zero".into() });
             }
@@ -619,6 +652,8 @@ impl Config {
             proxy_auth,
             deny_message_extra: args.additional_error_message_on_deny.clone().or(file.deny_message_extra.clone()),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            log_stall_policy: args.log_stall_policy.or(file.log_stall_policy).unwrap_or_default(),
+            log_stall_timeout,
             reload: ReloadSettings { debounce, periodic: (!check_interval.is_zero()).then_some(check_interval) },
             egress_guard: None,
             admin_listen,

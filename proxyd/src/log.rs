@@ -22,6 +22,7 @@ mod json;
 mod sink;
 
 use sink::Batch;
+use sink::LineKind;
 pub use sink::{Reservation, SinkState};
 
 /// Installs the global subscriber: JSON lines (or text for humans) on
@@ -162,6 +163,10 @@ pub struct DecisionLine {
 
 impl DecisionLine {
     pub fn emit(&self) {
+        LineKind::Decision.emit(|| self.log());
+    }
+
+    fn log(&self) {
         tracing::info!(
             id = %self.id,
             proxy_type = "connect",
@@ -215,6 +220,10 @@ pub fn trace_id<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Result<Option
 
 /// The close line of a tunnel.
 pub fn close(id: RequestId, stats: &TunnelStats, duration: Duration, policy_revision: &str, trace_id: Option<&str>) {
+    LineKind::Close.emit(|| close_line(id, stats, duration, policy_revision, trace_id));
+}
+
+fn close_line(id: RequestId, stats: &TunnelStats, duration: Duration, policy_revision: &str, trace_id: Option<&str>) {
     tracing::info!(
         id = %id,
         bytes_in = stats.bytes_in,

@@ -60,7 +60,7 @@ pub const POLICY_FETCH_RESULTS: [&str; 3] = ["updated", "not_modified", "failed"
 
 /// How every request ended: `tunnel`, a refusal kind (`answer::Refusal::kind`), or `client_gone`.
 /// New outcomes are appended, so existing series keep their order.
-pub const OUTCOMES: [&str; 17] = [
+pub const OUTCOMES: [&str; 18] = [
     "tunnel",
     "bad_request",
     "not_connect",
@@ -78,6 +78,7 @@ pub const OUTCOMES: [&str; 17] = [
     "no_policy",
     "client_tunnel_cap",
     "client_request_rate",
+    "log_stalled",
 ];
 
 /// A histogram with fixed bucket bounds, in integer base units (microseconds
@@ -542,6 +543,26 @@ impl Metrics {
 
         header(&mut out, "proxyd_statsd_dropped_total", "counter", "statsd events dropped because the queue was full.");
         let _ = writeln!(out, "proxyd_statsd_dropped_total {}", load(&self.statsd_dropped));
+        let sink = crate::log::sink_state();
+        header(
+            &mut out,
+            "proxyd_log_sink_stalled",
+            "gauge",
+            "1 while no log write has completed for longer than --log-stall-timeout with lines to write (or writes fail).",
+        );
+        let _ = writeln!(out, "proxyd_log_sink_stalled {}", u8::from(sink.stalled));
+        header(
+            &mut out,
+            "proxyd_log_lines_dropped_total",
+            "counter",
+            "Log lines never written, by line (decision, close, other): the buffer was full (sink stalled or slow) or the write failed.",
+        );
+        let other = sink.dropped.saturating_sub(sink.dropped_decisions + sink.dropped_closes);
+        let _ = writeln!(out, "proxyd_log_lines_dropped_total{{line=\"decision\"}} {}", sink.dropped_decisions);
+        let _ = writeln!(out, "proxyd_log_lines_dropped_total{{line=\"close\"}} {}", sink.dropped_closes);
+        let _ = writeln!(out, "proxyd_log_lines_dropped_total{{line=\"other\"}} {other}");
+        header(&mut out, "proxyd_log_buffer_bytes", "gauge", "Bytes of log lines waiting to be written.");
+        let _ = writeln!(out, "proxyd_log_buffer_bytes {}", sink.buffered_bytes);
         out
     }
 }

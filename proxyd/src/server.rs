@@ -28,7 +28,7 @@ use egress_policy::table;
 use crate::admin::{self, AdminState};
 use crate::answer::{self, Answer, Refusal};
 use crate::buffers::Buffer;
-use crate::config::Config;
+use crate::config::{Config, LogStallPolicy};
 use crate::egress::{self, AddressStage, ConnectFailure};
 use crate::limits::{ClientRequestRate, ClientSlot, ClientTunnels, RateVerdict};
 use crate::log::{self, DecisionLine};
@@ -108,6 +108,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let local = listener.local_addr().map_err(StartError::Listener)?;
+    log::set_stall_timeout(config.log_stall_timeout);
     let statsd = match &config.statsd_address {
         Some(address) => Some(start_statsd(address).await?),
         None => None,
@@ -439,10 +440,24 @@ async fn handle(
         },
         &shared.metrics,
     );
-    let decided = tokio::select! {
-        biased;
-        decided = decide_and_connect(shared, &policy.table, &head, info, &mut pending.line) => decided,
-        () = client_left(client.tcp()) => return None,
+    // Refuse mode: no tunnel whose decision line the log cannot take (it
+    // waits, without blocking this worker, for room while the sink is stalled).
+    let reserved = match shared.config.log_stall_policy {
+        LogStallPolicy::Drop => Ok(None),
+        LogStallPolicy::Refuse => {
+            log::reserve_line(shared.config.log_stall_timeout).await.map(Some).ok_or(Refusal::LogStalled)
+        }
+    };
+    let decided = match reserved {
+        Err(refusal) => Err(refusal),
+        Ok(reservation) => {
+            pending.reservation = reservation;
+            tokio::select! {
+                biased;
+                decided = decide_and_connect(shared, &policy.table, &head, info, &mut pending.line) => decided,
+                () = client_left(client.tcp()) => return None,
+            }
+        }
     };
     match decided {
         Ok(opened) => {
@@ -518,15 +533,20 @@ struct PendingLine<'m> {
     line: DecisionLine,
     emitted: bool,
     metrics: &'m Metrics,
+    /// Room in the log buffer held for this line (`--log-stall-policy refuse`).
+    reservation: Option<log::Reservation>,
 }
 
 impl<'m> PendingLine<'m> {
     fn new(line: DecisionLine, metrics: &'m Metrics) -> Self {
-        PendingLine { line, emitted: false, metrics }
+        PendingLine { line, emitted: false, metrics, reservation: None }
     }
 
     fn emit(&mut self) {
-        self.line.emit();
+        match self.reservation.take() {
+            Some(reservation) => reservation.emit(|| self.line.emit()),
+            None => self.line.emit(),
+        }
         self.metrics.request(self.line.refusal.unwrap_or("tunnel"));
         self.emitted = true;
     }

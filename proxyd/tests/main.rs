@@ -19,6 +19,7 @@ mod harness;
 mod layout;
 mod lifecycle;
 mod limits;
+mod log_stall;
 mod manual;
 mod metrics;
 mod operator;

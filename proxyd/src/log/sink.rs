@@ -50,8 +50,8 @@ pub struct Batch {
     in_flight: AtomicUsize,
     /// Room promised to requests whose decision line is still to come.
     reserved: AtomicUsize,
-    /// Lines that were never written: no room, or the sink failed.
-    dropped: AtomicU64,
+    /// Lines that were never written (no room, or the sink failed), by [`LineKind`].
+    dropped: [AtomicU64; LineKind::COUNT],
     /// `dropped` when a write last completed (the recovery line reports the difference).
     dropped_reported: AtomicU64,
     /// [`now`] when the writer started waiting on the sink without a write
@@ -68,8 +68,8 @@ pub struct Batch {
 #[derive(Default)]
 struct Pending {
     lines: Vec<u8>,
-    /// Lines in `lines`.
-    count: u64,
+    /// Lines in `lines`, by [`LineKind`].
+    count: [u64; LineKind::COUNT],
     /// Batches taken by the writer (written once `written` catches up).
     taken: u64,
     written: u64,
@@ -79,7 +79,7 @@ struct Pending {
 
 impl Pending {
     const fn new() -> Pending {
-        Pending { lines: Vec::new(), count: 0, taken: 0, written: 0, urgent: false }
+        Pending { lines: Vec::new(), count: [0; LineKind::COUNT], taken: 0, written: 0, urgent: false }
     }
 }
 
@@ -93,6 +93,10 @@ pub struct SinkState {
     pub stalled_for: Option<Duration>,
     /// Lines never written since start: no room in the buffer, or the sink failed.
     pub dropped: u64,
+    /// Of those, `CANONICAL-PROXY-DECISION` lines.
+    pub dropped_decisions: u64,
+    /// Of those, `CANONICAL-PROXY-CN-CLOSE` lines.
+    pub dropped_closes: u64,
     /// Bytes waiting to be written (the buffer and the unwritten rest of the current batch).
     pub buffered_bytes: usize,
 }
@@ -104,9 +108,43 @@ fn now() -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX).saturating_add(1)
 }
 
+/// What a line is, for the drop counts: set by the code that logs it
+/// (the sink cannot tell from the bytes, which carry client text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineKind {
+    Decision = 0,
+    Close = 1,
+    Other = 2,
+}
+
+impl LineKind {
+    const COUNT: usize = 3;
+
+    /// Runs `log` (which logs one line) with the line counted as `self`.
+    pub fn emit(self, log: impl FnOnce()) {
+        KIND.with(|k| k.set(self));
+        log();
+        KIND.with(|k| k.set(LineKind::Other));
+    }
+
+    /// The kind of a line being written that failed: by its message.
+    fn of(line: &[u8]) -> LineKind {
+        let has = |needle: &[u8]| line.windows(needle.len()).any(|w| w == needle);
+        if has(b"CANONICAL-PROXY-DECISION") {
+            LineKind::Decision
+        } else if has(b"CANONICAL-PROXY-CN-CLOSE") {
+            LineKind::Close
+        } else {
+            LineKind::Other
+        }
+    }
+}
+
 thread_local! {
     /// Set while this thread emits a line that holds a [`Reservation`].
     static RESERVED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The kind of the line this thread is emitting.
+    static KIND: std::cell::Cell<LineKind> = const { std::cell::Cell::new(LineKind::Other) };
 }
 
 impl Batch {
@@ -120,7 +158,7 @@ impl Batch {
             buffered: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             reserved: AtomicUsize::new(0),
-            dropped: AtomicU64::new(0),
+            dropped: [const { AtomicU64::new(0) }; LineKind::COUNT],
             dropped_reported: AtomicU64::new(0),
             busy_since: AtomicU64::new(0),
             failing: AtomicBool::new(false),
@@ -187,11 +225,12 @@ impl Batch {
         });
         if self.direct.load(Ordering::Relaxed) {
             if write_all(self.write, line).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.drop_line(KIND.with(std::cell::Cell::get));
             }
             return;
         }
         let reserved_line = RESERVED.with(std::cell::Cell::get);
+        let kind = KIND.with(std::cell::Cell::get);
         let mut pending = self.lock();
         let before = pending.lines.len();
         // Ordinary lines leave the reserved room alone; a reserved line may use the headroom.
@@ -202,17 +241,33 @@ impl Batch {
         };
         if before.saturating_add(line.len()) > limit {
             drop(pending);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.drop_line(kind);
             return;
         }
         pending.lines.extend_from_slice(line);
-        pending.count += 1;
+        if let Some(count) = pending.count.get_mut(kind as usize) {
+            *count += 1;
+        }
         let after = pending.lines.len();
         self.buffered.store(after, Ordering::Relaxed);
         drop(pending);
         if before == 0 || (before < Self::FULL && after >= Self::FULL) {
             self.changed.notify_all();
         }
+    }
+
+    fn drop_line(&self, kind: LineKind) {
+        if let Some(dropped) = self.dropped.get(kind as usize) {
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn dropped_of(&self, kind: LineKind) -> u64 {
+        self.dropped.get(kind as usize).map_or(0, |d| d.load(Ordering::Relaxed))
+    }
+
+    fn dropped_total(&self) -> u64 {
+        self.dropped.iter().map(|d| d.load(Ordering::Relaxed)).sum()
     }
 
     /// Room for one decision line, held until the reservation is dropped;
@@ -257,7 +312,9 @@ impl Batch {
         SinkState {
             stalled: stalled_for.is_some(),
             stalled_for,
-            dropped: self.dropped.load(Ordering::Relaxed),
+            dropped: self.dropped_total(),
+            dropped_decisions: self.dropped_of(LineKind::Decision),
+            dropped_closes: self.dropped_of(LineKind::Close),
             buffered_bytes: self.buffered.load(Ordering::Relaxed) + self.in_flight.load(Ordering::Relaxed),
         }
     }
@@ -306,7 +363,7 @@ impl Batch {
 
     /// Writes one batch of `count` lines; true if the sink failed (the
     /// lines not written are counted as dropped).
-    fn write_batch(&'static self, lines: &[u8], count: u64) -> bool {
+    fn write_batch(&'static self, lines: &[u8], count: [u64; LineKind::COUNT]) -> bool {
         if self.busy_since.load(Ordering::Relaxed) == 0 {
             self.busy_since.store(now(), Ordering::Relaxed);
         }
@@ -324,9 +381,16 @@ impl Batch {
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
                 _ => {
-                    // A line cut by the failure is counted too: its newline is in `rest`.
-                    let lost = if rest.len() == lines.len() { count } else { newlines(rest) };
-                    self.dropped.fetch_add(lost, Ordering::Relaxed);
+                    if rest.len() == lines.len() {
+                        for (dropped, lost) in self.dropped.iter().zip(count) {
+                            dropped.fetch_add(lost, Ordering::Relaxed);
+                        }
+                    } else {
+                        // A line cut by the failure is counted too: its newline is in `rest`.
+                        for line in rest.split_inclusive(|b| *b == b'\n').filter(|l| l.ends_with(b"\n")) {
+                            self.drop_line(LineKind::of(line));
+                        }
+                    }
                     self.in_flight.store(0, Ordering::Relaxed);
                     self.failing.store(true, Ordering::Relaxed);
                     return true;
@@ -346,10 +410,12 @@ impl Batch {
         if was_failing {
             self.room.notify_waiters();
         }
-        let dropped = self.dropped.load(Ordering::Relaxed);
+        let dropped = self.dropped_total();
         let dropped_since = dropped.saturating_sub(self.dropped_reported.swap(dropped, Ordering::Relaxed));
         if since != 0 && (was_failing || waited > self.stall_timeout()) {
-            // Goes into the buffer like any line (this thread never waits on itself).
+            // Into the buffer like any line (this thread never waits on
+            // itself), allowed the headroom: after a stall the buffer is full.
+            let _headroom = Headroom::take();
             tracing::warn!(
                 stalled_secs = waited.as_secs_f64(),
                 lines_dropped = dropped_since,
@@ -384,10 +450,6 @@ impl Batch {
     }
 }
 
-fn newlines(bytes: &[u8]) -> u64 {
-    bytes.iter().filter(|b| **b == b'\n').count() as u64
-}
-
 /// Writes all of `bytes` with `write` (a direct write when there is no writer thread).
 fn write_all(write: WriteFn, mut bytes: &[u8]) -> std::io::Result<()> {
     while !bytes.is_empty() {
@@ -418,8 +480,23 @@ impl Reservation {
     /// Runs `emit` (which logs one line) with this reservation: the line
     /// may use the reserved room and the headroom. The room is given back after.
     pub fn emit(self, emit: impl FnOnce()) {
-        RESERVED.with(|r| r.set(true));
+        let _headroom = Headroom::take();
         emit();
+    }
+}
+
+/// While held, lines this thread logs may use [`Batch::HEADROOM`].
+struct Headroom;
+
+impl Headroom {
+    fn take() -> Headroom {
+        RESERVED.with(|r| r.set(true));
+        Headroom
+    }
+}
+
+impl Drop for Headroom {
+    fn drop(&mut self) {
         RESERVED.with(|r| r.set(false));
     }
 }
