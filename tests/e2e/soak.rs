@@ -61,6 +61,7 @@ use testkit::upstream::Upstream;
 mod ssrf_corpus;
 
 mod edge;
+mod stall;
 
 /// Flags the daemon runs with; the timeouts are short so failures resolve fast.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -1139,6 +1140,12 @@ async fn soak() {
     });
     let (edge_cold_fds, edge_cold_rss) = footprint(edge_pid);
 
+    // The stall phase: a third daemon whose log reader pauses under load (soak/stall.rs).
+    let stall_phase = {
+        let (policy, dns_addr, echo_addr) = (edge_policy.clone(), dns.addr(), echo.addr);
+        tokio::spawn(async move { stall::run(testkit::binary("proxyd"), &policy, dns_addr, echo_addr).await })
+    };
+
     let ports: HashMap<&'static str, u16> = [
         ("echo", echo.addr.port()),
         ("reset", reset.addr.port()),
@@ -1283,6 +1290,7 @@ async fn soak() {
     let (valid_writes, corrupt_writes) = churner.await.unwrap();
     let sibling_writes = scribbler.join().unwrap();
     let (ready_ok, not_ready) = readiness.await.unwrap();
+    let stall_report = stall_phase.await.unwrap();
     // The table on disk is valid again (the last write may have been the corrupt one).
     std::fs::write(policy.with_extension("staged"), &table_a).unwrap();
     std::fs::rename(policy.with_extension("staged"), &policy).unwrap();
@@ -1528,6 +1536,7 @@ async fn soak() {
         ),
         (edge_exit.is_some_and(|s| s.success()), format!("edge: exit after SIGTERM: {edge_exit:?}")),
     ];
+    checks.extend(stall_report.checks.iter().cloned());
     if duration < Duration::from_secs(600) {
         // Under 10 minutes a 1 %/h RSS trend is a few KiB: below allocator noise. Reported, not asserted.
         if let Some(check) = checks.iter_mut().find(|(_, what)| what.starts_with("RSS slope")) {
@@ -1597,6 +1606,9 @@ async fn soak() {
         "edge RSS KiB: cold / baseline / peak / final",
         format!("{edge_cold_rss} / {} / {} / {}", edge_baseline.1, edge_peak.1, edge_final.1),
     );
+    for (what, value) in &stall_report.rows {
+        row(what, value.clone());
+    }
     for (ok, what) in &checks {
         row(if *ok { "PASS" } else { "FAIL" }, what.clone());
     }
@@ -1617,6 +1629,7 @@ async fn soak() {
     problems.extend(log.unexplained.iter().cloned());
     problems.extend(log.not_json.iter().cloned());
     problems.extend(not_ready.into_iter().take(10));
+    problems.extend(stall_report.problems.iter().cloned());
     let failed: Vec<&String> = checks.iter().filter(|(ok, _)| !ok).map(|(_, what)| what).collect();
     assert!(failed.is_empty(), "soak checks failed: {failed:#?}\nfirst problems: {problems:#?}");
     drop((echo, reset, dns, dir, pki));
