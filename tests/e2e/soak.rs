@@ -29,7 +29,9 @@
 //! protocol with a request-rate limit: well-behaved PROXY v1/v2 + TLS
 //! tunnels, a client over the rate, and PROXY/TLS garbage, with the same
 //! log, footprint and exit checks. Both run with `MALLOC_ARENA_MAX=1`, as
-//! deployed (docs/soak.md, "Memory trend").
+//! deployed (docs/soak.md, "Memory trend"). A third daemon
+//! (`soak/stall.rs`) runs the stall phase: its log reader pauses for 20 s
+//! under load (issue 24).
 //!
 //! Network safety: everything listens on and connects to 127.x addresses;
 //! corpus names resolve to special-purpose addresses that the daemon must
