@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use egress_policy::address::{AddressPolicy, AddressRule};
 use egress_policy::policy::ports_text;
 
-use crate::metrics::{Metrics, PolicyReport};
+use crate::metrics::{LogSinkReport, Metrics, PolicyReport};
 use crate::reload::{PolicySource, PolicyState};
 
 /// Admin connections served at once; more are closed on accept.
@@ -177,7 +177,15 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
                 loaded_at: active.as_ref().map(|a| a.loaded_at),
                 reloads: &reloads,
             };
-            let body = state.metrics.render(&report, state.not_ready().is_none());
+            let log = crate::log::sink_state();
+            let sink = LogSinkReport {
+                stalled: log.stalled,
+                dropped_decisions: log.dropped_decisions,
+                dropped_closes: log.dropped_closes,
+                dropped_other: log.dropped.saturating_sub(log.dropped_decisions + log.dropped_closes),
+                buffered_bytes: log.buffered_bytes,
+            };
+            let body = state.metrics.render(&report, &sink, state.not_ready().is_none());
             with_type(StatusCode::OK, body, "text/plain; version=0.0.4; charset=utf-8")
         }
         _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /policy or /metrics\n".into()),

@@ -49,6 +49,18 @@ pub struct PolicyReport<'a> {
     pub reloads: &'a [(&'static str, u64)],
 }
 
+/// What `/metrics` says about the log sink, read by the caller from
+/// `log::sink_state` (so this module never imports `log`, which would close
+/// the cycle `log` → `config` → `policy_fetch` → `metrics`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogSinkReport {
+    pub stalled: bool,
+    pub dropped_decisions: u64,
+    pub dropped_closes: u64,
+    pub dropped_other: u64,
+    pub buffered_bytes: usize,
+}
+
 /// The `role` label of a role with its own rule: its name, with one more
 /// leading `:` if it starts with `:` (so `:none` the role is `::none`).
 pub fn role_label(name: &str) -> String {
@@ -390,7 +402,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4). `ready` is what `/readyz` says;
     /// `policy` is what the caller read from the reload state (the one record of the
     /// reload counts), handed over as plain values so this module never depends on it.
-    pub fn render(&self, policy: &PolicyReport<'_>, ready: bool) -> String {
+    pub fn render(&self, policy: &PolicyReport<'_>, sink: &LogSinkReport, ready: bool) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
@@ -543,7 +555,6 @@ impl Metrics {
 
         header(&mut out, "proxyd_statsd_dropped_total", "counter", "statsd events dropped because the queue was full.");
         let _ = writeln!(out, "proxyd_statsd_dropped_total {}", load(&self.statsd_dropped));
-        let sink = crate::log::sink_state();
         header(
             &mut out,
             "proxyd_log_sink_stalled",
@@ -557,10 +568,9 @@ impl Metrics {
             "counter",
             "Log lines never written, by line (decision, close, other): the buffer was full (sink stalled or slow) or the write failed.",
         );
-        let other = sink.dropped.saturating_sub(sink.dropped_decisions + sink.dropped_closes);
         let _ = writeln!(out, "proxyd_log_lines_dropped_total{{line=\"decision\"}} {}", sink.dropped_decisions);
         let _ = writeln!(out, "proxyd_log_lines_dropped_total{{line=\"close\"}} {}", sink.dropped_closes);
-        let _ = writeln!(out, "proxyd_log_lines_dropped_total{{line=\"other\"}} {other}");
+        let _ = writeln!(out, "proxyd_log_lines_dropped_total{{line=\"other\"}} {}", sink.dropped_other);
         header(&mut out, "proxyd_log_buffer_bytes", "gauge", "Bytes of log lines waiting to be written.");
         let _ = writeln!(out, "proxyd_log_buffer_bytes {}", sink.buffered_bytes);
         out
@@ -667,7 +677,11 @@ mod tests {
         // Three events: the attempt and its connect time fit, the third is dropped.
         metrics.connect_attempt(Duration::from_millis(1), None);
         metrics.request("tunnel_cap");
-        assert!(metrics.render(&PolicyReport::default(), true).contains("\nproxyd_statsd_dropped_total 1\n"));
+        assert!(
+            metrics
+                .render(&PolicyReport::default(), &LogSinkReport::default(), true)
+                .contains("\nproxyd_statsd_dropped_total 1\n")
+        );
         assert!(matches!(queued.try_recv(), Ok(Event::ConnectAttempt { success: true })));
         assert!(matches!(queued.try_recv(), Ok(Event::ConnectTime(_))));
         assert!(queued.try_recv().is_err());

@@ -440,24 +440,24 @@ async fn handle(
         },
         &shared.metrics,
     );
-    // Refuse mode: no tunnel whose decision line the log cannot take (it
-    // waits, without blocking this worker, for room while the sink is stalled).
-    let reserved = match shared.config.log_stall_policy {
-        LogStallPolicy::Drop => Ok(None),
-        LogStallPolicy::Refuse => {
-            log::reserve_line(shared.config.log_stall_timeout).await.map(Some).ok_or(Refusal::LogStalled)
-        }
+    let decided = tokio::select! {
+        biased;
+        decided = decide_and_connect(shared, &policy.table, &head, info, &mut pending.line) => decided,
+        () = client_left(client.tcp()) => return None,
     };
-    let decided = match reserved {
-        Err(refusal) => Err(refusal),
-        Ok(reservation) => {
-            pending.reservation = reservation;
-            tokio::select! {
-                biased;
-                decided = decide_and_connect(shared, &policy.table, &head, info, &mut pending.line) => decided,
-                () = client_left(client.tcp()) => return None,
+    // Refuse mode: no answer whose decision line the log cannot take. Room
+    // is reserved just before the line is written (so only requests about
+    // to log hold any), waiting for it, without blocking this worker, at
+    // most the stall timeout; else 503 (dropping the upstream connection).
+    let decided = match shared.config.log_stall_policy {
+        LogStallPolicy::Drop => decided,
+        LogStallPolicy::Refuse => match log::reserve_line(shared.config.log_stall_timeout).await {
+            Some(reservation) => {
+                pending.reservation = Some(reservation);
+                decided
             }
-        }
+            None => Err(Refusal::LogStalled),
+        },
     };
     match decided {
         Ok(opened) => {

@@ -339,7 +339,9 @@ async fn unread_pipe(policy: &str, ip: std::net::IpAddr) {
         echoing.await.unwrap()
     };
     assert!(echoes >= 5, "the old tunnel echoed throughout the stall ({echoes} echoes in {sent_in:?})");
-    assert!(slowest_echo < Duration::from_secs(1), "an echo took {slowest_echo:?}");
+    // Far below the client's 10 s timeout that fired before the fix; the
+    // margin is for a loaded CI machine (the same worker serves the CONNECT storm).
+    assert!(slowest_echo < Duration::from_secs(3), "an echo took {slowest_echo:?}");
 
     // The reader comes back: ready again within a second of the writer catching up.
     proxy.read(Reading::Full);
@@ -386,7 +388,7 @@ async fn a_slow_log_reader_never_slows_the_data_plane() {
     assert!(load.refused > 0, "4 KiB/s cannot take 3,000 tunnels' lines: {load:?}");
     let _ = stop_echo.send(());
     let (echoes, slowest_echo) = echoing.await.unwrap();
-    assert!(echoes >= 5 && slowest_echo < Duration::from_secs(1), "{echoes} echoes, slowest {slowest_echo:?}");
+    assert!(echoes >= 5 && slowest_echo < Duration::from_secs(3), "{echoes} echoes, slowest {slowest_echo:?}");
     let slowly = proxy.seen.lock().unwrap().bytes;
     assert!(slowly > 0, "the slow reader was read to");
     proxy.read(Reading::Full);
