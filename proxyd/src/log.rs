@@ -84,7 +84,9 @@ pub fn try_reserve_line() -> Option<Reservation> {
 pub async fn reserve_line(within: Duration) -> Option<Reservation> {
     match BATCH.try_reserve() {
         Some(reservation) => Some(reservation),
-        None => BATCH.reserve(within).await,
+        // Boxed: the waiting state (a timer and a wake-up registration) is
+        // allocated only by requests that wait, not carried by every request's future.
+        None => Box::pin(BATCH.reserve(within)).await,
     }
 }
 
