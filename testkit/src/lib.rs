@@ -12,6 +12,7 @@
 pub mod client;
 pub mod daemon;
 pub mod dns;
+pub mod lifecycle;
 pub mod manual;
 pub mod pki;
 pub mod scrape;
