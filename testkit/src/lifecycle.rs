@@ -3,7 +3,8 @@
 //! 100 ms, while the real `proxyd` binary is replaced in one of three ways:
 //!
 //! * [`einhorn`]: this process plays Einhorn's master: it holds the
-//!   listening socket, starts workers with `EINHORN_*`, reads their ack on
+//!   listening sockets (`EINHORN_FD_0` proxy, `EINHORN_FD_1` admin),
+//!   starts workers with `EINHORN_*`, reads their ack on
 //!   the command socket, and retires the old worker with SIGUSR2 once the
 //!   new one acked.
 //! * [`sigusr1`]: proxyd binds, and SIGUSR1 upgrades it in place.
@@ -381,14 +382,18 @@ pub async fn einhorn(setup: &Setup) -> Report {
     let socket_path = dir.path().join("einhorn.sock");
     let commands = tokio::net::UnixListener::bind(&socket_path).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let proxy = listener.local_addr().unwrap();
+    let admin = admin_listener.local_addr().unwrap();
     let worker = |n: usize| {
         let fd = inheritable(&listener);
+        let admin_fd = inheritable(&admin_listener);
         let mut command = proxyd(setup);
         command
             .env("EINHORN_MASTER_PID", std::process::id().to_string())
-            .env("EINHORN_FD_COUNT", "1")
+            .env("EINHORN_FD_COUNT", "2")
             .env("EINHORN_FD_0", fd.as_raw_fd().to_string())
+            .env("EINHORN_FD_1", admin_fd.as_raw_fd().to_string())
             .env("EINHORN_SOCK_PATH", &socket_path)
             .env("EINHORN_CHILD_INDEX", n.to_string());
         Process::spawn(command)
@@ -404,6 +409,12 @@ pub async fn einhorn(setup: &Setup) -> Report {
     let switch = switch.elapsed();
     tokio::time::sleep(setup.after).await;
     let report = load.finish("einhorn", switch).await;
+    // The retired worker left the shared admin socket to its successor at
+    // once: readiness there is the new worker's.
+    for _ in 0..5 {
+        let ready = crate::scrape::get(admin, "/readyz").await;
+        assert_eq!(ready.status, 200, "/readyz after the replacement: {}", ready.body);
+    }
     // The long tunnels are closed now: the retired worker finishes its drain.
     assert!(first.exit().await.success(), "the retired worker exits 0");
     second.signal("TERM");
