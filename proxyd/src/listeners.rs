@@ -4,7 +4,7 @@
 //! * **Einhorn** (Smokescreen's contract): `EINHORN_MASTER_PID` is the
 //!   parent's pid; `EINHORN_FD_COUNT` sockets are given as
 //!   `EINHORN_FD_<n>`: n = 0 is the proxy port, n = 1 (optional) the admin
-//!   endpoints. Once serving, [`Listeners::announce_ready`] sends Einhorn's
+//!   endpoints. Once serving, [`Announce::ready`] sends Einhorn's
 //!   `worker:ack` to `EINHORN_SOCK_PATH`.
 //! * **systemd socket activation** (`sd_listen_fds(3)`): `LISTEN_PID` is our
 //!   pid, `LISTEN_FDS` sockets start at fd 3, `LISTEN_FDNAMES` names them
@@ -24,7 +24,7 @@
 //!
 //! This module must never adopt a descriptor twice, one it did not validate,
 //! or one the environment names for another process (the pid checks). It
-//! holds the only `unsafe` code of proxyd: [`adopt`], one call each to
+//! holds the only `unsafe` code of proxyd: `adopt`, one call each to
 //! `BorrowedFd::borrow_raw` and `OwnedFd::from_raw_fd`, for which there is no
 //! safe alternative. It is called only from [`acquire`], which `main` runs
 //! before anything else in the process opens a descriptor.
