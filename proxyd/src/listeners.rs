@@ -331,6 +331,11 @@ fn adopt(fd: RawFd) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The readiness line a process started by an upgrade writes to its pipe.
+pub fn ready_line(pid: u32) -> String {
+    format!("ready {pid}\n")
+}
+
 /// Einhorn's `worker:ack`, exactly as go-einhorn (what Smokescreen uses)
 /// writes it: the YAML `command: worker:ack` / `pid: N` with `%` and
 /// newlines percent-encoded, then a newline.
@@ -357,7 +362,7 @@ impl Announce {
         }
         if let Some(pipe) = self.ready_pipe.take() {
             let mut pipe = std::fs::File::from(pipe);
-            match pipe.write_all(crate::upgrade::ready_line(std::process::id()).as_bytes()) {
+            match pipe.write_all(ready_line(std::process::id()).as_bytes()) {
                 Ok(()) => tracing::info!("told the previous proxyd that this one serves"),
                 Err(error) => tracing::error!(%error, "cannot tell the previous proxyd that this one serves"),
             }

@@ -25,12 +25,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt as _;
 
-use crate::listeners::{SYSTEMD_VARS, UPGRADE_FDS, UPGRADE_PARENT, UPGRADE_READY_FD};
-
-/// The readiness line the new process writes to its pipe.
-pub fn ready_line(pid: u32) -> String {
-    format!("ready {pid}\n")
-}
+use crate::listeners::{SYSTEMD_VARS, UPGRADE_FDS, UPGRADE_PARENT, UPGRADE_READY_FD, ready_line};
 
 /// What to run for an upgrade: captured at start, before anything could
 /// change the working directory.
