@@ -76,6 +76,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+#[path = "load/lifecycle.rs"]
+mod lifecycle;
 #[path = "load/mtls.rs"]
 mod mtls;
 #[path = "load/peers.rs"]
@@ -175,6 +177,10 @@ impl Plan {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    // Restarts under load: only when named (load/lifecycle.rs).
+    if std::env::args().any(|a| a == "lifecycle") {
+        std::process::exit(if lifecycle::main(full) { 0 } else { 1 });
+    }
     let mut plan = if full { Plan::full() } else { Plan::smoke() };
     // `cargo bench -p proxyd --bench load -- bulk` runs only the named parts.
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();

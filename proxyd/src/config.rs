@@ -31,6 +31,7 @@ const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_TUNNELS: usize = 10_000;
 const DEFAULT_LOG_STALL_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_AUTH_ROLE: &str = "authed";
@@ -43,12 +44,26 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS)
 }
 
+/// The signals proxyd handles, for `--help` and the man page.
+pub const SIGNALS_HELP: &str = "\
+Signals:
+  SIGTERM, SIGINT  graceful stop: stop accepting, /readyz 503, open tunnels get --shutdown-grace, exit 0
+  SIGUSR2          graceful stop, as SIGTERM (Einhorn retires a worker with it, as Smokescreen)
+  SIGHUP           reload the policy (a table that does not verify is refused; the active one keeps serving)
+  SIGUSR1          upgrade in place: start the binary proxyd was started from with the same arguments, hand it
+                   the listening sockets; once it serves, drain as SIGUSR2 (never before: see --upgrade-timeout)
+
+Listening sockets are inherited instead of bound from --listen-ip/--listen-port under Einhorn
+(EINHORN_FD_0 proxy, EINHORN_FD_1 admin), systemd socket activation (LISTEN_FDNAMES proxy, admin)
+and an upgrade in place.";
+
 /// The command line. Flag names are Smokescreen's where the meaning is the same.
 #[derive(Debug, Default, Parser)]
 #[command(
     name = "proxyd",
     version = crate::VERSION,
-    about = "SSRF-safe HTTP CONNECT egress proxy serving a compiled policy table (see `policyc compile`)"
+    about = "SSRF-safe HTTP CONNECT egress proxy serving a compiled policy table (see `policyc compile`)",
+    after_help = SIGNALS_HELP
 )]
 pub struct Args {
     /// Smokescreen-style proxy config file (YAML, read strictly). Flags override it.
@@ -75,9 +90,12 @@ pub struct Args {
     /// A tunnel with no bytes either way for this long is closed; `0s` disables [default: 300s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
-    /// On SIGTERM/SIGINT, how long open tunnels may keep running [default: 30s].
+    /// On SIGTERM/SIGINT/SIGUSR2 (and after an upgrade), how long open tunnels may keep running [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// On SIGUSR1, how long the new process may take to serve before it is killed and this one keeps serving [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub upgrade_timeout: Option<Duration>,
     /// Deny this CIDR (repeatable). The most specific operator rule wins; deny wins ties.
     #[arg(long, value_name = "CIDR")]
     pub deny_range: Vec<IpNet>,
@@ -335,6 +353,8 @@ pub struct Config {
     /// `None`: tunnels never time out for inactivity.
     pub idle_timeout: Option<Duration>,
     pub shutdown_grace: Duration,
+    /// SIGUSR1: how long the new process may take to report that it serves.
+    pub upgrade_timeout: Duration,
     pub max_tunnels: usize,
     /// Cap on concurrent tunnels per client IP address; `None`: no per-client cap.
     pub max_tunnels_per_client: Option<usize>,
@@ -398,6 +418,7 @@ impl Config {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
             max_tunnels: DEFAULT_MAX_TUNNELS,
             max_tunnels_per_client: None,
             max_requests_per_client_per_second: None,
@@ -507,6 +528,12 @@ impl Config {
             if value.is_zero() {
                 p.push(ConfigError::Invalid { input: name.into(), message: "must be greater than zero".into() });
             }
+        }
+        if args.upgrade_timeout.is_some_and(|t| t.is_zero()) {
+            p.push(ConfigError::Invalid {
+                input: "--upgrade-timeout".into(),
+                message: "must be greater than zero".into(),
+            });
         }
 
         let mut rules = AddressRules {
@@ -639,6 +666,7 @@ impl Config {
             header_timeout,
             idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
             shutdown_grace,
+            upgrade_timeout: args.upgrade_timeout.unwrap_or(DEFAULT_UPGRADE_TIMEOUT),
             max_tunnels,
             max_tunnels_per_client,
             max_requests_per_client_per_second,

@@ -19,7 +19,9 @@
 //! [`policy_trust`] decides which tables may serve (signatures, rollback) and
 //! [`policy_fetch`] polls `--policy-url`. Operators get [`check_config`]
 //! (`--check-config`), [`systemd`] (readiness and watchdog notifications) and
-//! [`manual`] (completions and man pages).
+//! [`manual`] (completions and man pages). [`listeners`] says where the
+//! listening sockets come from (flags, Einhorn, systemd, an upgrade) and
+//! [`upgrade`] hands them to a new binary on SIGUSR1.
 
 pub mod admin;
 pub mod answer;
@@ -29,6 +31,7 @@ pub mod config;
 pub mod egress;
 pub mod events;
 pub mod limits;
+pub mod listeners;
 pub mod log;
 pub mod manual;
 pub mod metrics;
@@ -43,10 +46,11 @@ pub mod statsd;
 pub mod systemd;
 pub mod tls;
 pub mod tunnel;
+pub mod upgrade;
 pub mod workers;
 
 pub use config::{Args, Config};
-pub use server::{StartError, run, serve};
+pub use server::{StartError, Stop, run, serve, serve_until};
 
 /// `--version`: the package version, the git revision and the build date
 /// (from build.rs: the commit's date or SOURCE_DATE_EPOCH, never the wall clock).

@@ -107,6 +107,37 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    let shutdown = async move {
+        shutdown.await;
+        Stop::Alone
+    };
+    serve_until(listener, admin, config, shutdown, || {}).await
+}
+
+/// How serving ends, as the shutdown future of [`serve_until`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// No other process serves these sockets (SIGTERM, SIGINT, SIGUSR2
+    /// outside Einhorn): tell systemd `STOPPING=1`; `/readyz` answers 503
+    /// until the drain is over.
+    Alone,
+    /// Another process serves the same sockets now (an upgrade in place, an
+    /// Einhorn successor): no `STOPPING=1` (systemd follows the new
+    /// `MAINPID`), and the admin socket is left to the successor at once, so
+    /// a health check there never gets this process's 503.
+    Successor,
+}
+
+/// [`serve`], with `ready` called once the policy is loaded and the
+/// workers accept (Einhorn's ack, an upgrade's readiness), and a shutdown
+/// future that says whether another process takes over the sockets.
+pub async fn serve_until(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = Stop>,
+    ready: impl FnOnce(),
+) -> Result<(), StartError> {
     let local = listener.local_addr().map_err(StartError::Listener)?;
     log::set_stall_timeout(config.log_stall_timeout);
     let statsd = match &config.statsd_address {
@@ -201,9 +232,18 @@ pub async fn serve(
         serve_connection(Arc::clone(&serving), stream, peer, accepted_alive.clone())
     })
     .map_err(StartError::Workers)?;
-    shutdown.await;
+    ready();
+    let stop = shutdown.await;
 
-    systemd::stopping();
+    let mut stop_admin = Some(stop_admin);
+    match stop {
+        Stop::Alone => systemd::stopping(),
+        Stop::Successor => {
+            if let Some(stop_admin) = stop_admin.take() {
+                let _ = stop_admin.send(());
+            }
+        }
+    }
     workers.stop_accepting().await;
     shared.draining.store(true, Ordering::SeqCst);
     admin_state.draining();
@@ -221,7 +261,9 @@ pub async fn serve(
     }
     // Joined off this runtime: a worker may still be dropping what is left.
     let _ = tokio::task::spawn_blocking(move || workers.finish()).await;
-    let _ = stop_admin.send(());
+    if let Some(stop_admin) = stop_admin {
+        let _ = stop_admin.send(());
+    }
     if let Some(task) = admin_task {
         let _ = task.await;
     }

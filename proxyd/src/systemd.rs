@@ -2,7 +2,8 @@
 //! `Type=notify` and `Type=notify-reload` units: `READY=1` once the policy is
 //! loaded and the listener accepts, `RELOADING=1` (with `MONOTONIC_USEC`, as
 //! `Type=notify-reload` requires) and `READY=1` around SIGHUP reloads,
-//! `STOPPING=1` when shutdown starts, and `WATCHDOG=1` at half of
+//! `STOPPING=1` when shutdown starts, `MAINPID=` when an upgrade in place
+//! (SIGUSR1) hands over to a new process, and `WATCHDOG=1` at half of
 //! `WATCHDOG_USEC` when the unit sets `WatchdogSec=`.
 //!
 //! Without `NOTIFY_SOCKET` every function here does nothing. A notification
@@ -90,6 +91,13 @@ pub fn reload_done() {
 /// Shutdown has begun: no new connections, open tunnels drain.
 pub fn stopping() {
     notify("STOPPING=1\nSTATUS=draining\n", "STOPPING");
+}
+
+/// An upgrade in place handed the sockets to `pid`, which serves now:
+/// systemd follows it as the service's main process (`Type=notify`). This
+/// process then drains without `STOPPING=1`, which would stop the service.
+pub fn main_pid(pid: u32) {
+    notify(&format!("MAINPID={pid}\nSTATUS=serving (upgraded in place)\n"), "MAINPID");
 }
 
 /// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC`, as

@@ -25,6 +25,7 @@ mod metrics;
 mod operator;
 mod pki;
 mod reload;
+mod restarts;
 mod signing;
 mod ssrf;
 mod statsd;

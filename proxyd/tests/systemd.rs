@@ -3,7 +3,8 @@
 //! and the notifications are asserted in order: `READY=1` once the listener
 //! accepts, `WATCHDOG=1` at half of `WATCHDOG_USEC`, `RELOADING=1` (with a
 //! plausible `MONOTONIC_USEC`) then `READY=1` around a SIGHUP reload, and
-//! `STOPPING=1` on SIGTERM. The shipped unit passes `systemd-analyze verify`
+//! `STOPPING=1` on SIGTERM; after a SIGUSR1 upgrade, `MAINPID=` and no
+//! `STOPPING=1` from the old process. The shipped unit passes `systemd-analyze verify`
 //! when that tool exists, and its command lines and sample config pass
 //! `proxyd --check-config`.
 
@@ -142,6 +143,41 @@ fn no_watchdog_pings_for_another_process() {
     assert_eq!(field(&notifications.next(), "STOPPING"), Some("1"));
 }
 
+/// SIGUSR1 under `Type=notify`: once the new process serves, the old one
+/// sends `MAINPID=<new pid>` and then drains without `STOPPING=1` (which
+/// would stop the service); the new one feeds the watchdog (its
+/// environment has no `WATCHDOG_PID` naming the old one) and is the one
+/// that says `STOPPING=1` on SIGTERM.
+#[test]
+fn an_upgrade_moves_mainpid_and_the_old_process_never_says_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = compile(dir.path(), ACL);
+    let socket_path = dir.path().join("notify.sock");
+    let notifications = Notifications::bind(&socket_path);
+    let mut daemon = Daemon::start(
+        env!("CARGO_BIN_EXE_proxyd").as_ref(),
+        &["--policy", table.to_str().unwrap(), "--policy-check-interval", "0s"],
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "200000")],
+    );
+    assert_eq!(field(&notifications.next_state(), "READY"), Some("1"));
+    daemon.signal("USR1");
+    let upgraded = daemon.wait_for(|v| v["message"] == "upgrade: the new process serves; this one drains");
+    let new_pid = upgraded["pid"].as_u64().unwrap().to_string();
+    // The new process's own READY=1 (which systemd ignores from a non-main
+    // process under NotifyAccess=main), then the hand-over.
+    assert_eq!(field(&notifications.next_state(), "READY"), Some("1"));
+    let moved = notifications.next_state();
+    assert_eq!(field(&moved, "MAINPID"), Some(new_pid.as_str()), "{moved:?}");
+    assert!(daemon.wait_exit().success(), "the old process drains and exits 0");
+    // Only watchdog pings now, from the new process: no STOPPING=1 from the old one.
+    for _ in 0..3 {
+        assert_eq!(notifications.next(), "WATCHDOG=1\n", "after the old process exited");
+    }
+    let stopped = Command::new("kill").args(["-TERM", &new_pid]).status().unwrap();
+    assert!(stopped.success());
+    assert_eq!(field(&notifications.next_state(), "STOPPING"), Some("1"));
+}
+
 fn repo_file(path: &str) -> std::path::PathBuf {
     testkit::repo_root().join(path)
 }
@@ -181,6 +217,8 @@ fn the_unit_is_hardened_and_its_command_lines_check_the_sample_config() {
     let get = |key: &str| settings.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
     for (key, value) in [
         ("Type", "notify"),
+        ("NotifyAccess", "main"),
+        ("Sockets", "proxyd.socket proxyd-admin.socket"),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ("DynamicUser", "yes"),
         ("NoNewPrivileges", "yes"),

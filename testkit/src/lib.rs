@@ -1,8 +1,9 @@
 //! Test support shared by the daemon's tests (`proxyd/tests`) and the
 //! cross-binary end-to-end tests (`tests/`): real servers on loopback (a DNS
 //! server, upstreams), a test PKI generated at run time, a `/metrics` scraper,
-//! the location of the workspace's built binaries, and checks of generated
-//! man pages and shell completion scripts against a clap definition.
+//! the location of the workspace's built binaries, checks of generated
+//! man pages and shell completion scripts against a clap definition, and
+//! restarts of the real binary under load (`lifecycle`).
 //!
 //! What it may not do: send traffic anywhere but loopback, or depend on the
 //! crates under test (so it can never hide their behaviour behind a mock).
@@ -12,6 +13,7 @@
 pub mod client;
 pub mod daemon;
 pub mod dns;
+pub mod lifecycle;
 pub mod manual;
 pub mod pki;
 pub mod scrape;
