@@ -120,6 +120,12 @@ impl TestPki {
         issue(self.dir.path(), &self.ca, cn, self.serial(), |_| {})
     }
 
+    /// A client certificate from the CA with subject CN `cn`, adjusted by
+    /// `edit` (other subject fields, SANs) before it is signed.
+    pub fn client_with(&self, cn: Option<&str>, edit: impl FnOnce(&mut CertificateParams)) -> ClientCert {
+        issue(self.dir.path(), &self.ca, cn, self.serial(), edit)
+    }
+
     /// A client certificate from the second CA.
     pub fn second_ca_client(&self, cn: Option<&str>) -> ClientCert {
         issue(self.dir.path(), &self.second_ca, cn, self.serial(), |_| {})
