@@ -9,6 +9,7 @@
 mod clients;
 mod pipeline;
 mod policy_v2;
+mod role_from;
 mod signing;
 mod soak;
 mod suggest;
