@@ -9,6 +9,8 @@
 //! that is empty, not text or has a control character is a [`MissingRole`],
 //! never the role `""` nor one picked among several.
 
+use std::borrow::Cow;
+
 use regex::{Regex, RegexBuilder};
 use x509_parser::asn1_rs::Tag;
 use x509_parser::certificate::X509Certificate;
@@ -271,7 +273,8 @@ fn compile(pattern: &str) -> Result<Regex, RoleFromError> {
 
 /// The text of a subject attribute: UTF8String, PrintableString, IA5String,
 /// NumericString, or BMPString as UTF-16; anything else is not text.
-pub fn attribute_text(attr: &AttributeTypeAndValue<'_>) -> Option<String> {
+/// Borrowed except for BMPString, so the usual CN costs no allocation here.
+pub fn attribute_text<'a>(attr: &'a AttributeTypeAndValue<'_>) -> Option<Cow<'a, str>> {
     let value = attr.attr_value();
     if value.tag() == Tag::BmpString {
         // UCS-2/UTF-16 big-endian; an odd length or an unpaired surrogate is not text.
@@ -280,9 +283,9 @@ pub fn attribute_text(attr: &AttributeTypeAndValue<'_>) -> Option<String> {
         }
         let units =
             value.data.chunks_exact(2).filter_map(|pair| <[u8; 2]>::try_from(pair).ok()).map(u16::from_be_bytes);
-        return char::decode_utf16(units).collect::<Result<String, _>>().ok();
+        return char::decode_utf16(units).collect::<Result<String, _>>().ok().map(Cow::Owned);
     }
-    attr.as_str().ok().map(str::to_owned)
+    attr.as_str().ok().map(Cow::Borrowed)
 }
 
 #[cfg(test)]
