@@ -598,7 +598,7 @@ async fn decide_and_connect(
     let tags = shared.metrics.decision(role.as_deref(), &decision);
     if !decision.verdict.is_allowed() {
         if challenge {
-            // The anonymous role may not go there; the password's role may: ask for it.
+            // The anonymous role may not go there; the password's role might: ask for it.
             return Err(Refusal::AuthRequired { realm: Arc::clone(&shared.config.proxy_auth_realm) });
         }
         return Err(Refusal::Denied { host: host(), reason: decision.reason.as_str().to_owned() });
