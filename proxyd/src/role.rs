@@ -1,15 +1,17 @@
 //! Who the client is: the `--role-from FIELD[:REGEX]` rule and its
 //! evaluation over a verified client certificate.
 //!
-//! Pure: no I/O, no clock, no allocation beyond the role it returns. The
-//! rule is compiled once at start-up (a bad field or regex is a start-up
-//! error naming the position); [`RoleFrom::role_of`] runs per full handshake
-//! and per resumption. It must never give a role the certificate does not
-//! name unambiguously: no field, no match, values that disagree, or a role
-//! that is empty, not text or has a control character is a [`MissingRole`],
-//! never the role `""` nor one picked among several.
+//! Pure: no I/O, no clock. The rule is compiled once at start-up (a bad
+//! field or regex is a start-up error naming the position);
+//! [`RoleFrom::role_of`] runs per full handshake and per resumption and
+//! allocates little (the role, the regex's capture slots). It must never
+//! give a role the certificate does not name unambiguously: no field, no
+//! match, values that disagree, or a role that is empty, not text or holds a
+//! control or format character is a [`MissingRole`], never the role `""` nor
+//! one picked among several.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use regex::{Regex, RegexBuilder};
 use x509_parser::asn1_rs::Tag;
@@ -208,7 +210,7 @@ impl RoleFrom {
         if role.is_empty() {
             return Err(MissingRole::Empty);
         }
-        if role.chars().any(char::is_control) {
+        if !printable(role) {
             return Err(MissingRole::NotPrintable);
         }
         Ok(Some(role))
@@ -246,6 +248,19 @@ impl Found<'_> {
             }
         }
     }
+}
+
+/// No character of Unicode's "Other" category: control characters, and
+/// format characters such as bidi overrides and zero-width joiners, which
+/// would make a role read differently in a log than it compares.
+fn printable(role: &str) -> bool {
+    if role.is_ascii() {
+        // ASCII's only "Other" characters are the controls.
+        return !role.bytes().any(|b| b.is_ascii_control());
+    }
+    static OTHER: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(r"\p{C}").ok());
+    // The pattern is a constant that compiles; if it ever did not, refuse rather than guess.
+    OTHER.as_ref().is_some_and(|other| !other.is_match(role))
 }
 
 fn compile(pattern: &str) -> Result<Regex, RoleFromError> {
@@ -367,6 +382,9 @@ mod tests {
         assert_eq!(role("o:^team-(.*)$", &o("team-")), Err(MissingRole::Empty));
         assert_eq!(role("o:^team-(x)?", &o("team-y")), Err(MissingRole::Empty), "the group did not take part");
         assert_eq!(role("o:^team-(.*)$", &o("team-a\u{7}b")), Err(MissingRole::NotPrintable));
+        assert_eq!(role("o:^team-(.*)$", &o("team-\u{202e}gnillib")), Err(MissingRole::NotPrintable), "bidi override");
+        assert_eq!(role("o:^team-(.*)$", &o("team-a\u{200d}b")), Err(MissingRole::NotPrintable), "zero-width joiner");
+        assert_eq!(role("o:^team-(.*)$", &o("team-équipe 2")), Ok("équipe 2".into()));
         assert_eq!(role("o", &o("")), Err(MissingRole::Empty));
         assert_eq!(role("o:^team-", &o("team-ops")), Ok("team-ops".into()), "no group: the whole value");
         let teletex = cert(|p| {
