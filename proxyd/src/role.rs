@@ -123,7 +123,7 @@ pub enum MissingRole {
     Ambiguous,
     /// The role would be empty (or an optional group did not take part).
     Empty,
-    /// The role would hold a control character.
+    /// The role would hold a control or format character.
     NotPrintable,
     /// A value of the field is not decodable text, or the field does not parse.
     NotText,
