@@ -1169,6 +1169,10 @@ mod tests {
         let err = load(&["--policy", "p.bin", "--proxy-auth-realm", "x"], None).unwrap_err().to_string();
         assert_eq!(err, "--proxy-auth-realm: has no effect without --proxy-password-env");
         assert_eq!(&*load(&["--policy", "p.bin"], None).unwrap().proxy_auth_realm, "proxyd");
+        let file = "proxy_password_env: PATH\nproxy_auth_realm: from the file\n";
+        assert_eq!(&*load(&["--policy", "p.bin"], Some(file)).unwrap().proxy_auth_realm, "from the file");
+        let flag = load(&["--policy", "p.bin", "--proxy-auth-realm", "flag"], Some(file)).unwrap();
+        assert_eq!(&*flag.proxy_auth_realm, "flag", "the flag overrides the file");
     }
 
     #[test]
