@@ -255,6 +255,7 @@ async fn run_matrix(stack: Stack, origin_ip: IpAddr) {
         );
         eprintln!("clients: {} / {}: {printed}", stack.name, case.name);
         let served = origin.requests.load(Ordering::SeqCst) - served_before;
+        let resolved_by_proxyd = dns.query_count(case.host);
         let authority = format!("{}:{}", case.host, origin.addr.port());
         let decision = |daemon: &mut testkit::daemon::Daemon| -> Value {
             daemon.wait_for(|v| v["message"] == "CANONICAL-PROXY-DECISION" && v["requested_host"] == authority)
@@ -273,6 +274,7 @@ async fn run_matrix(stack: Stack, origin_ip: IpAddr) {
                 assert_eq!(served, 1, "{context}");
                 assert_eq!(line["allow"], true, "{context}: {line}");
                 assert_eq!(line["role"].as_str(), role, "{context}: {line}");
+                assert!(resolved_by_proxyd > 0, "{context}: proxyd resolved the name, not the client");
             }
             Expect::RefusedByName { role } => {
                 assert!(!output.status.success() && printed.starts_with("error="), "{context}");
@@ -285,6 +287,7 @@ async fn run_matrix(stack: Stack, origin_ip: IpAddr) {
                 );
                 assert_eq!(line["role"], role, "{context}: {line}");
                 assert!(line["dst_ip"].is_null() && line["dns_lookup_time_ms"].is_null(), "no DNS: {line}");
+                assert_eq!(resolved_by_proxyd, 0, "{context}: a name refused by name is never resolved");
             }
             Expect::RefusedByAddress { ip } => {
                 assert!(!output.status.success() && printed.starts_with("error="), "{context}");
