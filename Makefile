@@ -8,7 +8,7 @@ POLICYC_RUN = $(CARGO) run --quiet --locked -p policyc --
 BASE ?= origin/main
 POLICY_CI := target/policy-ci
 
-.PHONY: all build test soak lint lint-policies policy-ci image-stage image man completions kubernetes-policy fmt-check clippy doc run quickstart bench clean fuzz-smoke
+.PHONY: all build test client-deps soak lint lint-policies policy-ci image-stage image man completions kubernetes-policy fmt-check clippy doc run quickstart bench clean fuzz-smoke
 
 all: build
 
@@ -16,9 +16,25 @@ build:
 	$(CARGO) build --release --workspace --locked
 
 ## test: every test: unit, property, end-to-end (real binaries), schema, benches in test mode, policies.
-test: lint-policies
+test: lint-policies client-deps
 	$(CARGO) test --workspace --all-targets --locked
 	$(CARGO) test --workspace --doc --locked
+
+## client-deps: undici for the real-client suite's Node stack (tests/e2e/clients.rs), pinned by
+## tests/clients/package-lock.json, installed into target/clients/node (never committed). Never fatal:
+## without npm or the registry, the suite skips that stack (fails it when PROXYD_CLIENTS_REQUIRED=1).
+CLIENTS_NODE := target/clients/node
+client-deps:
+	@mkdir -p $(CLIENTS_NODE)
+	@if cmp -s tests/clients/package-lock.json $(CLIENTS_NODE)/package-lock.json && [ -d $(CLIENTS_NODE)/node_modules/undici ]; then \
+		echo "client-deps: undici already installed in $(CLIENTS_NODE)"; \
+	elif command -v npm >/dev/null 2>&1; then \
+		cp tests/clients/package.json tests/clients/package-lock.json $(CLIENTS_NODE)/; \
+		npm ci --prefix $(CLIENTS_NODE) --no-audit --no-fund --silent \
+			|| echo "client-deps: npm ci failed; the real-client suite will skip Node undici"; \
+	else \
+		echo "client-deps: no npm; the real-client suite will skip Node undici"; \
+	fi
 
 ## soak: the real proxyd under mixed hostile load, policy churn and failing upstreams and
 ## resolvers for DURATION (default 2m; e.g. DURATION=10m or 1h), then every assertion of

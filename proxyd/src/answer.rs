@@ -4,6 +4,7 @@
 //! chooses a status code or writes an answer.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -26,10 +27,12 @@ pub enum Refusal {
     /// No role, and missing roles are not allowed.
     #[error("Egress proxying is denied to host '{host}': Client role cannot be determined.")]
     MissingRole { host: String },
+    /// No proxy credentials, and the request needs them (`realm` is the challenge's).
     #[error("proxy authentication required")]
-    AuthRequired,
+    AuthRequired { realm: Arc<str> },
+    /// Proxy credentials that are not the password: never the anonymous role.
     #[error("proxy credentials are wrong")]
-    BadCredentials,
+    BadCredentials { realm: Arc<str> },
     #[error("maximum concurrent connect tunnels exceeded")]
     TunnelCap,
     /// The client's address already has `limit` tunnels open (`--max-tunnels-per-client`).
@@ -62,7 +65,7 @@ impl Refusal {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::NotConnect(_) => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::Denied { .. } | Refusal::MissingRole { .. } => StatusCode::FORBIDDEN,
-            Refusal::AuthRequired | Refusal::BadCredentials => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Refusal::AuthRequired { .. } | Refusal::BadCredentials { .. } => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Refusal::TunnelCap | Refusal::ClientTunnelCap { .. } | Refusal::ClientRequestRate { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -81,8 +84,8 @@ impl Refusal {
             Refusal::NotConnect(_) => "not_connect",
             Refusal::Denied { .. } => "denied",
             Refusal::MissingRole { .. } => "missing_role",
-            Refusal::AuthRequired => "auth_required",
-            Refusal::BadCredentials => "bad_credentials",
+            Refusal::AuthRequired { .. } => "proxy_auth_required",
+            Refusal::BadCredentials { .. } => "proxy_auth_invalid",
             Refusal::TunnelCap => "tunnel_cap",
             Refusal::ClientTunnelCap { .. } => "client_tunnel_cap",
             Refusal::ClientRequestRate { .. } => "client_request_rate",
@@ -129,8 +132,9 @@ pub fn response(refusal: &Refusal, deny_message_extra: Option<&str>) -> Answer {
     }
     match refusal {
         Refusal::NotConnect(_) => headers.push(("allow", "CONNECT".to_owned())),
-        Refusal::AuthRequired | Refusal::BadCredentials => {
-            headers.push(("proxy-authenticate", "Basic realm=\"proxyd\"".to_owned()));
+        // The challenge: Java and .NET clients send proxy credentials only after one.
+        Refusal::AuthRequired { realm } | Refusal::BadCredentials { realm } => {
+            headers.push(("proxy-authenticate", format!("Basic realm=\"{realm}\"")));
         }
         Refusal::TunnelCap
         | Refusal::ClientTunnelCap { .. }
@@ -271,8 +275,14 @@ mod tests {
         );
         let r = response(&Refusal::NotConnect("GET".into()), None);
         assert_eq!((r.status.as_u16(), r.header("allow")), (405, Some("CONNECT")));
-        let r = response(&Refusal::AuthRequired, None);
-        assert_eq!(r.header("proxy-authenticate"), Some("Basic realm=\"proxyd\""));
+        let r = response(&Refusal::AuthRequired { realm: "proxyd".into() }, Some("extra"));
+        assert_eq!((r.status.as_u16(), r.header("proxy-authenticate")), (407, Some("Basic realm=\"proxyd\"")));
+        assert_eq!(r.header("x-smokescreen-error"), Some("proxy authentication required"));
+        let r = response(&Refusal::BadCredentials { realm: "egress at example.org".into() }, None);
+        assert_eq!(
+            (r.status.as_u16(), r.header("proxy-authenticate")),
+            (407, Some("Basic realm=\"egress at example.org\""))
+        );
         let timeout = Refusal::Dns {
             host: "slow.test".into(),
             error: ResolveError::Timeout { name: "slow.test".into(), after: Duration::from_secs(1) },
@@ -341,8 +351,8 @@ mod tests {
             Refusal::NotConnect("GET".into()),
             Refusal::Denied { host: String::new(), reason: String::new() },
             Refusal::MissingRole { host: String::new() },
-            Refusal::AuthRequired,
-            Refusal::BadCredentials,
+            Refusal::AuthRequired { realm: "r".into() },
+            Refusal::BadCredentials { realm: "r".into() },
             Refusal::TunnelCap,
             Refusal::ClientTunnelCap { limit: 1 },
             Refusal::ClientRequestRate { per_second: 1 },

@@ -162,9 +162,10 @@ fn summary(args: &Args, config: &Config, policy: &PolicyState, resolvers: &[std:
                 }
             };
             format!(
-                "{identity}; client CAs: {}; CRLs: {}",
+                "{identity}; client CAs: {}; CRLs: {}; role from {}",
                 list(&tls.client_ca_files.iter().map(|p| p.display()).collect::<Vec<_>>()),
-                list(&tls.crl_files.iter().map(|p| p.display()).collect::<Vec<_>>())
+                list(&tls.crl_files.iter().map(|p| p.display()).collect::<Vec<_>>()),
+                tls.role_from
             )
         }
     };
@@ -174,7 +175,12 @@ fn summary(args: &Args, config: &Config, policy: &PolicyState, resolvers: &[std:
         "proxy password",
         config.proxy_auth.as_ref().map_or_else(
             || "off".to_owned(),
-            |auth| format!("from ${} (value redacted), role {:?}", auth.variable, auth.role),
+            |auth| {
+                format!(
+                    "from ${} (value redacted), role {:?}, challenge realm {:?}",
+                    auth.variable, auth.role, &*config.proxy_auth_realm
+                )
+            },
         ),
     );
     line("missing role", if config.allow_missing_role { "allowed (default rule)" } else { "refused" }.to_owned());

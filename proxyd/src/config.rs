@@ -23,6 +23,7 @@ use egress_policy::policy::{Action, ActionSet};
 use crate::policy_fetch::{MAX_FETCH_BYTES, RemoteSettings};
 use crate::policy_trust::TrustSettings;
 use crate::reload::ReloadSettings;
+use crate::role::RoleFrom;
 use crate::tls::{ServerIdentity, TlsSettings};
 
 pub const DEFAULT_PORT: u16 = 4750;
@@ -35,6 +36,9 @@ const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_TUNNELS: usize = 10_000;
 const DEFAULT_LOG_STALL_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_AUTH_ROLE: &str = "authed";
+const DEFAULT_AUTH_REALM: &str = "proxyd";
+/// Longest `--proxy-auth-realm` accepted.
+const MAX_AUTH_REALM: usize = 128;
 /// More data-plane threads than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
 
@@ -153,6 +157,13 @@ pub struct Args {
     /// Role given to clients that present the proxy password [default: authed].
     #[arg(long, value_name = "ROLE")]
     pub proxy_auth_role: Option<String>,
+    /// Realm of the `407` challenge (`Proxy-Authenticate: Basic realm="REALM"`) [default: proxyd].
+    #[arg(long, value_name = "REALM")]
+    pub proxy_auth_realm: Option<String>,
+    /// Certificate field naming the role, and a regex whose first group is the role:
+    /// cn, ou, o, uri-san, dns-san or email-san, e.g. `uri-san:^spiffe://example\.org/ns/[^/]+/sa/(.+)$` [default: cn].
+    #[arg(long, value_name = "FIELD[:REGEX]")]
+    pub role_from: Option<String>,
     /// Re-read the policy this often even without file events (NFS, some mounts); `0s` disables [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub policy_check_interval: Option<Duration>,
@@ -281,6 +292,8 @@ pub struct FileConfig {
     disable_acl_policy_actions: Option<Vec<String>>,
     proxy_password_env: Option<String>,
     proxy_auth_role: Option<String>,
+    proxy_auth_realm: Option<String>,
+    role_from: Option<String>,
     log_format: Option<LogFormat>,
     log_stall_policy: Option<LogStallPolicy>,
     log_stall_timeout: Option<String>,
@@ -372,6 +385,8 @@ pub struct Config {
     pub proxy_protocol: bool,
     pub allow_missing_role: bool,
     pub proxy_auth: Option<ProxyAuth>,
+    /// The realm of the proxy password's `407` challenge.
+    pub proxy_auth_realm: std::sync::Arc<str>,
     /// Appended to 403 bodies.
     pub deny_message_extra: Option<String>,
     pub log_format: LogFormat,
@@ -430,6 +445,7 @@ impl Config {
             proxy_protocol: false,
             allow_missing_role: false,
             proxy_auth: None,
+            proxy_auth_realm: std::sync::Arc::from(DEFAULT_AUTH_REALM),
             deny_message_extra: None,
             log_format: LogFormat::Json,
             log_stall_policy: LogStallPolicy::Refuse,
@@ -554,7 +570,8 @@ impl Config {
             keep(p, parse_list(&file.resolver_addresses, "resolver_addresses")).unwrap_or_default();
         resolver_addresses.extend(args.resolver_address.iter().copied());
 
-        let tls = keep(p, tls_settings(args, &file)).flatten();
+        let role_from = keep(p, role_from(args, &file)).flatten();
+        let tls = keep(p, tls_settings(args, &file, role_from)).flatten();
 
         let password_variable = args.proxy_password_env.clone().or(file.proxy_password_env.clone());
         let proxy_auth = match &password_variable {
@@ -591,6 +608,23 @@ impl Config {
                 message: "has no effect without --proxy-password-env".into(),
             });
         }
+        let realm = args.proxy_auth_realm.clone().or(file.proxy_auth_realm.clone());
+        if password_variable.is_none() && realm.is_some() {
+            p.push(ConfigError::Invalid {
+                input: "--proxy-auth-realm".into(),
+                message: "has no effect without --proxy-password-env".into(),
+            });
+        }
+        let proxy_auth_realm: std::sync::Arc<str> = match realm {
+            None => std::sync::Arc::from(DEFAULT_AUTH_REALM),
+            Some(realm) => match check_realm(&realm) {
+                Ok(()) => std::sync::Arc::from(realm),
+                Err(message) => {
+                    p.push(ConfigError::Invalid { input: "--proxy-auth-realm".into(), message });
+                    std::sync::Arc::from(DEFAULT_AUTH_REALM)
+                }
+            },
+        };
 
         let mut max_tunnels =
             args.max_concurrent_connect_tunnels.or(file.max_concurrent_connect_tunnels).unwrap_or(DEFAULT_MAX_TUNNELS);
@@ -678,6 +712,7 @@ impl Config {
             proxy_protocol: args.proxy_protocol || file.support_proxy_protocol.unwrap_or(false),
             allow_missing_role: args.allow_missing_role || file.allow_missing_role.unwrap_or(false),
             proxy_auth,
+            proxy_auth_realm,
             deny_message_extra: args.additional_error_message_on_deny.clone().or(file.deny_message_extra.clone()),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             log_stall_policy: args.log_stall_policy.or(file.log_stall_policy).unwrap_or_default(),
@@ -817,7 +852,35 @@ impl FileConfig {
     }
 }
 
-fn tls_settings(args: &Args, file: &FileConfig) -> Result<Option<TlsSettings>, ConfigError> {
+/// The realm goes inside a quoted string of a header: visible ASCII and
+/// spaces, no `"` or `\`, so no client has to unescape it.
+fn check_realm(realm: &str) -> Result<(), String> {
+    if realm.is_empty() || realm.len() > MAX_AUTH_REALM {
+        return Err(format!("the realm must be 1 to {MAX_AUTH_REALM} characters"));
+    }
+    match realm.chars().find(|c| !(c.is_ascii_graphic() || *c == ' ') || *c == '"' || *c == '\\') {
+        Some(c) => Err(format!("{realm:?}: {c:?} is not allowed; use visible ASCII and spaces, without '\"' or '\\'")),
+        None => Ok(()),
+    }
+}
+
+/// `--role-from` (or `role_from`), compiled; `None` when neither is given.
+fn role_from(args: &Args, file: &FileConfig) -> Result<Option<RoleFrom>, ConfigError> {
+    let (input, spec) = match (&args.role_from, &file.role_from) {
+        (Some(spec), _) => ("--role-from", spec),
+        (None, Some(spec)) => ("config file key `role_from`", spec),
+        (None, None) => return Ok(None),
+    };
+    RoleFrom::parse(spec)
+        .map(Some)
+        .map_err(|e| ConfigError::Invalid { input: input.into(), message: format!("{spec:?}: {e}") })
+}
+
+fn tls_settings(
+    args: &Args,
+    file: &FileConfig,
+    role_from: Option<RoleFrom>,
+) -> Result<Option<TlsSettings>, ConfigError> {
     let identity = match (&args.tls_server_bundle_file, &file.tls) {
         (Some(bundle), _) => Some(ServerIdentity::Bundle(bundle.clone())),
         (None, Some(tls)) => {
@@ -838,12 +901,19 @@ fn tls_settings(args: &Args, file: &FileConfig) -> Result<Option<TlsSettings>, C
     client_ca_files.extend(args.tls_client_ca_file.iter().cloned());
     let mut crl_files: Vec<PathBuf> = file.tls.as_ref().and_then(|t| t.crl_files.clone()).unwrap_or_default();
     crl_files.extend(args.tls_crl_file.iter().cloned());
+    if role_from.is_some() && client_ca_files.is_empty() {
+        return Err(ConfigError::Invalid {
+            input: "--role-from".into(),
+            message: "reads the role from client certificates: add --tls-client-ca-file (and a TLS listener)".into(),
+        });
+    }
     match identity {
         Some(server_bundle) => Ok(Some(TlsSettings {
             server_bundle,
             client_ca_files,
             crl_files,
             allow_missing_role: args.allow_missing_role || file.allow_missing_role.unwrap_or(false),
+            role_from: role_from.unwrap_or_default(),
         })),
         None if !client_ca_files.is_empty() || !crl_files.is_empty() => Err(ConfigError::Invalid {
             input: "--tls-client-ca-file/--tls-crl-file".into(),
@@ -1126,6 +1196,46 @@ mod tests {
         let (_, problems) = Config::load_all(&Args::try_parse_from(argv).unwrap());
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].to_string().starts_with("/nonexistent/c.yaml: "), "{problems:?}");
+    }
+
+    #[test]
+    fn role_from_is_compiled_at_start_and_needs_client_cas() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bundle, ca) = (dir.path().join("b.pem"), dir.path().join("ca.pem"));
+        let (bundle, ca) = (bundle.to_str().unwrap(), ca.to_str().unwrap());
+        let tls = ["--policy", "p.bin", "--tls-server-bundle-file", bundle, "--tls-client-ca-file", ca];
+        let spiffe = r"uri-san:^spiffe://example\.org/ns/[^/]+/sa/(.+)$";
+        let c = load(&[&tls[..], &["--role-from", spiffe]].concat(), None).unwrap();
+        assert_eq!(c.tls.unwrap().role_from.to_string(), spiffe);
+        let c = load(&tls, Some("role_from: 'ou:^([^.]+)'\n")).unwrap();
+        assert_eq!(c.tls.unwrap().role_from, RoleFrom::parse("ou:^([^.]+)").unwrap());
+        assert_eq!(load(&tls, None).unwrap().tls.unwrap().role_from, RoleFrom::default());
+        let err = load(&[&tls[..], &["--role-from", "ou:^([^.]+"]].concat(), None).unwrap_err().to_string();
+        assert_eq!(err, "--role-from: \"ou:^([^.]+\": invalid regex at character 2: unclosed group");
+        let err = load(&tls, Some("role_from: serial\n")).unwrap_err().to_string();
+        assert!(err.starts_with("config file key `role_from`: \"serial\": unknown field"), "{err}");
+        let err = load(&["--policy", "p.bin", "--role-from", "cn"], None).unwrap_err().to_string();
+        assert!(err.starts_with("--role-from: reads the role from client certificates"), "{err}");
+    }
+
+    #[test]
+    fn the_challenge_realm_is_a_plain_quoted_string() {
+        // PATH: a variable that is always set (tests cannot set one: unsafe code is forbidden).
+        let with = |realm: &str| {
+            load(&["--policy", "p.bin", "--proxy-password-env", "PATH", "--proxy-auth-realm", realm], None)
+        };
+        assert_eq!(&*with("egress at example.org").unwrap().proxy_auth_realm, "egress at example.org");
+        for bad in ["", "a\"b", "a\\b", "tab\there", "é"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.starts_with("--proxy-auth-realm: "), "{bad:?}: {err}");
+        }
+        let err = load(&["--policy", "p.bin", "--proxy-auth-realm", "x"], None).unwrap_err().to_string();
+        assert_eq!(err, "--proxy-auth-realm: has no effect without --proxy-password-env");
+        assert_eq!(&*load(&["--policy", "p.bin"], None).unwrap().proxy_auth_realm, "proxyd");
+        let file = "proxy_password_env: PATH\nproxy_auth_realm: from the file\n";
+        assert_eq!(&*load(&["--policy", "p.bin"], Some(file)).unwrap().proxy_auth_realm, "from the file");
+        let flag = load(&["--policy", "p.bin", "--proxy-auth-realm", "flag"], Some(file)).unwrap();
+        assert_eq!(&*flag.proxy_auth_realm, "flag", "the flag overrides the file");
     }
 
     #[test]

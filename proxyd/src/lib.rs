@@ -41,6 +41,7 @@ pub mod proxy_protocol;
 pub mod reload;
 pub mod request;
 pub mod resolver;
+pub mod role;
 pub mod server;
 pub mod statsd;
 pub mod systemd;

@@ -157,6 +157,8 @@ pub struct DecisionLine {
     pub trace_id_error: Option<&'static str>,
     /// Short stable label of the refusal, when the request was refused.
     pub refusal: Option<&'static str>,
+    /// Why a verified client certificate named no role (`--role-from`).
+    pub missing_role_reason: Option<&'static str>,
     pub error: Option<String>,
     /// Policy v2: the reason of the internal destination that allowed the
     /// request (the exception's audit trail).
@@ -188,6 +190,7 @@ impl DecisionLine {
             trace_id = self.trace_id.as_deref(),
             trace_id_error = self.trace_id_error,
             refusal = self.refusal,
+            missing_role_reason = self.missing_role_reason,
             error = self.error.as_deref(),
             internal_destination_reason = self.internal_destination_reason.as_deref(),
             "CANONICAL-PROXY-DECISION"

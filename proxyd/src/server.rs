@@ -641,7 +641,10 @@ async fn decide_and_connect(
     // For refusals only: an allowed request never copies its host.
     let host = || destination.host.as_str().to_owned();
 
-    let role = role(shared, request, info, destination.host.as_str())?;
+    if let Some(ClientIdentity::CertificateWithoutRole(missing)) = &info.identity {
+        line.missing_role_reason = Some(missing.as_str());
+    }
+    let Asker { role, challenge } = role(shared, request, info, destination.host.as_str())?;
     line.role = role.clone();
 
     // Name stage: a denied name is refused before any DNS query.
@@ -656,6 +659,10 @@ async fn decide_and_connect(
     line.default_rule = Some(decision.default_rule());
     let tags = shared.metrics.decision(role.as_deref(), &decision);
     if !decision.verdict.is_allowed() {
+        if challenge {
+            // The anonymous role may not go there; the password's role might: ask for it.
+            return Err(Refusal::AuthRequired { realm: Arc::clone(&shared.config.proxy_auth_realm) });
+        }
         return Err(Refusal::Denied { host: host(), reason: decision.reason.as_str().to_owned() });
     }
 
@@ -739,26 +746,44 @@ fn parse_destination(target: &str) -> Result<Authority, Refusal> {
     authority::parse(target).map_err(|e| Refusal::BadRequest(format!("invalid CONNECT target: {e}")))
 }
 
-/// Who is asking: a verified client certificate's CN, else the proxy
-/// password's role, else nobody. Role headers from clients are never read.
-fn role(shared: &Shared, request: &RequestHead, info: &ConnectionInfo, host: &str) -> Result<Option<String>, Refusal> {
-    if let Some(ClientIdentity::Role(cn)) = &info.identity {
-        return Ok(Some(cn.clone()));
+/// Who is asking, and whether a refusal by the name stage should be a
+/// `407` challenge instead of a `403`.
+struct Asker {
+    role: Option<String>,
+    /// Anonymous for lack of proxy credentials while a password is configured.
+    challenge: bool,
+}
+
+/// Who is asking: the role a verified client certificate names, else the
+/// proxy password's role, else nobody. Role headers from clients are never
+/// read. Wrong credentials are refused (`407`), never anonymous; no
+/// credentials are anonymous only under `allow_missing_role`, and then a
+/// name the anonymous role may not reach is challenged (`407`) rather than
+/// refused, because Java's and .NET's clients send credentials only after a
+/// challenge. The address stage never challenges: see docs/proxyd.md.
+fn role(shared: &Shared, request: &RequestHead, info: &ConnectionInfo, host: &str) -> Result<Asker, Refusal> {
+    if let Some(ClientIdentity::Role(role)) = &info.identity {
+        return Ok(Asker { role: Some(role.clone()), challenge: false });
     }
     if let Some(auth) = &shared.config.proxy_auth {
+        let realm = || Arc::clone(&shared.config.proxy_auth_realm);
         return match &request.proxy_authorization {
-            None if shared.config.allow_missing_role => Ok(None),
-            None => Err(Refusal::AuthRequired),
+            None if shared.config.allow_missing_role => Ok(Asker { role: None, challenge: true }),
+            None => Err(Refusal::AuthRequired { realm: realm() }),
             Some(value) => {
                 if password_matches(value, &auth.password) {
-                    Ok(Some(auth.role.clone()))
+                    Ok(Asker { role: Some(auth.role.clone()), challenge: false })
                 } else {
-                    Err(Refusal::BadCredentials)
+                    Err(Refusal::BadCredentials { realm: realm() })
                 }
             }
         };
     }
-    if shared.config.allow_missing_role { Ok(None) } else { Err(Refusal::MissingRole { host: host.to_owned() }) }
+    if shared.config.allow_missing_role {
+        Ok(Asker { role: None, challenge: false })
+    } else {
+        Err(Refusal::MissingRole { host: host.to_owned() })
+    }
 }
 
 /// `Basic base64(user:password)` with the right password (any user name).

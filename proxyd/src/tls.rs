@@ -23,9 +23,11 @@
 //!   Every CRL must be issued and signed by a configured client CA, with the
 //!   cRLSign key usage if the CA has key usages: a CRL that applies to nothing
 //!   is a mistake, and a start-up error (Smokescreen warns and ignores it).
-//! * The role is the first CN attribute of the end-entity certificate's
-//!   subject (Go's `pkix.Name`, hence Smokescreen, takes the last). A CN that
-//!   is empty, not a decodable string (UTF8String, PrintableString, IA5String,
+//! * The role is read from the end-entity certificate by the `--role-from`
+//!   rule ([`RoleFrom`], in `role`): the subject CN by default. Several CNs
+//!   that differ are ambiguous (Go's `pkix.Name`, hence Smokescreen, takes the
+//!   last; other readers the first): a missing role. A value that is empty,
+//!   not a decodable string (UTF8String, PrintableString, IA5String,
 //!   NumericString, or BMPString as UTF-16), or contains a control character is
 //!   a *missing* role, never the role `""`.
 //! * Without client CAs, client certificates are not requested at all.
@@ -74,10 +76,11 @@ use rustls_pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, SignatureVerificationAlgorithm, UnixTime,
 };
 use sha2::{Digest, Sha256};
-use x509_parser::asn1_rs::{Any, FromDer, Tag};
+use x509_parser::asn1_rs::{Any, FromDer};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::time::ASN1Time;
-use x509_parser::x509::AttributeTypeAndValue;
+
+use crate::role::{MissingRole, RoleFrom};
 
 /// The only ALPN protocol offered: the proxy speaks HTTP/1.1 to clients.
 const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
@@ -115,6 +118,8 @@ pub struct TlsSettings {
     /// With client CAs: accept clients that present no certificate (they get
     /// no role). A presented certificate must still verify.
     pub allow_missing_role: bool,
+    /// Which certificate field (and regex) names the role (`--role-from`).
+    pub role_from: RoleFrom,
 }
 
 /// Who the client is, according to its verified certificate.
@@ -122,10 +127,10 @@ pub struct TlsSettings {
 pub enum ClientIdentity {
     /// The client presented no certificate (or none was requested).
     NoCertificate,
-    /// The subject CN of the verified client certificate.
+    /// The role the verified client certificate names (`--role-from`).
     Role(String),
-    /// The client's certificate verified but has no usable CN: a missing role.
-    CertificateWithoutCn,
+    /// The client's certificate verified but names no role, for this reason: a missing role.
+    CertificateWithoutRole(MissingRole),
 }
 
 impl ClientIdentity {
@@ -133,7 +138,7 @@ impl ClientIdentity {
     pub fn role(&self) -> Option<&str> {
         match self {
             ClientIdentity::Role(role) => Some(role),
-            ClientIdentity::NoCertificate | ClientIdentity::CertificateWithoutCn => None,
+            ClientIdentity::NoCertificate | ClientIdentity::CertificateWithoutRole(_) => None,
         }
     }
 }
@@ -190,6 +195,7 @@ fn key_mismatch_text(cert: &Path, key: &Path) -> String {
 pub struct ServerTls {
     acceptor: tokio_rustls::TlsAcceptor,
     resumption: Option<ResumptionCheck>,
+    role_from: RoleFrom,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -255,7 +261,11 @@ impl ServerTls {
             // and each resumption brings it the next.
             config.send_tls13_tickets = 1;
         }
-        Ok(ServerTls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), resumption })
+        Ok(ServerTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            resumption,
+            role_from: settings.role_from.clone(),
+        })
     }
 
     /// Runs handshakes with this configuration.
@@ -281,7 +291,7 @@ impl ServerTls {
         }
         Ok(match chain.first() {
             None => ClientIdentity::NoCertificate,
-            Some(cert) => identity_from_certificate(cert),
+            Some(cert) => identity_from_certificate(cert, &self.role_from),
         })
     }
 }
@@ -383,36 +393,19 @@ impl ProducesTickets for BoundedTickets {
     }
 }
 
-fn identity_from_certificate(der: &[u8]) -> ClientIdentity {
+fn identity_from_certificate(der: &[u8], role_from: &RoleFrom) -> ClientIdentity {
     let cert = match x509_parser::parse_x509_certificate(der) {
         Ok((_, cert)) => cert,
         Err(e) => {
             // webpki accepted it, so this is a parser disagreement: no role rather than a guess.
-            tracing::warn!(error = %e, "verified client certificate does not parse; treating it as having no CN");
-            return ClientIdentity::CertificateWithoutCn;
+            tracing::warn!(error = %e, "verified client certificate does not parse; treating it as naming no role");
+            return ClientIdentity::CertificateWithoutRole(MissingRole::NotText);
         }
     };
-    // Several CNs are ambiguous (Go, and so Smokescreen, reads the last one;
-    // other readers the first): fail closed rather than pick one.
-    let mut names = cert.subject().iter_common_name();
-    match (names.next().and_then(common_name_text), names.next()) {
-        (Some(cn), None) if !cn.is_empty() && !cn.chars().any(char::is_control) => ClientIdentity::Role(cn),
-        _ => ClientIdentity::CertificateWithoutCn,
+    match role_from.role_of(&cert) {
+        Ok(role) => ClientIdentity::Role(role),
+        Err(missing) => ClientIdentity::CertificateWithoutRole(missing),
     }
-}
-
-fn common_name_text(attr: &AttributeTypeAndValue<'_>) -> Option<String> {
-    let value = attr.attr_value();
-    if value.tag() == Tag::BmpString {
-        // UCS-2/UTF-16 big-endian; an odd length or an unpaired surrogate is not text.
-        if value.data.len() % 2 != 0 {
-            return None;
-        }
-        let units =
-            value.data.chunks_exact(2).filter_map(|pair| <[u8; 2]>::try_from(pair).ok()).map(u16::from_be_bytes);
-        return char::decode_utf16(units).collect::<Result<String, _>>().ok();
-    }
-    attr.as_str().ok().map(str::to_owned)
 }
 
 // --- files -------------------------------------------------------------------------------------
@@ -832,6 +825,7 @@ mod tests {
                     .collect(),
                 crl_files: crls.iter().enumerate().map(|(i, pem)| self.write(&format!("crl{i}.pem"), pem)).collect(),
                 allow_missing_role,
+                role_from: RoleFrom::default(),
             }
         }
 
@@ -1084,18 +1078,17 @@ mod tests {
 
     #[test]
     fn role_is_the_one_usable_common_name() {
+        let missing = ClientIdentity::CertificateWithoutRole;
         let ca = Ca::new("ca");
-        let identity =
-            |edit: fn(&mut CertificateParams)| identity_from_certificate(&cert_der(&ca.issue(None, 9, edit)));
+        let identity = |edit: fn(&mut CertificateParams)| {
+            identity_from_certificate(&cert_der(&ca.issue(None, 9, edit)), &RoleFrom::default())
+        };
 
-        assert_eq!(identity(|_| {}), ClientIdentity::CertificateWithoutCn);
-        assert_eq!(
-            identity(|p| p.distinguished_name.push(DnType::CommonName, "")),
-            ClientIdentity::CertificateWithoutCn
-        );
+        assert_eq!(identity(|_| {}), missing(MissingRole::NoField));
+        assert_eq!(identity(|p| p.distinguished_name.push(DnType::CommonName, "")), missing(MissingRole::Empty));
         assert_eq!(
             identity(|p| p.distinguished_name.push(DnType::CommonName, "a\nb")),
-            ClientIdentity::CertificateWithoutCn
+            missing(MissingRole::NotPrintable)
         );
         assert_eq!(
             identity(|p| p.distinguished_name.push(DnType::CommonName, "svc")),
@@ -1117,7 +1110,7 @@ mod tests {
             identity(|p| p
                 .distinguished_name
                 .push(DnType::CommonName, DnValue::TeletexString("svc".try_into().unwrap()))),
-            ClientIdentity::CertificateWithoutCn
+            missing(MissingRole::NotText)
         );
         assert_eq!(
             identity(|p| {
@@ -1125,12 +1118,12 @@ mod tests {
                 p.distinguished_name.push(DnType::CommonName, "first");
                 p.distinguished_name.push(DnType::CustomDnType(vec![2, 5, 4, 3]), "second");
             }),
-            ClientIdentity::CertificateWithoutCn,
-            "two CNs are ambiguous: no role"
+            missing(MissingRole::Ambiguous),
+            "two different CNs are ambiguous: no role"
         );
         assert_eq!(
             identity(|p| p.distinguished_name.push(DnType::OrganizationName, "org")),
-            ClientIdentity::CertificateWithoutCn
+            missing(MissingRole::NoField)
         );
 
         // A UTF8String CN whose bytes are not UTF-8 (the signature no longer matters here).
@@ -1138,10 +1131,13 @@ mod tests {
         let at = der.windows(7).position(|w| w == b"role-XX").unwrap();
         der[at + 5] = 0xff;
         der[at + 6] = 0xfe;
-        assert_eq!(identity_from_certificate(&der), ClientIdentity::CertificateWithoutCn);
-        assert_eq!(identity_from_certificate(b"not a certificate"), ClientIdentity::CertificateWithoutCn);
+        assert_eq!(identity_from_certificate(&der, &RoleFrom::default()), missing(MissingRole::NotText));
+        assert_eq!(
+            identity_from_certificate(b"not a certificate", &RoleFrom::default()),
+            missing(MissingRole::NotText)
+        );
         assert_eq!(ClientIdentity::Role("r".into()).role(), Some("r"));
-        assert_eq!(ClientIdentity::CertificateWithoutCn.role(), None);
+        assert_eq!(missing(MissingRole::NoField).role(), None);
     }
 
     // --- handshakes ---------------------------------------------------------------------------
@@ -1230,10 +1226,10 @@ mod tests {
         let fx = Fixture::new();
         let no_cn = fx.ca.issue(None, 20, |p| p.distinguished_name.push(DnType::OrganizationName, "org"));
         let empty_cn = fx.ca.issue(Some(""), 21, |_| {});
-        for client in [&no_cn, &empty_cn] {
+        for (client, reason) in [(&no_cn, MissingRole::NoField), (&empty_cn, MissingRole::Empty)] {
             assert_eq!(
                 handshake(&fx, &fx.mtls(false), Some(client)).await.unwrap(),
-                ClientIdentity::CertificateWithoutCn
+                ClientIdentity::CertificateWithoutRole(reason)
             );
         }
     }
@@ -1350,6 +1346,41 @@ mod tests {
             assert_eq!(
                 (identity.unwrap(), kind),
                 (ClientIdentity::Role("search".into()), Some(HandshakeKind::Resumed))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resumed_session_keeps_the_role_role_from_read_from_its_certificate() {
+        let fx = Fixture::new();
+        let rule = RoleFrom::parse(r"uri-san:^spiffe://example\.org/ns/[^/]+/sa/(.+)$").unwrap();
+        let server = ServerTls::new(&TlsSettings { role_from: rule, ..fx.mtls(false) }).unwrap();
+        let spiffe = |serial: u64, id: &'static str| {
+            fx.ca.issue(Some("not-the-role"), serial, move |p| {
+                p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+            })
+        };
+        let billing = spiffe(10, "spiffe://example.org/ns/prod/sa/billing");
+        let foreign = spiffe(11, "spiffe://evil.org/ns/prod/sa/billing");
+        for tls12 in [false, true] {
+            let client = client_config(&fx.ca.pem, Some(&billing), tls12);
+            let (identity, kind) = session(&server, &client).await;
+            assert_eq!((identity.unwrap(), kind), (ClientIdentity::Role("billing".into()), Some(HandshakeKind::Full)));
+            for _ in 0..2 {
+                let (identity, kind) = session(&server, &client).await;
+                assert_eq!(
+                    (identity.unwrap(), kind),
+                    (ClientIdentity::Role("billing".into()), Some(HandshakeKind::Resumed)),
+                    "tls12 {tls12}"
+                );
+            }
+            // A certificate the rule does not match stays without a role when resumed.
+            let client = client_config(&fx.ca.pem, Some(&foreign), tls12);
+            assert_eq!(session(&server, &client).await.1, Some(HandshakeKind::Full));
+            let (identity, kind) = session(&server, &client).await;
+            assert_eq!(
+                (identity.unwrap(), kind),
+                (ClientIdentity::CertificateWithoutRole(MissingRole::NoMatch), Some(HandshakeKind::Resumed))
             );
         }
     }

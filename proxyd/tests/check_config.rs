@@ -135,3 +135,38 @@ fn a_bad_policy_alone_is_one_problem() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("no policy: pass --policy FILE"), "{stderr}");
 }
+
+#[test]
+fn a_bad_role_regex_fails_the_check_and_the_start_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = compile(dir.path(), ACL);
+    let pki = testkit::pki::TestPki::new();
+    let args = [
+        "--policy",
+        table.to_str().unwrap(),
+        "--resolver-address",
+        "127.0.0.1:53",
+        "--tls-server-bundle-file",
+        pki.server_bundle.to_str().unwrap(),
+        "--tls-client-ca-file",
+        pki.ca_pem.to_str().unwrap(),
+        "--role-from",
+        r"uri-san:^spiffe://example\.org/(ns/[^/]+/sa/(.+)$",
+    ];
+    let expected = "--role-from: \"uri-san:^spiffe://example\\\\.org/(ns/[^/]+/sa/(.+)$\": invalid regex at character 24: unclosed group";
+    let output = proxyd(&[&["--check-config"], &args[..]].concat(), &[]);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr, format!("proxyd: the configuration has 1 problem:\n  - {expected}\n"));
+    let output = proxyd(&args, &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(String::from_utf8(output.stderr).unwrap(), format!("proxyd: {expected}\n"));
+
+    // The fixed rule passes, and the summary names it.
+    let mut fixed = args;
+    fixed[9] = r"uri-san:^spiffe://example\.org/ns/[^/]+/sa/(.+)$";
+    let output = proxyd(&[&["--check-config"], &fixed[..]].concat(), &[]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(r"role from uri-san:^spiffe://example\.org/ns/[^/]+/sa/(.+)$"), "{stdout}");
+}

@@ -11,6 +11,7 @@ mod abuse;
 mod address;
 mod admin;
 mod binary;
+mod challenge;
 mod check_config;
 mod connect;
 mod deploy;

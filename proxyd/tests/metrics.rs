@@ -70,8 +70,9 @@ async fn every_request_kind_is_counted_exactly() {
     assert_eq!(open.value("proxyd_tunnels_active"), "1");
     // No role, allowed, but the cap is full: 429 before any DNS query.
     assert_eq!(connect(proxy.addr, &format!("closed.test:{}", closed.port()), "").await.status, 429);
-    // No role, denied by name (the global deny list): a 403 even with the cap full.
-    assert_eq!(connect(proxy.addr, "denied.example:443", "").await.status, 403);
+    // No role, denied by name (the global deny list): answered even with the cap full; with a
+    // proxy password configured, that is the 407 challenge (the password's role might go there).
+    assert_eq!(connect(proxy.addr, "denied.example:443", "").await.status, 407);
     drop(tunnel);
     scrape_until(admin, |s| s.get("proxyd_tunnels_active") == Some("0")).await;
     // No role, allowed name, private address: denied by the address stage.
@@ -85,7 +86,8 @@ async fn every_request_kind_is_counted_exactly() {
     let expected = [
         ("proxyd_requests_total{outcome=\"tunnel\"}", "1"),
         ("proxyd_requests_total{outcome=\"tunnel_cap\"}", "1"),
-        ("proxyd_requests_total{outcome=\"denied\"}", "3"),
+        ("proxyd_requests_total{outcome=\"denied\"}", "2"),
+        ("proxyd_requests_total{outcome=\"proxy_auth_required\"}", "1"),
         ("proxyd_requests_total{outcome=\"connect_error\"}", "1"),
         ("proxyd_requests_total{outcome=\"dns_error\"}", "0"),
         ("proxyd_requests_total{outcome=\"client_gone\"}", "0"),
@@ -196,9 +198,9 @@ async fn a_role_named_like_a_folded_value_keeps_its_own_label() {
     let acl = ACL.replace("services:\n", "services:\n  - name: \":none\"\n    project: sneaky\n    action: enforce\n");
     let proxy = Proxy::start(&acl, dns.addr(), with_admin(":none")).await;
     let admin = proxy.admin.unwrap();
-    // The real role `:none` (by password) and a client without a role.
+    // The real role `:none` (by password) and a client without a role (challenged, as a password is configured).
     assert_eq!(connect(proxy.addr, "denied.example:443", &credentials()).await.status, 403);
-    assert_eq!(connect(proxy.addr, "denied.example:443", "").await.status, 403);
+    assert_eq!(connect(proxy.addr, "denied.example:443", "").await.status, 407);
     let s = scrape(admin).await;
     assert_eq!(s.value("proxyd_decisions_total{result=\"deny\",reason=\"global_deny_list\",role=\"::none\"}"), "1");
     assert_eq!(s.value("proxyd_decisions_total{result=\"deny\",reason=\"global_deny_list\",role=\":none\"}"), "1");

@@ -17,6 +17,7 @@ fn settings(pki: &TestPki, server: ServerIdentity) -> TlsSettings {
         client_ca_files: vec![pki.ca_pem.clone(), pki.second_ca_pem.clone()],
         crl_files: vec![pki.crl.clone(), pki.second_ca_crl.clone()],
         allow_missing_role: false,
+        role_from: Default::default(),
     }
 }
 
@@ -92,7 +93,10 @@ async fn the_certificates_do_what_their_names_say() {
     let second = pki.second_ca_client(Some("second"));
     assert_eq!(identity_over(&pki, "localhost", Some(&second)).await, Ok(ClientIdentity::Role("second".into())));
     let anonymous = pki.client(None);
-    assert_eq!(identity_over(&pki, "127.0.0.1", Some(&anonymous)).await, Ok(ClientIdentity::CertificateWithoutCn));
+    assert_eq!(
+        identity_over(&pki, "127.0.0.1", Some(&anonymous)).await,
+        Ok(ClientIdentity::CertificateWithoutRole(proxyd::role::MissingRole::NoField))
+    );
 
     let result = identity_over(&pki, "127.0.0.1", Some(&pki.revoked_client())).await;
     assert!(matches!(result, Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))), "{result:?}");

@@ -20,6 +20,7 @@ fn tls(pki: &TestPki, allow_missing_role: bool) -> TlsSettings {
         client_ca_files: vec![pki.ca_pem.clone(), pki.second_ca_pem.clone()],
         crl_files: vec![pki.crl.clone()],
         allow_missing_role,
+        role_from: Default::default(),
     }
 }
 
@@ -187,4 +188,100 @@ async fn the_proxy_protocol_header_is_required_when_enabled() {
     let _ = tokio::time::timeout(Duration::from_secs(5), bare.read_to_end(&mut answer)).await.expect("closed");
     assert!(!String::from_utf8_lossy(&answer).contains("200"), "{:?}", String::from_utf8_lossy(&answer));
     assert_eq!(upstream.accepted(), 1, "only the proxied client reached the upstream");
+}
+
+/// A proxy whose role comes from `role_from`, with `enf` allowed to
+/// `api.allowed.test` (and `opn` anywhere); the default rule reaches `*.test`.
+async fn role_from_proxy(
+    pki: &TestPki,
+    dns: &TestDns,
+    upstream: &Upstream,
+    role_from: &str,
+    allow_missing_role: bool,
+) -> Proxy {
+    dns.set("api.allowed.test", Answer::Records(vec![upstream.addr.ip()]));
+    dns.set("other.example", Answer::Records(vec![upstream.addr.ip()]));
+    let role_from = proxyd::role::RoleFrom::parse(role_from).expect("rule compiles");
+    Proxy::start(ACL, dns.addr(), |c| {
+        c.tls = Some(TlsSettings { role_from, ..tls(pki, allow_missing_role) });
+        c.allow_missing_role = allow_missing_role;
+        c.address_rules.allow_addresses.push(AddressSpec::Socket(upstream.addr));
+    })
+    .await
+}
+
+/// The status of a CONNECT to `host` on `upstream`'s port with `cert`.
+async fn status(pki: &TestPki, proxy: &Proxy, upstream: &Upstream, cert: &ClientCert, host: &str) -> (u16, String) {
+    let target = format!("{host}:{}", upstream.addr.port());
+    let mut reply = tls_connect(pki, proxy.addr, Some(cert), &target).await.expect("handshake");
+    if reply.status == 200 {
+        assert_eq!(echo_through(&mut reply.stream, b"role").await, b"role");
+    }
+    (reply.status, reply.body)
+}
+
+#[tokio::test]
+async fn role_from_ou_takes_the_first_particle_as_smokescreens_readme_does() {
+    use rcgen::DnType;
+    let pki = TestPki::new();
+    let dns = TestDns::start().await;
+    let upstream = Upstream::echo(lo(0, 7, 3)).await;
+    let proxy = role_from_proxy(&pki, &dns, &upstream, "ou:^([^.]+)", false).await;
+    let ou = |ou: &'static str| {
+        pki.client_with(Some("ignored-cn"), move |p| p.distinguished_name.push(DnType::OrganizationalUnitName, ou))
+    };
+
+    // OU `enf.payments.prod` is the role `enf`: its rule allows api.allowed.test, not other.example.
+    let enf = ou("enf.payments.prod");
+    assert_eq!(status(&pki, &proxy, &upstream, &enf, "api.allowed.test").await.0, 200);
+    let (code, body) = status(&pki, &proxy, &upstream, &enf, "other.example").await;
+    assert_eq!((code, body.contains("rule has enforce policy")), (403, true), "{body}");
+    // OU `opn.x` is the open role.
+    assert_eq!(status(&pki, &proxy, &upstream, &ou("opn.x"), "other.example").await.0, 200);
+
+    // Fail closed: no OU (the CN is not a fallback), no match, two OUs that disagree.
+    let disagreeing = pki.client_with(Some("enf"), |p| {
+        p.distinguished_name.push(DnType::OrganizationalUnitName, "enf.a");
+        p.distinguished_name.push(DnType::CustomDnType(vec![2, 5, 4, 11]), "opn.b");
+    });
+    for (what, cert) in [("no OU", pki.client(Some("enf"))), ("no match", ou(".enf")), ("disagreeing OUs", disagreeing)]
+    {
+        let (code, body) = status(&pki, &proxy, &upstream, &cert, "api.allowed.test").await;
+        assert_eq!(code, 403, "{what}: {body}");
+        assert!(body.contains("Client role cannot be determined"), "{what}: {body}");
+    }
+    assert_eq!(upstream.accepted(), 2, "only the two allowed tunnels reached the upstream");
+}
+
+#[tokio::test]
+async fn role_from_a_spiffe_id_in_the_uri_san() {
+    use rcgen::SanType;
+    let pki = TestPki::new();
+    let dns = TestDns::start().await;
+    let upstream = Upstream::echo(lo(0, 7, 4)).await;
+    let rule = r"uri-san:^spiffe://example\.org/ns/[^/]+/sa/(.+)$";
+    let proxy = role_from_proxy(&pki, &dns, &upstream, rule, true).await;
+    let spiffe = |ids: &[&str]| {
+        let names: Vec<SanType> = ids.iter().map(|id| SanType::URI((*id).try_into().unwrap())).collect();
+        pki.client_with(None, move |p| p.subject_alt_names = names)
+    };
+
+    let enf = spiffe(&["spiffe://example.org/ns/prod/sa/enf"]);
+    assert_eq!(status(&pki, &proxy, &upstream, &enf, "api.allowed.test").await.0, 200);
+    assert_eq!(status(&pki, &proxy, &upstream, &enf, "other.example").await.0, 403);
+    let opn = spiffe(&["https://opn.example.org/", "spiffe://example.org/ns/dev/sa/opn"]);
+    assert_eq!(status(&pki, &proxy, &upstream, &opn, "other.example").await.0, 200, "the non-matching URI is skipped");
+
+    // Another trust domain, two identities, or a CN only: a missing role, which
+    // allow_missing_role sends to the default rule (it refuses other.example).
+    for (what, cert) in [
+        ("foreign trust domain", spiffe(&["spiffe://evil.org/ns/prod/sa/opn"])),
+        ("two identities", spiffe(&["spiffe://example.org/ns/a/sa/opn", "spiffe://example.org/ns/b/sa/enf"])),
+        ("CN only", pki.client(Some("opn"))),
+    ] {
+        let (code, body) = status(&pki, &proxy, &upstream, &cert, "other.example").await;
+        assert_eq!(code, 403, "{what}: {body}");
+        assert!(body.contains("default rule policy used"), "{what}: {body}");
+    }
+    assert_eq!(upstream.accepted(), 2);
 }

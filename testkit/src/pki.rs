@@ -120,6 +120,22 @@ impl TestPki {
         issue(self.dir.path(), &self.ca, cn, self.serial(), |_| {})
     }
 
+    /// A client certificate from the CA with subject CN `cn`, adjusted by
+    /// `edit` (other subject fields, SANs) before it is signed.
+    pub fn client_with(&self, cn: Option<&str>, edit: impl FnOnce(&mut CertificateParams)) -> ClientCert {
+        issue(self.dir.path(), &self.ca, cn, self.serial(), edit)
+    }
+
+    /// A server certificate (serverAuth) from the CA for `names` (DNS names
+    /// or IP addresses), for origins that clients reach through the proxy.
+    pub fn server_for(&self, names: &[&str]) -> ClientCert {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        issue(self.dir.path(), &self.ca, names.first().map(String::as_str), self.serial(), |params| {
+            params.subject_alt_names = CertificateParams::new(names.clone()).expect("server names").subject_alt_names;
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        })
+    }
+
     /// A client certificate from the second CA.
     pub fn second_ca_client(&self, cn: Option<&str>) -> ClientCert {
         issue(self.dir.path(), &self.second_ca, cn, self.serial(), |_| {})

@@ -6,8 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a test failure
 
+mod clients;
 mod pipeline;
 mod policy_v2;
+mod role_from;
 mod signing;
 mod soak;
 mod suggest;
