@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a test failure
 
+mod container;
+mod fleet;
+mod image;
 mod pipeline;
 mod policy_v2;
 mod signing;
