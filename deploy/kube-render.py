@@ -4,7 +4,8 @@ kubelet's ConfigMap volume layout, for `make kube-play-test` (kubectl and
 kustomize are not installed here; podman takes plain manifests only).
 
   deploy/kube-render.py render DIR [--image IMAGE] [--add-arg ARG]...
-                              [--configmap-dir NAME=HOSTDIR]... > pod.yaml
+                              [--configmap-dir NAME=HOSTDIR]...
+                              [--secret NAME:KEY=VALUE]... > pod.yaml
   deploy/kube-render.py project HOSTDIR FILE...
 
 `render` does what `kubectl kustomize DIR` does for the features the
@@ -17,7 +18,9 @@ container's image (`kustomize edit set image`); `--add-arg` appends to the
 first container's args (a JSON 6902 `add /args/-`); `--configmap-dir`
 replaces the pod volume of ConfigMap NAME by a hostPath directory that
 `project` fills, because podman copies a ConfigMap into a volume once and
-never updates it, while the kubelet swaps a `..data` symlink.
+never updates it, while the kubelet swaps a `..data` symlink; `--secret`
+adds a Secret (what `kubectl create secret generic NAME
+--from-literal=KEY=VALUE` creates, which the kustomization leaves out).
 
 `project` writes FILE... into HOSTDIR exactly as the kubelet's AtomicWriter
 does for a ConfigMap volume: a new `..<timestamp>` directory holding the
@@ -81,7 +84,7 @@ def render(argv):
     if not argv:
         fail("usage: render DIR [--image IMAGE] [--add-arg ARG]... [--configmap-dir NAME=HOSTDIR]...")
     base, rest = argv[0], argv[1:]
-    image, add_args, dirs = None, [], {}
+    image, add_args, dirs, secrets_ = None, [], {}, {}
     while rest:
         flag = rest.pop(0)
         if not rest:
@@ -91,6 +94,12 @@ def render(argv):
             image = value
         elif flag == "--add-arg":
             add_args.append(value)
+        elif flag == "--secret":
+            name, _, pair = value.partition(":")
+            key, _, literal = pair.partition("=")
+            if not name or not key:
+                fail("--secret NAME:KEY=VALUE")
+            secrets_.setdefault(name, {})[key] = base64.b64encode(literal.encode()).decode("ascii")
         elif flag == "--configmap-dir":
             name, _, path = value.partition("=")
             if not path:
@@ -122,8 +131,12 @@ def render(argv):
     missing = set(dirs) - {c["metadata"]["name"] for c in configmaps}
     if missing:
         fail(f"--configmap-dir for ConfigMaps the kustomization does not generate: {sorted(missing)}")
-    # ConfigMaps first, as kustomize orders them (and podman needs them before the pod).
-    yaml.safe_dump_all(configmaps + documents, sys.stdout, sort_keys=False)
+    secret_docs = [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque", "data": data}
+        for name, data in secrets_.items()
+    ]
+    # ConfigMaps and Secrets first, as kustomize orders them (and podman needs them before the pod).
+    yaml.safe_dump_all(configmaps + secret_docs + documents, sys.stdout, sort_keys=False)
 
 
 def project(argv):

@@ -9,6 +9,7 @@
 mod container;
 mod fleet;
 mod image;
+mod kube_play;
 mod pipeline;
 mod policy_v2;
 mod signing;
