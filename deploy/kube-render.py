@@ -5,7 +5,7 @@ kustomize are not installed here; podman takes plain manifests only).
 
   deploy/kube-render.py render DIR [--image IMAGE] [--add-arg ARG]...
                               [--configmap-dir NAME=HOSTDIR]...
-                              [--secret NAME:KEY=VALUE]... > pod.yaml
+                              [--replicas N] [--host-network] > pod.yaml
   deploy/kube-render.py project HOSTDIR FILE...
 
 `render` does what `kubectl kustomize DIR` does for the features the
@@ -18,9 +18,11 @@ container's image (`kustomize edit set image`); `--add-arg` appends to the
 first container's args (a JSON 6902 `add /args/-`); `--configmap-dir`
 replaces the pod volume of ConfigMap NAME by a hostPath directory that
 `project` fills, because podman copies a ConfigMap into a volume once and
-never updates it, while the kubelet swaps a `..data` symlink; `--secret`
-adds a Secret (what `kubectl create secret generic NAME
---from-literal=KEY=VALUE` creates, which the kustomization leaves out).
+never updates it, while the kubelet swaps a `..data` symlink; `--replicas`
+sets the Deployment's replicas (kustomize's `replicas:` field); `--host-network` sets the pod's `hostNetwork: true` and drops the
+containers' `ports` lists after resolving the probes' named ports to their
+numbers (podman 4 turns every containerPort into a host port mapping, which
+it refuses on the host network, where Kubernetes ignores them anyway).
 
 `project` writes FILE... into HOSTDIR exactly as the kubelet's AtomicWriter
 does for a ConfigMap volume: a new `..<timestamp>` directory holding the
@@ -84,9 +86,12 @@ def render(argv):
     if not argv:
         fail("usage: render DIR [--image IMAGE] [--add-arg ARG]... [--configmap-dir NAME=HOSTDIR]...")
     base, rest = argv[0], argv[1:]
-    image, add_args, dirs, secrets_ = None, [], {}, {}
+    image, add_args, dirs, replicas, host_network = None, [], {}, None, False
     while rest:
         flag = rest.pop(0)
+        if flag == "--host-network":
+            host_network = True
+            continue
         if not rest:
             fail(f"{flag} needs a value")
         value = rest.pop(0)
@@ -94,12 +99,8 @@ def render(argv):
             image = value
         elif flag == "--add-arg":
             add_args.append(value)
-        elif flag == "--secret":
-            name, _, pair = value.partition(":")
-            key, _, literal = pair.partition("=")
-            if not name or not key:
-                fail("--secret NAME:KEY=VALUE")
-            secrets_.setdefault(name, {})[key] = base64.b64encode(literal.encode()).decode("ascii")
+        elif flag == "--replicas":
+            replicas = int(value)
         elif flag == "--configmap-dir":
             name, _, path = value.partition("=")
             if not path:
@@ -121,6 +122,19 @@ def render(argv):
         for container in spec.get("containers", []):
             if image:
                 container["image"] = image
+        if replicas is not None and doc.get("kind") == "Deployment":
+            doc["spec"]["replicas"] = replicas
+        if host_network:
+            spec["hostNetwork"] = True
+            for container in spec.get("containers", []):
+                named = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+                for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    action = (container.get(probe) or {}).get("httpGet") or (container.get(probe) or {}).get("tcpSocket")
+                    if action and isinstance(action.get("port"), str):
+                        if action["port"] not in named:
+                            fail(f"{probe} names port {action['port']}, which the container does not declare")
+                        action["port"] = named[action["port"]]
+                container.pop("ports", None)
         if add_args:
             spec["containers"][0].setdefault("args", []).extend(add_args)
         for volume in spec.get("volumes", []):
@@ -131,12 +145,8 @@ def render(argv):
     missing = set(dirs) - {c["metadata"]["name"] for c in configmaps}
     if missing:
         fail(f"--configmap-dir for ConfigMaps the kustomization does not generate: {sorted(missing)}")
-    secret_docs = [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque", "data": data}
-        for name, data in secrets_.items()
-    ]
-    # ConfigMaps and Secrets first, as kustomize orders them (and podman needs them before the pod).
-    yaml.safe_dump_all(configmaps + secret_docs + documents, sys.stdout, sort_keys=False)
+    # ConfigMaps first, as kustomize orders them (and podman needs them before the pod).
+    yaml.safe_dump_all(configmaps + documents, sys.stdout, sort_keys=False)
 
 
 def project(argv):

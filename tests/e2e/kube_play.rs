@@ -11,7 +11,7 @@
 //! updates it). Then: a CONNECT through the pod behaves as in image-test, and
 //! the swapped-in table is served without a restart.
 //!
-//! The pod uses the host network (`podman kube play --network host`), so its
+//! The pod uses the host network (`hostNetwork: true`, one replica), so its
 //! ports are the manifest's own, 4750 and 9810 on this host: the test fails
 //! up front, clearly, if something else holds them.
 
@@ -95,6 +95,7 @@ struct Played(String);
 impl Drop for Played {
     fn drop(&mut self) {
         let _ = podman(&["kube", "down", &self.0]);
+        let _ = podman(&["secret", "rm", "egress-proxy"]);
     }
 }
 
@@ -116,7 +117,8 @@ async fn the_kubernetes_manifests_play_in_podman_and_take_a_configmap_update_liv
     let repo = testkit::repo_root();
     let default_policy = repo.join("policies/default.yaml");
     let default_tests = repo.join("policies/tests/default.yaml");
-    let run = policyc(d, &["keygen", "--private", "ci.key", "--public", kube.join("policy-signing.pub").to_str().unwrap()]);
+    let run =
+        policyc(d, &["keygen", "--private", "ci.key", "--public", kube.join("policy-signing.pub").to_str().unwrap()]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let compile = |source: &Path, tests: Option<&Path>, out: &Path, serial: &str| {
         let mut args = vec!["compile", source.to_str().unwrap(), "-o", out.to_str().unwrap(), "--sign", "ci.key"];
@@ -141,8 +143,10 @@ async fn the_kubernetes_manifests_play_in_podman_and_take_a_configmap_update_liv
         kube.to_str().unwrap(),
         "--image",
         &image(),
-        "--secret",
-        "egress-proxy:PROXY_PASSWORD=s3cret",
+        // One pod on the host network: the manifest's ports are fixed, so three would collide.
+        "--replicas",
+        "1",
+        "--host-network",
         // The test's overlay: the echo upstream is on loopback, which proxyd refuses unless allowed.
         "--add-arg",
         "--allow-address",
@@ -157,12 +161,33 @@ async fn the_kubernetes_manifests_play_in_podman_and_take_a_configmap_update_liv
 
     let manifest_arg = manifest_path.to_str().unwrap().to_owned();
     let _ = podman(&["kube", "down", &manifest_arg]);
+    let _ = podman(&["secret", "rm", "egress-proxy"]);
+    // `kubectl create secret generic egress-proxy --from-literal=PROXY_PASSWORD=...`, in the
+    // form podman 4's secretKeyRef reads: a podman secret holding a JSON map of base64 values
+    // (it cannot read back a Secret document of its own making).
+    let secret = d.join("egress-proxy.secret.json");
+    std::fs::write(&secret, r#"{"PROXY_PASSWORD": "czNjcmV0"}"#).unwrap();
+    podman_ok(&["secret", "create", "egress-proxy", secret.to_str().unwrap()]);
     let played = Played(manifest_arg.clone());
+    // podman kube play has no --ulimit: its defaults (nofile 1048576) are above this
+    // sandbox's hard limits, so a containers.conf sets explicit ones within them.
     let limits = crate::container::ulimits(65_536, 4_096);
-    let _ = limits; // podman kube play has no --ulimit: the pod inherits podman's defaults (containers.conf)
+    let conf = d.join("containers.conf");
+    std::fs::write(&conf, format!("[containers]\ndefault_ulimits = [\"{}\", \"{}\"]\n", limits[1], limits[3])).unwrap();
     let started = Instant::now();
-    let out = podman_ok(&["kube", "play", "--network", "host", &played.0]);
-    println!("kube-play: podman kube play:\n{out}");
+    let out = Command::new("podman")
+        .env("CONTAINERS_CONF", &conf)
+        .args(crate::container::PODMAN_GLOBAL)
+        .args(["kube", "play", &played.0])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "podman kube play: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("kube-play: podman kube play:\n{}", String::from_utf8_lossy(&out.stdout));
 
     // The kubelet's prober: the readinessProbe every periodSeconds until it passes.
     let admin = SocketAddr::from(([127, 0, 0, 1], probe_port));
@@ -236,6 +261,6 @@ async fn the_kubernetes_manifests_play_in_podman_and_take_a_configmap_update_liv
 }
 
 fn pod_logs() -> String {
-    let out = podman(&["pod", "logs", "egress-proxy-pod"]);
+    let out = podman(&["logs", "egress-proxy-pod-0-proxyd"]);
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
