@@ -81,7 +81,13 @@ case "$builder" in
         version=$(buildah run "$container" -- /usr/local/bin/proxyd --version)
         ;;
     *)
-        version=$("${builder_cmd[@]}" run --rm --network none "$tag" --version)
+        # Explicit limits no higher than ours: the engine's defaults (nofile 1048576) are
+        # above the hard limits of a sandbox, where raising them fails.
+        hard() { case "$1" in unlimited) echo "$2" ;; *) [ "$1" -lt "$2" ] && echo "$1" || echo "$2" ;; esac; }
+        nofile=$(hard "$(ulimit -Hn)" 65536)
+        nproc=$(hard "$(ulimit -Hu)" 4096)
+        version=$("${builder_cmd[@]}" run --rm --network none --ulimit "nofile=$nofile:$nofile" \
+            --ulimit "nproc=$nproc:$nproc" "$tag" --version)
         ;;
 esac
 bytes=$("${builder_cmd[@]}" image inspect --format '{{.Size}}' "$tag")
