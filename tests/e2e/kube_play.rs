@@ -202,8 +202,9 @@ async fn the_kubernetes_manifests_play_in_podman_and_take_a_configmap_update_liv
 
     let pods = podman_ok(&["pod", "ps", "--filter", "name=egress-proxy", "--format", "{{.Name}} {{.Status}}"]);
     println!("kube-play: {pods}");
-    let container = podman_ok(&["ps", "--filter", "label=io.kubernetes.pod.name", "--format", "{{.Names}}"]);
-    let proxyd = container.lines().find(|n| n.contains("proxyd")).expect("the proxyd container").to_owned();
+    // podman names a Deployment's pod NAME-pod-0 and its containers POD-CONTAINER.
+    let containers = podman_ok(&["ps", "--filter", "pod=egress-proxy-pod-0", "--format", "{{.Names}}"]);
+    let proxyd = containers.lines().find(|n| n.ends_with("-proxyd")).expect("the proxyd container").to_owned();
     let pid: u32 = podman_ok(&["inspect", "--format", "{{.State.Pid}}", &proxyd]).parse().unwrap();
     assert_eq!(uid_of(pid), 65532, "the pod's securityContext.runAsUser");
 
