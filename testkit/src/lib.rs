@@ -30,7 +30,16 @@ pub fn repo_root() -> PathBuf {
 /// test run: next to the test executable's `deps/` directory. Tests of other
 /// packages cannot use `CARGO_BIN_EXE_*`, so they look here; `cargo test
 /// --workspace` builds every binary before any test runs.
+///
+/// `TESTKIT_<NAME>_BIN` (e.g. `TESTKIT_PROXYD_BIN`) names another build of it
+/// instead: `make static-e2e` runs the end-to-end tests against the static
+/// release binaries the image ships.
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(format!("TESTKIT_{}_BIN", name.to_ascii_uppercase())) {
+        let path = PathBuf::from(path);
+        assert!(path.is_file(), "TESTKIT_{}_BIN={}: no such file", name.to_ascii_uppercase(), path.display());
+        return path;
+    }
     let exe = std::env::current_exe().expect("the test knows its own path");
     let dir = exe.parent().and_then(Path::parent).expect("the test runs from target/<profile>/deps");
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
