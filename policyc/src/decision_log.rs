@@ -186,7 +186,7 @@ enum LineKind {
 
 impl LineKind {
     /// The line's share of (`reported`, `denied`).
-    fn policy_counts(self) -> (u64, u64) {
+    fn policy_counts(self) -> (u8, u8) {
         match self {
             LineKind::Reported => (1, 0),
             LineKind::Denied => (0, 1),
@@ -226,18 +226,21 @@ type HostId = u32;
 /// never yields it: the earliest value it can produce is above it.
 const NO_TIME: i64 = i64::MIN;
 
-/// What the logs say about one (role, host) pair, packed (64 bytes): the
-/// pair is two interned ids, times have no `Option` tag, and the ports list
-/// is only the first port's number while the pair has been reached on one
-/// port (nearly every pair). A second port moves the list to
-/// [`Aggregate::more_ports`]. [`Aggregate::hosts_of`] unpacks it into an
-/// [`Observation`].
+/// What the logs say about one (role, host) pair, packed (48 bytes): the
+/// pair is two interned ids, counters are 32-bit (a pair's 2^32nd line
+/// carries them into [`Aggregate::carried`]), times have no `Option` tag,
+/// and the ports list is only the first port's number while the pair has
+/// been reached on one port (nearly every pair). A second port moves the
+/// list to [`Aggregate::more_ports`]. [`Aggregate::hosts_of`] unpacks it
+/// into an [`Observation`].
 #[derive(Clone, Copy, Debug)]
 struct Pair {
-    hits: u64,
-    reported: u64,
-    denied: u64,
-    address_denied: u64,
+    /// Every line counts here and at most one of the three others, so
+    /// `hits` is the first to fill up.
+    hits: u32,
+    reported: u32,
+    denied: u32,
+    address_denied: u32,
     first_seen: i64,
     last_seen: i64,
     role: RoleId,
@@ -273,12 +276,30 @@ impl PortList {
             Some(seen) => {
                 let (reported, denied) = kind.policy_counts();
                 seen.hits += 1;
-                seen.reported += reported;
-                seen.denied += denied;
+                seen.reported += u64::from(reported);
+                seen.denied += u64::from(denied);
                 widen(&mut seen.first_seen, &mut seen.last_seen, at);
             }
             None => self.not_kept += 1,
         }
+    }
+}
+
+/// A pair's line counts at full width.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    hits: u64,
+    reported: u64,
+    denied: u64,
+    address_denied: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.hits += other.hits;
+        self.reported += other.reported;
+        self.denied += other.denied;
+        self.address_denied += other.address_denied;
     }
 }
 
@@ -302,26 +323,45 @@ impl Pair {
         }
     }
 
-    /// The pair's only port, as its counters say (while `multi_port` is false).
-    fn only_port(&self) -> PortObservation {
+    /// The pair's only port (while `multi_port` is false), with `counts`
+    /// the pair's full counts.
+    fn only_port(&self, counts: Counts) -> PortObservation {
         PortObservation {
             port: self.port,
-            hits: self.hits,
-            reported: self.reported,
-            denied: self.denied,
+            hits: counts.hits,
+            reported: counts.reported,
+            denied: counts.denied,
             first_seen: time_of(self.first_seen),
             last_seen: time_of(self.last_seen),
         }
     }
 
-    /// Counts one line for the pair itself (ports are the caller's).
+    /// The 32-bit counters, widened.
+    fn counts(&self) -> Counts {
+        Counts {
+            hits: u64::from(self.hits),
+            reported: u64::from(self.reported),
+            denied: u64::from(self.denied),
+            address_denied: u64::from(self.address_denied),
+        }
+    }
+
+    /// The 32-bit counters, which are then zero.
+    fn take_counts(&mut self) -> Counts {
+        let counts = self.counts();
+        (self.hits, self.reported, self.denied, self.address_denied) = (0, 0, 0, 0);
+        counts
+    }
+
+    /// Counts one line for the pair itself (ports are the caller's, and so
+    /// is carrying full counters: `hits` is below `u32::MAX` here).
     fn count(&mut self, kind: LineKind, at: Option<Timestamp>) {
         let (reported, denied) = kind.policy_counts();
-        self.hits += 1;
-        self.reported += reported;
-        self.denied += denied;
+        self.hits = self.hits.saturating_add(1);
+        self.reported = self.reported.saturating_add(u32::from(reported));
+        self.denied = self.denied.saturating_add(u32::from(denied));
         if kind == LineKind::AddressDenied {
-            self.address_denied += 1;
+            self.address_denied = self.address_denied.saturating_add(1);
         }
         if let Some(Timestamp(at)) = at {
             self.first_seen = if self.first_seen == NO_TIME { at } else { self.first_seen.min(at) };
@@ -332,7 +372,7 @@ impl Pair {
 
 /// Everything read from the logs, per (role, host) pair.
 ///
-/// Memory follows distinct pairs at about 90 bytes each: roles and hosts
+/// Memory follows distinct pairs at about 80 bytes each: roles and hosts
 /// are interned (one copy of each string, pairs keyed by two `u32` ids),
 /// each pair is one packed [`Pair`] in a vector, and the pair index maps
 /// the two ids to the pair's place in it. Per-role order (for
@@ -353,6 +393,9 @@ pub struct Aggregate {
     pair_index: HashMap<u64, u32>,
     /// Ports of the pairs seen on more than one port, by index in `pairs`.
     more_ports: HashMap<u32, PortList>,
+    /// Counts carried out of a pair's 32-bit counters, by index in `pairs`
+    /// (a pair with 2^32 lines or more).
+    carried: HashMap<u32, Counts>,
     /// Pairs grouped by role, sorted by host; built on first use.
     order: OnceCell<RoleOrder>,
     pub lines: LineCounts,
@@ -396,15 +439,17 @@ impl Aggregate {
 
     /// The pair unpacked into its public form.
     fn observation(&self, index: u32, pair: &Pair) -> Observation {
+        let mut counts = self.carried.get(&index).copied().unwrap_or_default();
+        counts.add(pair.counts());
         let (ports, ports_not_kept) = match self.more_ports.get(&index).filter(|_| pair.multi_port) {
             Some(list) => (list.ports.clone(), list.not_kept),
-            None => (vec![pair.only_port()], 0),
+            None => (vec![pair.only_port(counts)], 0),
         };
         Observation {
-            hits: pair.hits,
-            reported: pair.reported,
-            denied: pair.denied,
-            address_denied: pair.address_denied,
+            hits: counts.hits,
+            reported: counts.reported,
+            denied: counts.denied,
+            address_denied: counts.address_denied,
             first_seen: time_of(pair.first_seen),
             last_seen: time_of(pair.last_seen),
             ports,
@@ -510,9 +555,14 @@ impl Aggregate {
         if !pair.multi_port && pair.port != port {
             // A second port: the list so far is the one port's, which the
             // pair's own counters describe.
-            let list = PortList { ports: vec![pair.only_port()], not_kept: 0 };
+            let mut counts = self.carried.get(&index).copied().unwrap_or_default();
+            counts.add(pair.counts());
+            let list = PortList { ports: vec![pair.only_port(counts)], not_kept: 0 };
             self.more_ports.insert(index, list);
             pair.multi_port = true;
+        }
+        if pair.hits == u32::MAX {
+            self.carried.entry(index).or_default().add(pair.take_counts());
         }
         pair.count(kind, at);
         if pair.multi_port {
@@ -925,5 +975,24 @@ mod tests {
         let b = &hosts[1].1;
         assert_eq!((b.ports.len(), b.ports_not_kept, b.hits), (MAX_PORTS_PER_PAIR, 1, MAX_PORTS_PER_PAIR as u64 + 2));
         assert_eq!(b.ports[0].hits, 2, "a kept port still counts once the set is full");
+    }
+
+    #[test]
+    fn counters_carry_past_32_bits() {
+        let line = |port: u16| {
+            format!(
+                "{{\"msg\":\"CANONICAL-PROXY-DECISION\",\"role\":\"r\",\"requested_host\":\"a.test:{port}\",\"allow\":false,\"decision_reason\":\"x\",\"enforce_would_deny\":true}}\n"
+            )
+        };
+        let mut a = read(&line(443));
+        // As if 2^32 - 1 lines had been read: the next one carries.
+        let pair = &mut a.pairs[0];
+        (pair.hits, pair.denied) = (u32::MAX, u32::MAX);
+        read_stream(format!("{}{}", line(443), line(8443)).as_bytes(), "t.log", None, &mut a).unwrap();
+        let (_, obs) = &a.hosts_of("r")[0];
+        let full = u64::from(u32::MAX);
+        assert_eq!((obs.hits, obs.denied, obs.reported), (full + 2, full + 2, 0));
+        let ports: Vec<(u16, u64)> = obs.ports.iter().map(|p| (p.port, p.hits)).collect();
+        assert_eq!(ports, vec![(443, full + 1), (8443, 1)]);
     }
 }
