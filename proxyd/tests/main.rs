@@ -16,7 +16,6 @@ mod connect;
 mod deploy;
 mod dns_server;
 mod harness;
-mod layout;
 mod lifecycle;
 mod limits;
 mod manual;

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a test failure
 
+mod layout;
 mod pipeline;
 mod policy_v2;
 mod signing;
