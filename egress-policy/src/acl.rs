@@ -13,11 +13,13 @@ use std::collections::HashMap;
 
 use ipnet::IpNet;
 
-use crate::address::{self, AddressSpec};
+use crate::address;
 use crate::diagnostic::{Code, Diagnostic, Position};
 use crate::host;
 use crate::pattern::{self, HostPattern, PatternError};
-use crate::policy::{Action, ActionSet, InternalDestination, NetworkRules, Policy, PolicyVersion, PortRange, Rule};
+use crate::policy::{
+    Action, ActionSet, AddressSpec, InternalDestination, NetworkRules, Policy, PolicyVersion, PortRange, Rule,
+};
 use crate::yaml::{self, Node, Value};
 
 const TOP_KEYS: &[&str] = &["version", "services", "default", "global_allow_list", "global_deny_list"];

@@ -39,10 +39,10 @@
 use std::cmp::Reverse;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use crate::policy::{AddressSpec, InternalDestination, NetworkRules};
 use crate::special_purpose::{self, Embeds, SpecialPurpose};
 
 /// The operator's address configuration, already parsed. `Default` is no
@@ -64,132 +64,6 @@ pub struct AddressRules {
     /// stands for every loopback address on that port; add interface
     /// addresses here to protect them too.
     pub self_addresses: Vec<SocketAddr>,
-}
-
-/// An `--allow-address` / `--deny-address` value: an IP (every port) or an
-/// IP and one port. IPv4-mapped IPv6 (`::ffff:a.b.c.d`) means the IPv4
-/// address, as it does for hosts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AddressSpec {
-    /// An address on every port (`192.0.2.1`, `2001:db8::1`).
-    Ip(IpAddr),
-    /// An address on one port (`192.0.2.1:443`, `[2001:db8::1]:443`).
-    Socket(SocketAddr),
-}
-
-impl AddressSpec {
-    /// The address, with or without a port.
-    pub fn ip(&self) -> IpAddr {
-        match self {
-            AddressSpec::Ip(ip) => *ip,
-            AddressSpec::Socket(s) => s.ip(),
-        }
-    }
-
-    /// The port, when the spec names one.
-    pub fn port(&self) -> Option<u16> {
-        match self {
-            AddressSpec::Ip(_) => None,
-            AddressSpec::Socket(s) => Some(s.port()),
-        }
-    }
-
-    fn canonical(self) -> Self {
-        match self {
-            AddressSpec::Ip(ip) => AddressSpec::Ip(ip.to_canonical()),
-            AddressSpec::Socket(s) => AddressSpec::Socket(SocketAddr::new(s.ip().to_canonical(), s.port())),
-        }
-    }
-
-    fn matches(&self, ip: IpAddr, port: u16) -> bool {
-        match self {
-            AddressSpec::Ip(want) => *want == ip,
-            AddressSpec::Socket(want) => want.ip() == ip && want.port() == port,
-        }
-    }
-}
-
-impl fmt::Display for AddressSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AddressSpec::Ip(ip) => write!(f, "{ip}"),
-            AddressSpec::Socket(s) => write!(f, "{s}"),
-        }
-    }
-}
-
-/// Why an `IP` / `IP:PORT` value was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AddressSpecError {
-    /// The value is empty.
-    #[error("address is empty: expected IP or IP:PORT ([IPv6]:PORT for IPv6)")]
-    Empty,
-    /// Neither `IP` nor `IP:PORT` (nor `[IPv6]:PORT`).
-    #[error("invalid address {0:?}: expected IP or IP:PORT ([IPv6]:PORT for IPv6)")]
-    Invalid(String),
-    /// An IPv6 zone identifier (`%eth0`), which names no one address.
-    #[error("invalid address {0:?}: zone identifiers (%...) are not allowed")]
-    ZoneId(String),
-    /// A bracketed IPv6 address without a port (`[2001:db8::1]`).
-    #[error("invalid address {0:?}: brackets are only for [IPv6]:PORT; write the address without them")]
-    BracketsWithoutPort(String),
-    /// An IPv4 address in brackets (`[192.0.2.1]:80`).
-    #[error("invalid address {0:?}: only IPv6 addresses go in brackets")]
-    BracketNotIpv6(String),
-    /// The port is empty, zero, above 65535, signed, has leading zeros or non-digits.
-    #[error(
-        "invalid port {port:?} in address {input:?}: must be a number from 1 to 65535 without sign or leading zeros (leave the port out to match every port)"
-    )]
-    InvalidPort {
-        /// The whole value as given.
-        input: String,
-        /// The port part as given.
-        port: String,
-    },
-}
-
-impl FromStr for AddressSpec {
-    type Err = AddressSpecError;
-
-    /// Strict: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]:443`.
-    /// Note that `::1:80` is the IPv6 address `::1:80` (as in Smokescreen);
-    /// write `[::1]:80` for a port.
-    fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let invalid = || AddressSpecError::Invalid(input.to_owned());
-        if input.is_empty() {
-            return Err(AddressSpecError::Empty);
-        }
-        if input.contains('%') {
-            return Err(AddressSpecError::ZoneId(input.to_owned()));
-        }
-        if let Ok(ip) = input.parse::<IpAddr>() {
-            return Ok(AddressSpec::Ip(ip).canonical());
-        }
-        let (ip, port) = if let Some(rest) = input.strip_prefix('[') {
-            let (inside, after) = rest.split_once(']').ok_or_else(invalid)?;
-            if inside.parse::<Ipv4Addr>().is_ok() {
-                return Err(AddressSpecError::BracketNotIpv6(input.to_owned()));
-            }
-            let ip = inside.parse::<Ipv6Addr>().map_err(|_| invalid())?;
-            if after.is_empty() {
-                return Err(AddressSpecError::BracketsWithoutPort(input.to_owned()));
-            }
-            (IpAddr::V6(ip), after.strip_prefix(':').ok_or_else(invalid)?)
-        } else {
-            let (host, port) = input.rsplit_once(':').ok_or_else(invalid)?;
-            (IpAddr::V4(host.parse::<Ipv4Addr>().map_err(|_| invalid())?), port)
-        };
-        let port = parse_port(port)
-            .ok_or_else(|| AddressSpecError::InvalidPort { input: input.to_owned(), port: port.to_owned() })?;
-        Ok(AddressSpec::Socket(SocketAddr::new(ip, port)).canonical())
-    }
-}
-
-fn parse_port(text: &str) -> Option<u16> {
-    if text.is_empty() || text.len() > 5 || text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse::<u16>().ok()
 }
 
 /// One operator rule, carrying what the operator wrote.
@@ -647,7 +521,7 @@ pub struct PolicyNetwork {
 
 impl PolicyNetwork {
     /// Prepares the `network` section's rules (sorted, most specific first).
-    pub fn new(rules: &crate::policy::NetworkRules) -> Self {
+    pub fn new(rules: &NetworkRules) -> Self {
         let prepared = AddressPolicy::new(AddressRules {
             allow_ranges: rules.allow_ranges.clone(),
             deny_ranges: rules.deny_ranges.clone(),
@@ -703,7 +577,7 @@ impl AddressPolicy {
         &self,
         addr: SocketAddr,
         network: &PolicyNetwork,
-        exception: Option<&crate::policy::InternalDestination>,
+        exception: Option<&InternalDestination>,
     ) -> AddressVerdict {
         let flags = self.classify(addr);
         if network.is_empty() && exception.is_none() {
@@ -1154,58 +1028,6 @@ mod tests {
             assert_eq!(check(&p, ip), (false, code), "{ip}");
         }
         assert_eq!(check(&default_policy(), "10.0.0.1"), (false, "private"));
-    }
-
-    #[test]
-    fn address_specs_parse_strictly() {
-        let good = [
-            ("1.2.3.4", AddressSpec::Ip("1.2.3.4".parse().unwrap())),
-            ("1.2.3.4:80", AddressSpec::Socket("1.2.3.4:80".parse().unwrap())),
-            ("2001:db8::1", AddressSpec::Ip("2001:db8::1".parse().unwrap())),
-            ("[2001:db8::1]:443", AddressSpec::Socket("[2001:db8::1]:443".parse().unwrap())),
-            ("::1:80", AddressSpec::Ip("::1:80".parse().unwrap())), // an IPv6 address, as in Smokescreen
-            ("::ffff:10.0.0.1", AddressSpec::Ip("10.0.0.1".parse().unwrap())),
-            ("[::ffff:10.0.0.1]:8080", AddressSpec::Socket("10.0.0.1:8080".parse().unwrap())),
-            ("1.2.3.4:65535", AddressSpec::Socket("1.2.3.4:65535".parse().unwrap())),
-        ];
-        for (input, want) in good {
-            assert_eq!(input.parse::<AddressSpec>(), Ok(want), "{input}");
-        }
-        assert_eq!(spec("[2001:db8::1]:443").to_string(), "[2001:db8::1]:443");
-        assert_eq!(spec("1.2.3.4").port(), None);
-        assert_eq!(spec("1.2.3.4:80").port(), Some(80));
-
-        use AddressSpecError as E;
-        let bad = [
-            ("", E::Empty),
-            ("example.com", E::Invalid("example.com".into())),
-            ("example.com:80", E::Invalid("example.com:80".into())),
-            ("1.2.3", E::Invalid("1.2.3".into())),
-            ("010.0.0.1", E::Invalid("010.0.0.1".into())),
-            (" 1.2.3.4", E::Invalid(" 1.2.3.4".into())),
-            ("1.2.3.4/32", E::Invalid("1.2.3.4/32".into())),
-            ("[2001:db8::1]", E::BracketsWithoutPort("[2001:db8::1]".into())),
-            ("[1.2.3.4]:80", E::BracketNotIpv6("[1.2.3.4]:80".into())),
-            ("[2001:db8::1]443", E::Invalid("[2001:db8::1]443".into())),
-            ("[2001:db8::1:443", E::Invalid("[2001:db8::1:443".into())),
-            ("fe80::1%eth0", E::ZoneId("fe80::1%eth0".into())),
-            ("[fe80::1%1]:80", E::ZoneId("[fe80::1%1]:80".into())),
-        ];
-        for (input, want) in bad {
-            assert_eq!(input.parse::<AddressSpec>(), Err(want), "{input}");
-        }
-        for port in ["0", "65536", "99999", "-1", "+80", "080", "", "8o"] {
-            let input = format!("1.2.3.4:{port}");
-            assert_eq!(
-                input.parse::<AddressSpec>(),
-                Err(E::InvalidPort { input: input.clone(), port: port.into() }),
-                "{input}"
-            );
-        }
-        let message = "[::1]:0".parse::<AddressSpec>().unwrap_err().to_string();
-        assert!(message.contains("\"[::1]:0\"") && message.contains("\"0\""), "{message}");
-        let message = "nope".parse::<AddressSpec>().unwrap_err().to_string();
-        assert_eq!(message, "invalid address \"nope\": expected IP or IP:PORT ([IPv6]:PORT for IPv6)");
     }
 
     #[test]

@@ -1,16 +1,11 @@
-//! Ed25519 signatures on compiled tables: the block appended after a table's
-//! body, the key files, key ids, signing, verification against a set of
-//! trusted public keys, and the rule that decides whether a signed table may
-//! replace the active one (rollback protection).
+//! Ed25519 signatures on compiled tables: the key files, key ids, signing,
+//! verification against a set of trusted public keys, and the rule that
+//! decides whether a signed table may replace the active one (rollback
+//! protection). The signature block's byte layout is part of the table
+//! format ([`crate::table::SignatureBlock`]); what it signs is defined here:
 //!
 //! ```text
-//! signature block (88 bytes, right after the body)
-//! offset  size  field
-//!      0     8  magic      b"PLCYSIG\0"
-//!      8     8  serial     u64 little-endian, > 0
-//!     16     8  key id     first 8 bytes of SHA-256(raw 32-byte public key)
-//!     24    64  Ed25519 signature over
-//!               "egress-policy table signature v1\0" || SHA-256(body) || serial (u64 LE) || key id
+//! "egress-policy table signature v1\0" || SHA-256(body) || serial (u64 LE) || key id
 //! ```
 //!
 //! The signed message is domain-separated (the context string) so a key used
@@ -34,16 +29,8 @@ use ring::rand::SecureRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use sha2::{Digest, Sha256};
 
-use crate::table::{CompiledTable, TableError};
+use crate::table::{BLOCK_LEN, CompiledTable, KEY_ID_LEN, KeyId, SIGNATURE_LEN, SignatureBlock, TableError};
 
-/// First bytes of a signature block.
-pub const BLOCK_MAGIC: [u8; 8] = *b"PLCYSIG\0";
-/// Bytes in a key id.
-pub const KEY_ID_LEN: usize = 8;
-/// Bytes in an Ed25519 signature.
-pub const SIGNATURE_LEN: usize = 64;
-/// Bytes in a whole signature block.
-pub const BLOCK_LEN: usize = BLOCK_MAGIC.len() + 8 + KEY_ID_LEN + SIGNATURE_LEN;
 /// Domain separation: what a table signature is a signature of.
 const CONTEXT: &[u8] = b"egress-policy table signature v1\0";
 
@@ -54,76 +41,12 @@ const PRIVATE_LABEL: &str = "PRIVATE KEY";
 /// Key files are a few hundred bytes; anything far larger is not a key.
 const MAX_KEY_TEXT: usize = 16 * 1024;
 
-/// A short digest of a public key, stored in every signature it makes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct KeyId(pub [u8; KEY_ID_LEN]);
-
-impl KeyId {
-    fn of(raw_public_key: &[u8]) -> Self {
-        let digest = Sha256::digest(raw_public_key);
-        let mut id = [0u8; KEY_ID_LEN];
-        id.copy_from_slice(digest.get(..KEY_ID_LEN).unwrap_or(&[0; KEY_ID_LEN]));
-        KeyId(id)
-    }
-}
-
-impl fmt::Display for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-/// The signature block of a table, as decoded (not yet verified).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SignatureBlock {
-    /// The release's serial: higher means newer (rollback protection).
-    pub serial: u64,
-    /// Which key signed (a short digest of its public key).
-    pub key_id: KeyId,
-    /// The Ed25519 signature over the domain-separated message.
-    pub signature: [u8; SIGNATURE_LEN],
-}
-
-impl SignatureBlock {
-    /// The 88 bytes appended after the body.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(BLOCK_LEN);
-        out.extend_from_slice(&BLOCK_MAGIC);
-        out.extend_from_slice(&self.serial.to_le_bytes());
-        out.extend_from_slice(&self.key_id.0);
-        out.extend_from_slice(&self.signature);
-        out
-    }
-
-    /// Reads what follows a table's body: nothing (unsigned), or exactly one
-    /// block. Anything else is a typed error.
-    pub fn decode_trailer(trailer: &[u8]) -> Result<Option<Self>, TableError> {
-        if trailer.is_empty() {
-            return Ok(None);
-        }
-        let have = trailer.len() as u64;
-        match trailer.get(..BLOCK_MAGIC.len()) {
-            Some(magic) if magic != BLOCK_MAGIC => {
-                return Err(TableError::UnknownBlock { found: magic.to_vec() });
-            }
-            None if !BLOCK_MAGIC.starts_with(trailer) => return Err(TableError::TrailingBytes(have)),
-            _ => {}
-        }
-        if trailer.len() < BLOCK_LEN {
-            return Err(TableError::Truncated { what: "signature block", have, need: BLOCK_LEN as u64 });
-        }
-        if trailer.len() > BLOCK_LEN {
-            return Err(TableError::TrailingBytes(have - BLOCK_LEN as u64));
-        }
-        let field = |range: std::ops::Range<usize>| trailer.get(range).unwrap_or_default();
-        let serial = u64::from_le_bytes(field(8..16).try_into().map_err(|_| TableError::Corrupt("serial".into()))?);
-        if serial == 0 {
-            return Err(TableError::Invalid("the signature serial is 0; serials start at 1".into()));
-        }
-        let key_id = KeyId(field(16..24).try_into().map_err(|_| TableError::Corrupt("key id".into()))?);
-        let signature = field(24..BLOCK_LEN).try_into().map_err(|_| TableError::Corrupt("signature".into()))?;
-        Ok(Some(SignatureBlock { serial, key_id, signature }))
-    }
+/// The key id of a raw 32-byte public key: the first bytes of its SHA-256.
+fn key_id_of(raw_public_key: &[u8]) -> KeyId {
+    let digest = Sha256::digest(raw_public_key);
+    let mut id = [0u8; KEY_ID_LEN];
+    id.copy_from_slice(digest.get(..KEY_ID_LEN).unwrap_or(&[0; KEY_ID_LEN]));
+    KeyId(id)
 }
 
 /// The bytes an Ed25519 signature covers.
@@ -179,7 +102,7 @@ impl fmt::Debug for PublicKey {
 
 impl PublicKey {
     fn from_raw(raw: [u8; 32]) -> Self {
-        PublicKey { raw, id: KeyId::of(&raw) }
+        PublicKey { raw, id: key_id_of(&raw) }
     }
 
     /// Parses a PEM `PUBLIC KEY` (Ed25519 SubjectPublicKeyInfo).

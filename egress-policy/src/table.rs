@@ -7,11 +7,17 @@
 //!     12     8  body length      u64 little-endian
 //!     20    32  SHA-256 of body
 //!     52     …  body             postcard encoding of `Body`
-//!  52+len    88  optional signature block (see [`crate::signature`])
+//!  52+len    88  optional signature block:
+//!                  0   8  magic    b"PLCYSIG\0"
+//!                  8   8  serial   u64 little-endian, > 0
+//!                 16   8  key id   first 8 bytes of SHA-256(raw public key)
+//!                 24  64  Ed25519 signature (what it signs: [`crate::signature`])
 //! ```
 //!
 //! Version 2 added the optional signature block after the body; nothing may
-//! follow the body except exactly one such block.
+//! follow the body except exactly one such block. Its layout is part of the
+//! format and lives here ([`SignatureBlock`]); keys, signing and verifying
+//! are [`crate::signature`]'s, built on this module.
 //!
 //! A reader checks all four header fields before decoding a byte of the body,
 //! bounds every length, re-validates every pattern and name (a table is input
@@ -24,6 +30,7 @@
 //! section; a v1 policy encodes them as empty. Format 1 tables are refused
 //! with a message naming both versions: recompile them.
 
+use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -33,13 +40,12 @@ use sha2::{Digest, Sha256};
 
 use ipnet::IpNet;
 
-use crate::signature::{self, SignatureBlock};
-
-use crate::address::AddressSpec;
 use crate::decision::PolicyTable;
 use crate::host;
 use crate::pattern::{self, HostPattern};
-use crate::policy::{Action, ActionSet, InternalDestination, NetworkRules, Policy, PolicyVersion, PortRange, Rule};
+use crate::policy::{
+    Action, ActionSet, AddressSpec, InternalDestination, NetworkRules, Policy, PolicyVersion, PortRange, Rule,
+};
 
 /// The first 8 bytes of every table.
 pub const MAGIC: [u8; 8] = *b"PLCYTBL\0";
@@ -51,9 +57,81 @@ pub const HEADER_LEN: usize = 52;
 /// Upper bound on a body: 100,000 patterns take about 2 MiB.
 pub const MAX_BODY_LEN: u64 = 256 * 1024 * 1024;
 /// Largest valid table file: header, the largest body, a signature block.
-pub const MAX_FILE_LEN: u64 = HEADER_LEN as u64 + MAX_BODY_LEN + signature::BLOCK_LEN as u64;
+pub const MAX_FILE_LEN: u64 = HEADER_LEN as u64 + MAX_BODY_LEN + BLOCK_LEN as u64;
 /// Hex digits of the body digest used as the revision.
 const REVISION_HEX_LEN: usize = 12;
+
+/// First bytes of a signature block.
+pub const BLOCK_MAGIC: [u8; 8] = *b"PLCYSIG\0";
+/// Bytes in a key id.
+pub const KEY_ID_LEN: usize = 8;
+/// Bytes in an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+/// Bytes in a whole signature block.
+pub const BLOCK_LEN: usize = BLOCK_MAGIC.len() + 8 + KEY_ID_LEN + SIGNATURE_LEN;
+
+/// A short digest of a public key, stored in every signature it makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyId(pub [u8; KEY_ID_LEN]);
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// The signature block of a table, as decoded (not yet verified).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignatureBlock {
+    /// The release's serial: higher means newer (rollback protection).
+    pub serial: u64,
+    /// Which key signed (a short digest of its public key).
+    pub key_id: KeyId,
+    /// The Ed25519 signature over the domain-separated message.
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+impl SignatureBlock {
+    /// The 88 bytes appended after the body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(BLOCK_LEN);
+        out.extend_from_slice(&BLOCK_MAGIC);
+        out.extend_from_slice(&self.serial.to_le_bytes());
+        out.extend_from_slice(&self.key_id.0);
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    /// Reads what follows a table's body: nothing (unsigned), or exactly one
+    /// block. Anything else is a typed error.
+    pub fn decode_trailer(trailer: &[u8]) -> Result<Option<Self>, TableError> {
+        if trailer.is_empty() {
+            return Ok(None);
+        }
+        let have = trailer.len() as u64;
+        match trailer.get(..BLOCK_MAGIC.len()) {
+            Some(magic) if magic != BLOCK_MAGIC => {
+                return Err(TableError::UnknownBlock { found: magic.to_vec() });
+            }
+            None if !BLOCK_MAGIC.starts_with(trailer) => return Err(TableError::TrailingBytes(have)),
+            _ => {}
+        }
+        if trailer.len() < BLOCK_LEN {
+            return Err(TableError::Truncated { what: "signature block", have, need: BLOCK_LEN as u64 });
+        }
+        if trailer.len() > BLOCK_LEN {
+            return Err(TableError::TrailingBytes(have - BLOCK_LEN as u64));
+        }
+        let field = |range: std::ops::Range<usize>| trailer.get(range).unwrap_or_default();
+        let serial = u64::from_le_bytes(field(8..16).try_into().map_err(|_| TableError::Corrupt("serial".into()))?);
+        if serial == 0 {
+            return Err(TableError::Invalid("the signature serial is 0; serials start at 1".into()));
+        }
+        let key_id = KeyId(field(16..24).try_into().map_err(|_| TableError::Corrupt("key id".into()))?);
+        let signature = field(24..BLOCK_LEN).try_into().map_err(|_| TableError::Corrupt("signature".into()))?;
+        Ok(Some(SignatureBlock { serial, key_id, signature }))
+    }
+}
 
 /// Facts about how a table was made. No timestamps: compilation is deterministic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,7 +297,7 @@ pub struct CompiledTable {
     /// The policy in lookup form, ready for [`PolicyTable::decide`].
     pub table: PolicyTable,
     /// The signature block, if the table has one: decoded, not verified
-    /// (see [`signature::Keyring::verify`]).
+    /// (see [`crate::signature::Keyring::verify`]).
     pub signature: Option<SignatureBlock>,
     revision: String,
 }

@@ -7,10 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use egress_policy::acl;
-use egress_policy::address::{AddressPolicy, AddressRules, AddressSpec};
+use egress_policy::address::{AddressPolicy, AddressRules};
 use egress_policy::decision::{PolicyTable, Reason, Verdict};
 use egress_policy::host;
-use egress_policy::policy::{ActionSet, PolicyVersion};
+use egress_policy::policy::{ActionSet, AddressSpec, PolicyVersion};
 use egress_policy::table::{self, Metadata};
 use proptest::prelude::*;
 

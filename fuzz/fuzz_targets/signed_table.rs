@@ -8,8 +8,8 @@
 
 use std::sync::OnceLock;
 
-use egress_policy::signature::{self, BLOCK_LEN, BLOCK_MAGIC, Keyring, PrivateKey};
-use egress_policy::table;
+use egress_policy::signature::{self, Keyring, PrivateKey};
+use egress_policy::table::{self, BLOCK_LEN, BLOCK_MAGIC};
 use libfuzzer_sys::fuzz_target;
 
 /// A throwaway test key (also in egress-policy's unit tests); never used to sign anything real.

@@ -16,6 +16,7 @@
 //! memory.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
@@ -175,49 +176,23 @@ fn widen(first: &mut Option<Timestamp>, last: &mut Option<Timestamp>, at: Option
     }
 }
 
-impl Observation {
-    fn record(&mut self, kind: LineKind, port: u16, at: Option<Timestamp>) {
-        self.hits += 1;
-        let (reported, denied) = match kind {
-            LineKind::Allowed => (0, 0),
-            LineKind::Reported => (1, 0),
-            LineKind::Denied => (0, 1),
-            LineKind::AddressDenied => {
-                self.address_denied += 1;
-                (0, 0)
-            }
-        };
-        self.reported += reported;
-        self.denied += denied;
-        widen(&mut self.first_seen, &mut self.last_seen, at);
-        let slot = match self.ports.binary_search_by_key(&port, |p| p.port) {
-            Ok(i) => self.ports.get_mut(i),
-            Err(_) if self.ports.len() >= MAX_PORTS_PER_PAIR => None,
-            Err(i) => {
-                let empty =
-                    PortObservation { port, hits: 0, reported: 0, denied: 0, first_seen: None, last_seen: None };
-                self.ports.insert(i, empty);
-                self.ports.get_mut(i)
-            }
-        };
-        match slot {
-            Some(seen) => {
-                seen.hits += 1;
-                seen.reported += reported;
-                seen.denied += denied;
-                widen(&mut seen.first_seen, &mut seen.last_seen, at);
-            }
-            None => self.ports_not_kept += 1,
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LineKind {
     Allowed,
     Reported,
     Denied,
     AddressDenied,
+}
+
+impl LineKind {
+    /// The line's share of (`reported`, `denied`).
+    fn policy_counts(self) -> (u8, u8) {
+        match self {
+            LineKind::Reported => (1, 0),
+            LineKind::Denied => (0, 1),
+            LineKind::Allowed | LineKind::AddressDenied => (0, 0),
+        }
+    }
 }
 
 /// Line counts over every file read.
@@ -242,46 +217,293 @@ pub struct LineCounts {
     pub malformed_examples: Vec<String>,
 }
 
-/// Everything read from the logs, keyed by role then by host.
+/// A role's index in [`Aggregate::role_names`].
+type RoleId = u32;
+/// A host's index in [`Aggregate::hosts`].
+type HostId = u32;
+
+/// `first_seen` / `last_seen` not known yet. [`Timestamp::parse_rfc3339`]
+/// never yields it: the earliest value it can produce is above it.
+const NO_TIME: i64 = i64::MIN;
+
+/// What the logs say about one (role, host) pair, packed (48 bytes): the
+/// pair is two interned ids, counters are 32-bit (a pair's 2^32nd line
+/// carries them into [`Aggregate::carried`]), times have no `Option` tag,
+/// and the ports list is only the first port's number while the pair has
+/// been reached on one port (nearly every pair). A second port moves the
+/// list to [`Aggregate::more_ports`]. [`Aggregate::hosts_of`] unpacks it
+/// into an [`Observation`].
+#[derive(Clone, Copy, Debug)]
+struct Pair {
+    /// Every line counts here and at most one of the three others, so
+    /// `hits` is the first to fill up.
+    hits: u32,
+    reported: u32,
+    denied: u32,
+    address_denied: u32,
+    first_seen: i64,
+    last_seen: i64,
+    role: RoleId,
+    host: HostId,
+    /// The only port seen, while `multi_port` is false.
+    port: u16,
+    /// Seen on more than one port: the ports are in `more_ports`.
+    multi_port: bool,
+}
+
+/// The ports of a pair reached on more than one port.
+#[derive(Clone, Debug, Default)]
+struct PortList {
+    /// At most [`MAX_PORTS_PER_PAIR`], sorted by port.
+    ports: Vec<PortObservation>,
+    /// Lines whose port was not kept because `ports` was full.
+    not_kept: u64,
+}
+
+impl PortList {
+    fn record(&mut self, kind: LineKind, port: u16, at: Option<Timestamp>) {
+        let slot = match self.ports.binary_search_by_key(&port, |p| p.port) {
+            Ok(i) => self.ports.get_mut(i),
+            Err(_) if self.ports.len() >= MAX_PORTS_PER_PAIR => None,
+            Err(i) => {
+                let empty =
+                    PortObservation { port, hits: 0, reported: 0, denied: 0, first_seen: None, last_seen: None };
+                self.ports.insert(i, empty);
+                self.ports.get_mut(i)
+            }
+        };
+        match slot {
+            Some(seen) => {
+                let (reported, denied) = kind.policy_counts();
+                seen.hits += 1;
+                seen.reported += u64::from(reported);
+                seen.denied += u64::from(denied);
+                widen(&mut seen.first_seen, &mut seen.last_seen, at);
+            }
+            None => self.not_kept += 1,
+        }
+    }
+}
+
+/// A pair's line counts at full width.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    hits: u64,
+    reported: u64,
+    denied: u64,
+    address_denied: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.hits += other.hits;
+        self.reported += other.reported;
+        self.denied += other.denied;
+        self.address_denied += other.address_denied;
+    }
+}
+
+fn time_of(raw: i64) -> Option<Timestamp> {
+    (raw != NO_TIME).then_some(Timestamp(raw))
+}
+
+impl Pair {
+    fn new(role: RoleId, host: HostId, port: u16) -> Pair {
+        Pair {
+            hits: 0,
+            reported: 0,
+            denied: 0,
+            address_denied: 0,
+            first_seen: NO_TIME,
+            last_seen: NO_TIME,
+            role,
+            host,
+            port,
+            multi_port: false,
+        }
+    }
+
+    /// The pair's only port (while `multi_port` is false), with `counts`
+    /// the pair's full counts.
+    fn only_port(&self, counts: Counts) -> PortObservation {
+        PortObservation {
+            port: self.port,
+            hits: counts.hits,
+            reported: counts.reported,
+            denied: counts.denied,
+            first_seen: time_of(self.first_seen),
+            last_seen: time_of(self.last_seen),
+        }
+    }
+
+    /// The 32-bit counters, widened.
+    fn counts(&self) -> Counts {
+        Counts {
+            hits: u64::from(self.hits),
+            reported: u64::from(self.reported),
+            denied: u64::from(self.denied),
+            address_denied: u64::from(self.address_denied),
+        }
+    }
+
+    /// The 32-bit counters, which are then zero.
+    fn take_counts(&mut self) -> Counts {
+        let counts = self.counts();
+        (self.hits, self.reported, self.denied, self.address_denied) = (0, 0, 0, 0);
+        counts
+    }
+
+    /// Counts one line for the pair itself (ports are the caller's, and so
+    /// is carrying full counters: `hits` is below `u32::MAX` here).
+    fn count(&mut self, kind: LineKind, at: Option<Timestamp>) {
+        let (reported, denied) = kind.policy_counts();
+        self.hits = self.hits.saturating_add(1);
+        self.reported = self.reported.saturating_add(u32::from(reported));
+        self.denied = self.denied.saturating_add(u32::from(denied));
+        if kind == LineKind::AddressDenied {
+            self.address_denied = self.address_denied.saturating_add(1);
+        }
+        if let Some(Timestamp(at)) = at {
+            self.first_seen = if self.first_seen == NO_TIME { at } else { self.first_seen.min(at) };
+            self.last_seen = if self.last_seen == NO_TIME { at } else { self.last_seen.max(at) };
+        }
+    }
+}
+
+/// Everything read from the logs, per (role, host) pair.
+///
+/// Memory follows distinct pairs at about 80 bytes each: roles and hosts
+/// are interned (one copy of each string, pairs keyed by two `u32` ids),
+/// each pair is one packed [`Pair`] in a vector, and the pair index maps
+/// the two ids to the pair's place in it. Per-role order (for
+/// [`Aggregate::hosts_of`]) is built once, when first asked for.
 #[derive(Debug, Default)]
 pub struct Aggregate {
-    /// Distinct canonical hosts; `HostId` indexes this.
+    /// Distinct canonical hosts; a `HostId` indexes this.
     hosts: Vec<CanonicalHost>,
     /// Raw `requested_host` text → its host id and port (`None`: the text
     /// has no port), so each spelling is parsed once.
-    by_raw_host: HashMap<Box<str>, (u32, Option<u16>)>,
-    by_canonical: HashMap<CanonicalHost, u32>,
-    roles: HashMap<Box<str>, HashMap<u32, Observation>>,
+    by_raw_host: HashMap<Box<str>, (HostId, Option<u16>)>,
+    by_canonical: HashMap<CanonicalHost, HostId>,
+    /// Distinct role names; a `RoleId` indexes this.
+    role_names: Vec<Box<str>>,
+    by_role: HashMap<Box<str>, RoleId>,
+    pairs: Vec<Pair>,
+    /// `(role << 32) | host` → index in `pairs`.
+    pair_index: HashMap<u64, u32>,
+    /// Ports of the pairs seen on more than one port, by index in `pairs`.
+    more_ports: HashMap<u32, PortList>,
+    /// Counts carried out of a pair's 32-bit counters, by index in `pairs`
+    /// (a pair with 2^32 lines or more).
+    carried: HashMap<u32, Counts>,
+    /// Pairs grouped by role, sorted by host; built on first use.
+    order: OnceCell<RoleOrder>,
     pub lines: LineCounts,
+}
+
+/// The pairs of each role, sorted by host name.
+#[derive(Debug)]
+struct RoleOrder {
+    /// Indices in `pairs`, grouped by role id, each group sorted by host name.
+    pairs: Vec<u32>,
+    /// `pairs[starts[r]..starts[r + 1]]` are role `r`'s.
+    starts: Vec<usize>,
 }
 
 impl Aggregate {
     /// Roles seen, sorted.
     pub fn roles(&self) -> Vec<&str> {
-        let mut roles: Vec<&str> = self.roles.keys().map(|r| &**r).collect();
+        let mut roles: Vec<&str> = self.role_names.iter().map(|r| &**r).collect();
         roles.sort_unstable();
         roles
     }
 
     /// A role's hosts with what was seen of them, sorted by host.
-    pub fn hosts_of(&self, role: &str) -> Vec<(&CanonicalHost, &Observation)> {
-        let mut hosts: Vec<(&CanonicalHost, &Observation)> = self
-            .roles
-            .get(role)
-            .into_iter()
-            .flatten()
-            .filter_map(|(id, obs)| Some((self.hosts.get(*id as usize)?, obs)))
+    pub fn hosts_of(&self, role: &str) -> Vec<(&CanonicalHost, Observation)> {
+        let Some(&role) = self.by_role.get(role) else {
+            return Vec::new();
+        };
+        let order = self.order.get_or_init(|| self.role_order());
+        let range = order.starts.get(role as usize).copied().zip(order.starts.get(role as usize + 1).copied());
+        let Some(members) = range.and_then(|(start, end)| order.pairs.get(start..end)) else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .filter_map(|&index| {
+                let pair = self.pairs.get(index as usize)?;
+                Some((self.hosts.get(pair.host as usize)?, self.observation(index, pair)))
+            })
+            .collect()
+    }
+
+    /// The pair unpacked into its public form.
+    fn observation(&self, index: u32, pair: &Pair) -> Observation {
+        let mut counts = self.carried.get(&index).copied().unwrap_or_default();
+        counts.add(pair.counts());
+        let (ports, ports_not_kept) = match self.more_ports.get(&index).filter(|_| pair.multi_port) {
+            Some(list) => (list.ports.clone(), list.not_kept),
+            None => (vec![pair.only_port(counts)], 0),
+        };
+        Observation {
+            hits: counts.hits,
+            reported: counts.reported,
+            denied: counts.denied,
+            address_denied: counts.address_denied,
+            first_seen: time_of(pair.first_seen),
+            last_seen: time_of(pair.last_seen),
+            ports,
+            ports_not_kept,
+        }
+    }
+
+    /// Groups the pairs by role and sorts each group by host name, comparing
+    /// host ranks (one sort of the distinct hosts) rather than strings.
+    fn role_order(&self) -> RoleOrder {
+        let mut by_name: Vec<u32> = (0..u32::try_from(self.hosts.len()).unwrap_or(u32::MAX)).collect();
+        by_name.sort_unstable_by(|a, b| self.host_text(*a).cmp(self.host_text(*b)));
+        let mut rank = vec![0u32; self.hosts.len()];
+        for (position, host) in (0u32..).zip(&by_name) {
+            if let Some(slot) = rank.get_mut(*host as usize) {
+                *slot = position;
+            }
+        }
+        // Sorting (role, host rank) keys packed in one integer beside the
+        // pair's index reads each pair once, not at every comparison.
+        let mut keyed: Vec<(u64, u32)> = (0u32..)
+            .zip(&self.pairs)
+            .map(|(index, p)| {
+                let rank = rank.get(p.host as usize).copied().unwrap_or(u32::MAX);
+                ((u64::from(p.role) << 32) | u64::from(rank), index)
+            })
             .collect();
-        hosts.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-        hosts
+        keyed.sort_unstable();
+        let mut starts = vec![0usize; self.role_names.len() + 1];
+        for p in &self.pairs {
+            if let Some(slot) = starts.get_mut(p.role as usize + 1) {
+                *slot += 1;
+            }
+        }
+        let pairs: Vec<u32> = keyed.into_iter().map(|(_, index)| index).collect();
+        for r in 1..starts.len() {
+            let before = starts.get(r - 1).copied().unwrap_or(0);
+            if let Some(slot) = starts.get_mut(r) {
+                *slot += before;
+            }
+        }
+        RoleOrder { pairs, starts }
+    }
+
+    fn host_text(&self, id: HostId) -> &str {
+        self.hosts.get(id as usize).map_or("", CanonicalHost::as_str)
     }
 
     /// Number of distinct (role, host) pairs.
     pub fn pair_count(&self) -> usize {
-        self.roles.values().map(HashMap::len).sum()
+        self.pairs.len()
     }
 
-    fn host_id(&mut self, raw: &str) -> Result<(u32, Option<u16>), AuthorityError> {
+    fn host_id(&mut self, raw: &str) -> Result<(HostId, Option<u16>), AuthorityError> {
         if let Some(known) = self.by_raw_host.get(raw) {
             return Ok(*known);
         }
@@ -297,6 +519,56 @@ impl Aggregate {
         };
         self.by_raw_host.insert(raw.into(), (id, port));
         Ok((id, port))
+    }
+
+    /// The role's id, interning the name on first sight (`None`: more
+    /// distinct roles than ids, which no real log reaches).
+    fn role_id(&mut self, role: &str) -> Option<RoleId> {
+        if let Some(id) = self.by_role.get(role) {
+            return Some(*id);
+        }
+        let id = u32::try_from(self.role_names.len()).ok()?;
+        self.role_names.push(role.into());
+        self.by_role.insert(role.into(), id);
+        Some(id)
+    }
+
+    /// Folds one decision line into its pair (`false`: more distinct pairs
+    /// than `u32` indices, which no real log reaches).
+    fn record(&mut self, role: RoleId, host: HostId, kind: LineKind, port: u16, at: Option<Timestamp>) -> bool {
+        self.order.take();
+        let key = (u64::from(role) << 32) | u64::from(host);
+        let index = match self.pair_index.get(&key) {
+            Some(index) => *index,
+            None => {
+                let Ok(index) = u32::try_from(self.pairs.len()) else {
+                    return false;
+                };
+                self.pairs.push(Pair::new(role, host, port));
+                self.pair_index.insert(key, index);
+                index
+            }
+        };
+        let Some(pair) = self.pairs.get_mut(index as usize) else {
+            return false;
+        };
+        if !pair.multi_port && pair.port != port {
+            // A second port: the list so far is the one port's, which the
+            // pair's own counters describe.
+            let mut counts = self.carried.get(&index).copied().unwrap_or_default();
+            counts.add(pair.counts());
+            let list = PortList { ports: vec![pair.only_port(counts)], not_kept: 0 };
+            self.more_ports.insert(index, list);
+            pair.multi_port = true;
+        }
+        if pair.hits == u32::MAX {
+            self.carried.entry(index).or_default().add(pair.take_counts());
+        }
+        pair.count(kind, at);
+        if pair.multi_port {
+            self.more_ports.entry(index).or_default().record(kind, port, at);
+        }
+        true
     }
 
     fn malformed(&mut self, source: &str, line: u64, why: impl fmt::Display) {
@@ -561,12 +833,15 @@ fn fold_line(
         }
     };
     let at = parsed.time.as_deref().or(parsed.timestamp.as_deref()).and_then(Timestamp::parse_rfc3339);
-    aggregate.lines.decisions += 1;
-    let per_role = match aggregate.roles.get_mut(role) {
-        Some(per_role) => per_role,
-        None => aggregate.roles.entry(role.into()).or_default(),
+    let Some(role) = aggregate.role_id(role) else {
+        aggregate.malformed(source, number, "more distinct roles than can be counted");
+        return;
     };
-    per_role.entry(host).or_default().record(kind, port, at);
+    if !aggregate.record(role, host, kind, port, at) {
+        aggregate.malformed(source, number, "more distinct (role, host) pairs than can be counted");
+        return;
+    }
+    aggregate.lines.decisions += 1;
 }
 
 #[cfg(test)]
@@ -610,7 +885,7 @@ mod tests {
         assert_eq!((a.lines.total, a.lines.decisions, a.lines.skipped, a.lines.malformed), (6, 2, 4, 0));
         let hosts = a.hosts_of("r");
         assert_eq!(hosts.len(), 1);
-        let (host, obs) = hosts[0];
+        let (host, obs) = &hosts[0];
         assert_eq!(host.as_str(), "api.example.com");
         assert_eq!((obs.hits, obs.reported, obs.denied), (2, 1, 1));
         assert_eq!(obs.first_seen.unwrap().to_rfc3339(), "2026-11-21T10:00:00Z");
@@ -697,8 +972,27 @@ mod tests {
         let hosts = a.hosts_of("r");
         let ports: Vec<(u16, u64, u64)> = hosts[0].1.ports.iter().map(|p| (p.port, p.hits, p.reported)).collect();
         assert_eq!(ports, vec![(80, 1, 1), (443, 1, 1), (8080, 1, 1), (8443, 2, 2)]);
-        let b = hosts[1].1;
+        let b = &hosts[1].1;
         assert_eq!((b.ports.len(), b.ports_not_kept, b.hits), (MAX_PORTS_PER_PAIR, 1, MAX_PORTS_PER_PAIR as u64 + 2));
         assert_eq!(b.ports[0].hits, 2, "a kept port still counts once the set is full");
+    }
+
+    #[test]
+    fn counters_carry_past_32_bits() {
+        let line = |port: u16| {
+            format!(
+                "{{\"msg\":\"CANONICAL-PROXY-DECISION\",\"role\":\"r\",\"requested_host\":\"a.test:{port}\",\"allow\":false,\"decision_reason\":\"x\",\"enforce_would_deny\":true}}\n"
+            )
+        };
+        let mut a = read(&line(443));
+        // As if 2^32 - 1 lines had been read: the next one carries.
+        let pair = &mut a.pairs[0];
+        (pair.hits, pair.denied) = (u32::MAX, u32::MAX);
+        read_stream(format!("{}{}", line(443), line(8443)).as_bytes(), "t.log", None, &mut a).unwrap();
+        let (_, obs) = &a.hosts_of("r")[0];
+        let full = u64::from(u32::MAX);
+        assert_eq!((obs.hits, obs.denied, obs.reported), (full + 2, full + 2, 0));
+        let ports: Vec<(u16, u64)> = obs.ports.iter().map(|p| (p.port, p.hits)).collect();
+        assert_eq!(ports, vec![(443, full + 1), (8443, 1)]);
     }
 }

@@ -494,6 +494,71 @@ impl fmt::Display for TestCase {
     }
 }
 
+/// Every test file's cases run against one table: what `policyc test` and
+/// `policyc compile --test` report.
+#[derive(Debug)]
+pub struct TestRun {
+    /// One per case, in file order.
+    pub reports: Vec<CaseReport>,
+    /// Problems in the test files, then one `P017` per failing case, in file order.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Human renderings of the failures, per file.
+    pub failures: Vec<Vec<String>>,
+}
+
+impl TestRun {
+    pub fn cases(&self) -> usize {
+        self.reports.len()
+    }
+
+    pub fn failed_cases(&self) -> usize {
+        self.reports.iter().filter(|r| !r.passed).count()
+    }
+
+    /// Errors in the test files themselves (not failing cases).
+    pub fn file_errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error() && d.code != Code::TestFailed).count()
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed_cases() > 0 || self.file_errors() > 0
+    }
+
+    /// The one-line verdict over `files` test files.
+    pub fn summary(&self, files: usize) -> String {
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let (cases, failed, errors) = (self.cases(), self.failed_cases(), self.file_errors());
+        let verdict = if self.failed() { "failed" } else { "ok" };
+        let mut line = format!(
+            "{verdict}: {} of {cases} case{} passed in {files} test file{}",
+            cases - failed,
+            plural(cases),
+            plural(files)
+        );
+        if failed > 0 {
+            line.push_str(&format!(", {failed} failed"));
+        }
+        if errors > 0 {
+            line.push_str(&format!(", {errors} error{} in test files", plural(errors)));
+        }
+        line
+    }
+}
+
+/// Runs every case of every file (with its source bytes) against `table`.
+pub fn run_files(table: &PolicyTable, files: &[(TestFile, Vec<u8>)]) -> TestRun {
+    let mut run = TestRun { reports: Vec::new(), diagnostics: Vec::new(), failures: Vec::new() };
+    for (file, _) in files {
+        let outcomes = self::run(table, file);
+        run.diagnostics.extend(file.diagnostics.iter().cloned());
+        run.diagnostics.extend(outcomes.iter().filter_map(|o| o.failure(&file.file)));
+        run.failures.push(outcomes.iter().filter(|o| !o.passed()).map(|o| o.render_human(&file.file)).collect());
+        run.reports.extend(outcomes.iter().map(|o| CaseReport::new(&file.file, o)));
+    }
+    diagnostic::sort(&mut run.diagnostics);
+    run
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure

@@ -176,10 +176,12 @@ pub fn plan(policy: &Policy, table: &PolicyTable, aggregate: &Aggregate, options
             .find(|rule| rule.name == role)
             .map(|rule| rule.allowed_ports.as_slice())
             .filter(|ports| !ports.is_empty());
+        let hosts = aggregate.hosts_of(role);
         let mut needed: Vec<(&CanonicalHost, Observation)> = Vec::new();
         // Hosts the role may reach once the plan is applied, for port needs.
         let mut reachable: Vec<(&CanonicalHost, &Observation, bool)> = Vec::new();
-        for (host, seen) in aggregate.hosts_of(role) {
+        for (host, seen) in &hosts {
+            let host: &CanonicalHost = host;
             if seen.ports_not_kept > 0 {
                 plan.ports_not_kept.push(PortsNotKept {
                     role: role.to_owned(),
@@ -213,7 +215,19 @@ pub fn plan(policy: &Policy, table: &PolicyTable, aggregate: &Aggregate, options
                 continue;
             }
             reachable.push((host, seen, false));
-            needed.push((host, Observation { hits: count, ports: Vec::new(), ..seen.clone() }));
+            needed.push((
+                host,
+                Observation {
+                    hits: count,
+                    reported: seen.reported,
+                    denied: seen.denied,
+                    address_denied: seen.address_denied,
+                    first_seen: seen.first_seen,
+                    last_seen: seen.last_seen,
+                    ports: Vec::new(),
+                    ports_not_kept: seen.ports_not_kept,
+                },
+            ));
         }
         let ports = match listed_ports {
             Some(listed) => port_needs(role, listed, table, &reachable, options, &mut plan.ports_below_min_count),

@@ -6,7 +6,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Output};
 
-use egress_policy::address::{AddressPolicy, AddressRules, AddressSpec};
+use egress_policy::address::{AddressPolicy, AddressRules};
+use egress_policy::policy::AddressSpec;
 use serde_json::Value;
 
 use crate::repo_root;

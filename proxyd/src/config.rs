@@ -17,8 +17,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use egress_policy::address::{AddressRules, AddressSpec};
-use egress_policy::policy::{Action, ActionSet};
+use egress_policy::address::AddressRules;
+use egress_policy::policy::{Action, ActionSet, AddressSpec};
 
 use crate::policy_fetch::{MAX_FETCH_BYTES, RemoteSettings};
 use crate::policy_trust::TrustSettings;

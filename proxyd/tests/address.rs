@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use egress_policy::address::AddressSpec;
+use egress_policy::policy::AddressSpec;
 use ipnet::IpNet;
 
 use crate::harness::{ACL, Proxy, connect, echo_through, lo};

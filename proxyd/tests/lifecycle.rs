@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use egress_policy::address::AddressSpec;
+use egress_policy::policy::AddressSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

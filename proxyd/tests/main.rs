@@ -17,7 +17,6 @@ mod connect;
 mod deploy;
 mod dns_server;
 mod harness;
-mod layout;
 mod lifecycle;
 mod limits;
 mod log_stall;

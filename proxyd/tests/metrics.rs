@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use egress_policy::address::AddressSpec;
+use egress_policy::policy::AddressSpec;
 use proxyd::config::ProxyAuth;
 
 use crate::harness::{ACL, Proxy, compile, connect, echo_through, lo};

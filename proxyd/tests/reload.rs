@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use egress_policy::acl;
-use egress_policy::address::AddressSpec;
-use egress_policy::policy::ActionSet;
+use egress_policy::policy::{ActionSet, AddressSpec};
 use egress_policy::table::{self, Metadata};
 use proxyd::Config;
 use tokio::io::AsyncWriteExt;

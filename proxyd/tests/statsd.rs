@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use egress_policy::address::AddressSpec;
+use egress_policy::policy::AddressSpec;
 use tokio::net::UdpSocket;
 
 use crate::harness::{ACL, Proxy, connect, echo_through, lo};

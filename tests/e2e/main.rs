@@ -7,11 +7,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a test failure
 
 mod clients;
-
 mod container;
 mod fleet;
 mod image;
 mod kube_play;
+mod layout;
 mod pipeline;
 mod policy_v2;
 mod role_from;

@@ -8,8 +8,8 @@ use egress_policy::policy::ActionSet;
 use egress_policy::signature;
 use egress_policy::table::{self, Metadata};
 
-use super::test::run_tests;
-use super::{Failure, read_source, read_test_files, sign};
+use super::{Failure, print_test_run, read_source, read_test_files, sign};
+use crate::policytest;
 use crate::report::{plural, print_human};
 
 pub fn run(
@@ -32,9 +32,9 @@ pub fn run(
         return Err(Failure::Policy);
     };
     if !test_files.is_empty() {
-        let summary = run_tests(&PolicyTable::new(&policy), &test_files);
-        summary.print_human(&test_files);
-        if summary.failed() {
+        let run = policytest::run_files(&PolicyTable::new(&policy), &test_files);
+        print_test_run(&run, &test_files);
+        if run.failed() {
             eprintln!("failed: policy tests did not pass; no table written");
             return Err(Failure::Policy);
         }

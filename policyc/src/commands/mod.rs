@@ -21,7 +21,7 @@ use egress_policy::table;
 use egress_policy::yaml::MAX_SOURCE_BYTES;
 
 use crate::cli::{Cli, Command};
-use crate::policytest::{self, TestFile};
+use crate::policytest::{self, TestFile, TestRun};
 use crate::report;
 
 pub mod check;
@@ -47,6 +47,12 @@ pub enum Failure {
     Usage(String),
     /// A refused table or bad policy, with the message to print.
     Refused(String),
+}
+
+impl From<report::StdoutError> for Failure {
+    fn from(error: report::StdoutError) -> Failure {
+        Failure::Usage(error.to_string())
+    }
 }
 
 /// Runs one parsed command line; the exit code follows the module doc.
@@ -153,6 +159,18 @@ pub(crate) fn load_policy(path: &Path, disabled: ActionSet) -> Result<Loaded, Fa
 
 pub(crate) fn parse_destination(input: &str) -> Result<(CanonicalHost, Option<u16>), Failure> {
     destination::parse(input).map(|d| (d.host, d.port)).map_err(|e| Failure::Usage(e.to_string()))
+}
+
+/// Prints a test run for people on stderr: each file's problems, its
+/// failing cases, then the one-line verdict (`policyc test` and `compile`).
+pub(crate) fn print_test_run(run: &TestRun, files: &[(TestFile, Vec<u8>)]) {
+    for ((file, bytes), failures) in files.iter().zip(&run.failures) {
+        report::print_human(&file.diagnostics, bytes);
+        for failure in failures {
+            eprint!("{failure}");
+        }
+    }
+    eprintln!("{}", run.summary(files.len()));
 }
 
 pub(crate) fn read_test_files(paths: &[PathBuf]) -> Result<Vec<(TestFile, Vec<u8>)>, Failure> {

@@ -18,7 +18,7 @@ use super::{Failure, print_line_counts, read_logs, read_source};
 use crate::cli::SuggestFormat;
 use crate::decision_log::LineCounts;
 use crate::policy_edit;
-use crate::report::{print_human, to_json, write_stdout};
+use crate::report::{print_human, to_json, write_json_stdout, write_stdout};
 use crate::suggest::{self, Options, Plan, RoleSuggestion};
 
 #[derive(Serialize)]
@@ -146,10 +146,13 @@ pub fn run(
             }
         }
         SuggestFormat::Json => {
-            format!(
-                "{}\n",
-                to_json(&JsonReport { format_version: 1, policy: label.clone(), plan: &plan, lines: &aggregate.lines })
-            )
+            let report = JsonReport { format_version: 1, policy: label.clone(), plan: &plan, lines: &aggregate.lines };
+            if output.is_none() {
+                // Straight into the pipe: the plan of a big fleet is not held twice.
+                write_json_stdout(&report)?;
+                return Ok(());
+            }
+            format!("{}\n", to_json(&report))
         }
     };
     match output {

@@ -2,80 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
-use egress_policy::decision::PolicyTable;
-use egress_policy::diagnostic::{self, Diagnostic};
+use egress_policy::diagnostic::Diagnostic;
 use egress_policy::policy::ActionSet;
 use serde::Serialize;
 
-use super::{Failure, read_test_files, try_load_policy};
+use super::{Failure, print_test_run, read_test_files, try_load_policy};
 use crate::cli::ReportFormat;
-use crate::policytest::{self, CaseReport, TestFile};
-use crate::report::{plural, print_human, print_machine, to_json, write_stdout};
-
-/// Every test file's cases run against one table.
-pub(crate) struct TestRun {
-    reports: Vec<CaseReport>,
-    /// Problems in the test files, then one `P017` per failing case, in file order.
-    diagnostics: Vec<Diagnostic>,
-    /// Human renderings of the failures, per file.
-    failures: Vec<Vec<String>>,
-}
-
-impl TestRun {
-    fn cases(&self) -> usize {
-        self.reports.len()
-    }
-    fn failed_cases(&self) -> usize {
-        self.reports.iter().filter(|r| !r.passed).count()
-    }
-    fn file_errors(&self) -> usize {
-        self.diagnostics.iter().filter(|d| d.is_error() && d.code != diagnostic::Code::TestFailed).count()
-    }
-    pub(crate) fn failed(&self) -> bool {
-        self.failed_cases() > 0 || self.file_errors() > 0
-    }
-
-    fn summary(&self, files: usize) -> String {
-        let (cases, failed, errors) = (self.cases(), self.failed_cases(), self.file_errors());
-        let verdict = if self.failed() { "failed" } else { "ok" };
-        let mut line = format!(
-            "{verdict}: {} of {cases} case{} passed in {files} test file{}",
-            cases - failed,
-            plural(cases),
-            plural(files)
-        );
-        if failed > 0 {
-            line.push_str(&format!(", {failed} failed"));
-        }
-        if errors > 0 {
-            line.push_str(&format!(", {errors} error{} in test files", plural(errors)));
-        }
-        line
-    }
-
-    pub(crate) fn print_human(&self, files: &[(TestFile, Vec<u8>)]) {
-        for ((file, bytes), failures) in files.iter().zip(&self.failures) {
-            print_human(&file.diagnostics, bytes);
-            for failure in failures {
-                eprint!("{failure}");
-            }
-        }
-        eprintln!("{}", self.summary(files.len()));
-    }
-}
-
-pub(crate) fn run_tests(table: &PolicyTable, files: &[(TestFile, Vec<u8>)]) -> TestRun {
-    let mut run = TestRun { reports: Vec::new(), diagnostics: Vec::new(), failures: Vec::new() };
-    for (file, _) in files {
-        let outcomes = policytest::run(table, file);
-        run.diagnostics.extend(file.diagnostics.iter().cloned());
-        run.diagnostics.extend(outcomes.iter().filter_map(|o| o.failure(&file.file)));
-        run.failures.push(outcomes.iter().filter(|o| !o.passed()).map(|o| o.render_human(&file.file)).collect());
-        run.reports.extend(outcomes.iter().map(|o| CaseReport::new(&file.file, o)));
-    }
-    diagnostic::sort(&mut run.diagnostics);
-    run
-}
+use crate::policytest::{self, CaseReport};
+use crate::report::{print_human, print_machine, to_json, write_stdout};
 
 #[derive(Serialize)]
 struct TestReport<'a> {
@@ -127,9 +61,9 @@ pub fn run(policy: &Path, tests: &[PathBuf], disabled: ActionSet, format: Report
             return Err(Failure::Policy);
         }
     };
-    let run = run_tests(&loaded.table, &files);
+    let run = policytest::run_files(&loaded.table, &files);
     match format {
-        ReportFormat::Human => run.print_human(&files),
+        ReportFormat::Human => print_test_run(&run, &files),
         ReportFormat::Json => {
             let report = TestReport {
                 format_version: 1,

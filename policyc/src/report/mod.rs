@@ -9,7 +9,6 @@ use egress_policy::diagnostic::Diagnostic;
 use serde::Serialize;
 
 use crate::cli::ReportFormat;
-use crate::commands::Failure;
 
 pub mod github;
 pub mod human;
@@ -22,8 +21,14 @@ pub(crate) fn print_human(diagnostics: &[Diagnostic], source: &[u8]) {
     }
 }
 
+/// Standard output could not be written (a closed pipe, a full disk). The
+/// commands turn it into their usage-or-I/O failure (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to stdout: {0}")]
+pub struct StdoutError(#[from] std::io::Error);
+
 /// Prints diagnostics as GitHub workflow commands or as a SARIF log, on stdout.
-pub(crate) fn print_machine(format: ReportFormat, diagnostics: Vec<Diagnostic>) -> Result<(), Failure> {
+pub(crate) fn print_machine(format: ReportFormat, diagnostics: Vec<Diagnostic>) -> Result<(), StdoutError> {
     let cwd = std::env::current_dir().ok();
     let path_of = |file: &str| relative_to(cwd.as_deref(), file);
     let out = match format {
@@ -34,12 +39,21 @@ pub(crate) fn print_machine(format: ReportFormat, diagnostics: Vec<Diagnostic>) 
 }
 
 /// Writes a report to stdout; a closed pipe is an error (exit 2), never a panic.
-pub(crate) fn write_stdout(text: &str) -> Result<(), Failure> {
+pub(crate) fn write_stdout(text: &str) -> Result<(), StdoutError> {
     let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-        .map_err(|e| Failure::Usage(format!("cannot write to stdout: {e}")))
+    stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush())?;
+    Ok(())
+}
+
+/// Writes `value` to stdout as [`to_json`] spells it, followed by a newline,
+/// serialising straight into the pipe: a large report (`suggest` over a big
+/// fleet's logs) is never held in memory a second time as text.
+pub(crate) fn write_json_stdout<T: Serialize>(value: &T) -> Result<(), StdoutError> {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
 }
 
 /// `file` relative to the working directory when it lies inside it; else as given.
