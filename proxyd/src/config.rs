@@ -20,9 +20,11 @@ use serde::de::IgnoredAny;
 use egress_policy::address::{AddressRules, AddressSpec};
 use egress_policy::policy::{Action, ActionSet};
 
+use crate::admin_auth::AdminToken;
 use crate::policy_fetch::{MAX_FETCH_BYTES, RemoteSettings};
 use crate::policy_trust::TrustSettings;
 use crate::reload::ReloadSettings;
+use crate::stats_socket::StatsSocketSettings;
 use crate::tls::{ServerIdentity, TlsSettings};
 
 pub const DEFAULT_PORT: u16 = 4750;
@@ -181,6 +183,19 @@ pub struct Args {
     /// Size cap for --policy-url responses (tests lower it) [default: 256 MiB].
     #[arg(long, value_name = "BYTES", hide = true)]
     pub policy_url_max_bytes: Option<u64>,
+    /// Serve Smokescreen's stats socket DIR/track-<pid>.sock: the open tunnels as JSON [default: off].
+    #[arg(long, value_name = "DIR")]
+    pub stats_socket_dir: Option<PathBuf>,
+    /// Permissions of the stats socket, in octal [default: 700].
+    #[arg(long, value_name = "MODE")]
+    pub stats_socket_file_mode: Option<String>,
+    /// File holding a bearer token: the admin listener then requires `Authorization: Bearer <token>`
+    /// on everything but /healthz and /readyz [default: no token].
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// With --admin-token-file, leave /metrics open (for scrapers that cannot send the token).
+    #[arg(long)]
+    pub admin_metrics_open: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -249,6 +264,10 @@ pub struct FileConfig {
     statsd_address: Option<String>,
     time_connect: Option<bool>,
     policy_public_keys: Option<Vec<PathBuf>>,
+    admin_token_file: Option<PathBuf>,
+    admin_metrics_open: Option<bool>,
+    stats_socket_dir: Option<PathBuf>,
+    stats_socket_file_mode: Option<String>,
     // Smokescreen keys for features a CONNECT-only proxy does not have:
     // accepted by the parser only to refuse them with a reason.
     acl_file: Option<IgnoredAny>,
@@ -258,8 +277,6 @@ pub struct FileConfig {
     write_timeout: Option<IgnoredAny>,
     transport_max_idle_conns: Option<IgnoredAny>,
     transport_max_idle_conns_per_host: Option<IgnoredAny>,
-    stats_socket_dir: Option<IgnoredAny>,
-    stats_socket_file_mode: Option<IgnoredAny>,
     max_concurrent_requests: Option<IgnoredAny>,
     max_request_rate: Option<IgnoredAny>,
     max_request_burst: Option<IgnoredAny>,
@@ -347,6 +364,12 @@ pub struct Config {
     pub policy_trust: TrustSettings,
     /// Fetch the table from a URL instead of `policy` (then `policy` is the cache path, or empty).
     pub policy_remote: Option<RemoteSettings>,
+    /// Smokescreen's stats socket (`--stats-socket-dir`); `None`: off.
+    pub stats_socket: Option<StatsSocketSettings>,
+    /// The admin listener's bearer token (`--admin-token-file`); `None`: no token.
+    pub admin_token: Option<AdminToken>,
+    /// With a token, `/metrics` stays open.
+    pub admin_metrics_open: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -392,6 +415,9 @@ impl Config {
             time_connect: false,
             policy_trust: TrustSettings::default(),
             policy_remote: None,
+            stats_socket: None,
+            admin_token: None,
+            admin_metrics_open: false,
         }
     }
 
@@ -597,6 +623,23 @@ impl Config {
             });
         }
 
+        let stats_socket = stats_socket_settings(args, &file).and_then(|settings| keep(p, settings));
+        let token_file = args.admin_token_file.clone().or(file.admin_token_file.clone());
+        let admin_token = token_file.as_ref().and_then(|path| {
+            let token = AdminToken::read(path).map_err(|message| ConfigError::Invalid {
+                input: format!("--admin-token-file {}", path.display()),
+                message,
+            });
+            keep(p, token)
+        });
+        let admin_metrics_open = args.admin_metrics_open || file.admin_metrics_open.unwrap_or(false);
+        if admin_metrics_open && token_file.is_none() {
+            p.push(ConfigError::Invalid {
+                input: "--admin-metrics-open".into(),
+                message: "has no effect without --admin-token-file (without a token everything is open)".into(),
+            });
+        }
+
         let config = Config {
             listen,
             policy,
@@ -626,6 +669,9 @@ impl Config {
             time_connect,
             policy_trust,
             policy_remote,
+            stats_socket,
+            admin_token,
+            admin_metrics_open,
         };
         (config, problems)
     }
@@ -640,6 +686,32 @@ fn keep<T>(problems: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> O
             None
         }
     }
+}
+
+/// `--stats-socket-dir` and `--stats-socket-file-mode` (or their keys):
+/// `None` when no directory is named.
+fn stats_socket_settings(args: &Args, file: &FileConfig) -> Option<Result<StatsSocketSettings, ConfigError>> {
+    let mode_text = args.stats_socket_file_mode.clone().or(file.stats_socket_file_mode.clone());
+    let Some(dir) = args.stats_socket_dir.clone().or(file.stats_socket_dir.clone()) else {
+        return mode_text.map(|_| {
+            Err(ConfigError::Invalid {
+                input: "--stats-socket-file-mode".into(),
+                message: "has no effect without --stats-socket-dir".into(),
+            })
+        });
+    };
+    let mode = match mode_text.as_deref().map(StatsSocketSettings::parse_mode) {
+        None => crate::stats_socket::DEFAULT_MODE,
+        Some(Ok(mode)) => mode,
+        Some(Err(message)) => {
+            return Some(Err(ConfigError::Invalid { input: "--stats-socket-file-mode".into(), message }));
+        }
+    };
+    let settings = StatsSocketSettings { dir, mode };
+    Some(settings.check().map(|()| settings.clone()).map_err(|message| ConfigError::Invalid {
+        input: format!("--stats-socket-dir {}", settings.dir.display()),
+        message,
+    }))
 }
 
 /// Signature and remote-fetch settings (`--policy-public-key`, `--policy-url`, ...).
@@ -713,7 +785,7 @@ fn check_host_port(address: &str) -> Result<(), String> {
 
 impl FileConfig {
     fn refuse_unsupported(&self) -> Result<(), ConfigError> {
-        let refusals: [(&str, bool, &str); 12] = [
+        let refusals: [(&str, bool, &str); 10] = [
             (
                 "acl_file",
                 self.acl_file.is_some(),
@@ -737,8 +809,6 @@ impl FileConfig {
                 self.transport_max_idle_conns_per_host.is_some(),
                 "proxyd has no HTTP forward path and keeps no upstream connection pool",
             ),
-            ("stats_socket_dir", self.stats_socket_dir.is_some(), "the stats socket is not supported"),
-            ("stats_socket_file_mode", self.stats_socket_file_mode.is_some(), "the stats socket is not supported"),
             (
                 "max_concurrent_requests",
                 self.max_concurrent_requests.is_some(),
