@@ -13,6 +13,7 @@ mod admin;
 mod binary;
 mod check_config;
 mod connect;
+mod console;
 mod deploy;
 mod dns_server;
 mod harness;
