@@ -14,6 +14,7 @@ mod binary;
 mod check_config;
 mod connect;
 mod console;
+mod console_browser;
 mod deploy;
 mod dns_server;
 mod harness;
