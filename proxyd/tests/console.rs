@@ -354,3 +354,34 @@ fn bad_stats_socket_and_token_settings_are_refused_before_listening() {
     assert!(stdout.contains("token required") && stdout.contains("track-<pid>.sock (mode 700"), "{stdout}");
     assert!(!stdout.contains("secret"), "the token is never printed");
 }
+
+/// deploy/prometheus/prometheus.yml: the scrape config that sends the token
+/// is one Prometheus accepts (the token path moved into a temp dir).
+#[test]
+fn the_prometheus_scrape_config_with_the_token_is_valid() {
+    let Ok(version) = std::process::Command::new("promtool").arg("--version").output() else {
+        eprintln!("skipped: promtool not found (apt-get install prometheus)");
+        return;
+    };
+    assert!(version.status.success());
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    let config = std::fs::read_to_string(repo.join("prometheus.yml")).unwrap();
+    assert!(config.contains("type: Bearer") && config.contains("credentials_file:"), "{config}");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("proxyd-admin-token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let config = config.replace("/etc/prometheus/proxyd-admin-token", token.to_str().unwrap());
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    std::fs::copy(repo.join("alerts.yaml"), dir.path().join("alerts.yaml")).unwrap();
+    let output = std::process::Command::new("promtool")
+        .args(["check", "config", "prometheus.yml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check config:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
