@@ -24,7 +24,6 @@ use crate::admin_auth::AdminToken;
 use crate::policy_fetch::{MAX_FETCH_BYTES, RemoteSettings};
 use crate::policy_trust::TrustSettings;
 use crate::reload::ReloadSettings;
-use crate::stats_socket::StatsSocketSettings;
 use crate::tls::{ServerIdentity, TlsSettings};
 
 pub const DEFAULT_PORT: u16 = 4750;
@@ -688,6 +687,64 @@ fn keep<T>(problems: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> O
     }
 }
 
+/// Smokescreen's default mode for the stats socket file.
+pub const DEFAULT_STATS_SOCKET_MODE: u32 = 0o700;
+/// Longest unix socket path the kernel takes (sun_path less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Where the stats socket goes and its permissions (served by [`crate::stats_socket`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsSocketSettings {
+    pub dir: PathBuf,
+    /// Permission bits (at most 0o777).
+    pub mode: u32,
+}
+
+impl StatsSocketSettings {
+    /// Smokescreen's mode text: octal digits, at most `777`.
+    pub fn parse_mode(text: &str) -> Result<u32, String> {
+        let digits = text.strip_prefix("0o").unwrap_or(text);
+        match u32::from_str_radix(digits, 8) {
+            Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
+            _ => Err(format!("{text:?} is not an octal file mode such as 700 or 660")),
+        }
+    }
+
+    /// `DIR/track-<pid>.sock`.
+    pub fn path(&self, pid: u32) -> PathBuf {
+        self.dir.join(format!("track-{pid}.sock"))
+    }
+
+    /// The directory exists and the socket's path fits a unix socket address.
+    pub fn check(&self) -> Result<(), String> {
+        let metadata = std::fs::metadata(&self.dir).map_err(|e| format!("cannot use it: {e}"))?;
+        if !metadata.is_dir() {
+            return Err("not a directory".into());
+        }
+        let longest = self.path(u32::MAX);
+        if longest.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "the socket path {} is longer than the {MAX_SOCKET_PATH} bytes a unix socket allows; choose a shorter directory",
+                longest.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a file can be made in the directory (`--check-config`: a
+    /// probe file is created and removed, as the socket will be).
+    pub fn check_writable(&self) -> Result<(), String> {
+        let probe = self.dir.join(format!(".proxyd-check-{}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(|e| format!("cannot create files in it: {e}"))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
+    }
+}
+
 /// `--stats-socket-dir` and `--stats-socket-file-mode` (or their keys):
 /// `None` when no directory is named.
 fn stats_socket_settings(args: &Args, file: &FileConfig) -> Option<Result<StatsSocketSettings, ConfigError>> {
@@ -701,7 +758,7 @@ fn stats_socket_settings(args: &Args, file: &FileConfig) -> Option<Result<StatsS
         });
     };
     let mode = match mode_text.as_deref().map(StatsSocketSettings::parse_mode) {
-        None => crate::stats_socket::DEFAULT_MODE,
+        None => DEFAULT_STATS_SOCKET_MODE,
         Some(Ok(mode)) => mode,
         Some(Err(message)) => {
             return Some(Err(ConfigError::Invalid { input: "--stats-socket-file-mode".into(), message }));

@@ -187,7 +187,7 @@ impl Console {
         };
         item("state", view.ready.unwrap_or("ready"), if view.ready.is_some() { "bad" } else { "good" });
         item("uptime", &human_duration(uptime), "");
-        item("started", &crate::admin::rfc3339(self.started_at), "");
+        item("started", &crate::timefmt::rfc3339(self.started_at), "");
         item("version", crate::VERSION, "");
         item("workers", &self.workers.to_string(), "");
         item(
@@ -347,7 +347,7 @@ fn policy_section(html: &mut String, policy: Option<&PolicyState>) {
     item("signature", if active.verified.is_some() { "verified" } else { "not checked" });
     item("format version", &table.header.format_version.to_string());
     item("language", table.policy.version.as_str());
-    item("loaded at", &crate::admin::rfc3339(active.loaded_at));
+    item("loaded at", &crate::timefmt::rfc3339(active.loaded_at));
     item("source", &source);
     item("compiled from", &format!("{} by {}", table.metadata.source_name, table.metadata.compiler));
     let reloads: Vec<String> = status.counts().iter().map(|(r, n)| format!("{r} {n}")).collect();
@@ -357,7 +357,7 @@ fn policy_section(html: &mut String, policy: Option<&PolicyState>) {
             "last reload",
             &format!(
                 "{} {result}{}",
-                crate::admin::rfc3339(*at),
+                crate::timefmt::rfc3339(*at),
                 error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
             ),
         ),
@@ -369,7 +369,7 @@ fn policy_section(html: &mut String, policy: Option<&PolicyState>) {
                 "last fetch",
                 &format!(
                     "{} {}{}",
-                    crate::admin::rfc3339(at),
+                    crate::timefmt::rfc3339(at),
                     result.as_str(),
                     error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
                 ),

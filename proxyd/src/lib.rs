@@ -50,6 +50,7 @@ pub mod server;
 pub mod stats_socket;
 pub mod statsd;
 pub mod systemd;
+pub mod timefmt;
 pub mod tls;
 pub mod tunnel;
 pub mod workers;

@@ -16,86 +16,17 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
-
-use tokio::time::Instant;
+use std::time::SystemTime;
 
 use crate::log::RequestId;
+pub use crate::tunnel::TunnelCounters;
 
 /// Most tunnels one response lists unless the reader asks for fewer.
 pub const DEFAULT_LIMIT: usize = 500;
 /// Most tunnels one response may list, whatever the reader asks for.
 pub const MAX_LIMIT: usize = 10_000;
-
-/// Byte counters and last activity of one tunnel, written by its relays.
-#[derive(Debug)]
-pub struct TunnelCounters {
-    opened: Instant,
-    /// Bytes from the client to the upstream.
-    bytes_out: AtomicU64,
-    /// Bytes from the upstream to the client.
-    bytes_in: AtomicU64,
-    /// When a byte last moved, as nanoseconds since `opened`.
-    last_activity: AtomicU64,
-}
-
-impl Default for TunnelCounters {
-    fn default() -> Self {
-        TunnelCounters::new()
-    }
-}
-
-impl TunnelCounters {
-    pub fn new() -> Self {
-        TunnelCounters {
-            opened: Instant::now(),
-            bytes_out: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            last_activity: AtomicU64::new(0),
-        }
-    }
-
-    /// The client-to-upstream counter.
-    pub fn out(&self) -> &AtomicU64 {
-        &self.bytes_out
-    }
-
-    /// The upstream-to-client counter.
-    pub fn back(&self) -> &AtomicU64 {
-        &self.bytes_in
-    }
-
-    pub fn bytes_out(&self) -> u64 {
-        self.bytes_out.load(Ordering::Relaxed)
-    }
-
-    pub fn bytes_in(&self) -> u64 {
-        self.bytes_in.load(Ordering::Relaxed)
-    }
-
-    /// A byte moved now.
-    pub fn touch(&self) {
-        let nanos = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last_activity.store(nanos, Ordering::Relaxed);
-    }
-
-    /// When a byte last moved (the opening when none has).
-    pub fn last_activity(&self) -> Instant {
-        self.opened + Duration::from_nanos(self.last_activity.load(Ordering::Relaxed))
-    }
-
-    /// Time since a byte last moved.
-    pub fn idle(&self) -> Duration {
-        self.last_activity().elapsed()
-    }
-
-    /// Time since the tunnel opened.
-    pub fn age(&self) -> Duration {
-        self.opened.elapsed()
-    }
-}
 
 /// One open tunnel as the operator sees it.
 #[derive(Debug)]
@@ -201,7 +132,7 @@ impl LiveTunnels {
             all.extend(shard.slots.iter().flatten().filter(|t| matches(t)).cloned());
         }
         let total = all.len();
-        all.sort_by_key(|t| t.counters.opened);
+        all.sort_by_key(|t| t.counters.opened());
         all.truncate(limit.min(MAX_LIMIT));
         (all, total)
     }
@@ -291,23 +222,6 @@ pub fn percent_decode(value: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// Go's `time.RFC3339Nano` in UTC (`2026-11-21T10:16:57.35217331Z`: trailing
-/// zeros of the fraction dropped), as Smokescreen writes `created`.
-pub fn rfc3339_nano(time: SystemTime) -> String {
-    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let seconds = crate::admin::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs()));
-    let nanos = since.subsec_nanos();
-    if nanos == 0 {
-        return seconds;
-    }
-    let fraction = format!("{nanos:09}");
-    let fraction = fraction.trim_end_matches('0');
-    match seconds.strip_suffix('Z') {
-        Some(stem) => format!("{stem}.{fraction}Z"),
-        None => seconds,
-    }
-}
-
 /// Smokescreen's stats object for one tunnel, fields in its order.
 /// `proxyType` is `connect` (Smokescreen means to say so, but always
 /// writes `""`).
@@ -330,7 +244,7 @@ impl<'a> SmokescreenStats<'a> {
             role: tunnel.role.as_deref().unwrap_or(""),
             rhost: &tunnel.requested,
             raddr: tunnel.upstream.to_string(),
-            created: rfc3339_nano(tunnel.created),
+            created: crate::timefmt::rfc3339_nano(tunnel.created),
             bytes_in: tunnel.counters.bytes_in(),
             bytes_out: tunnel.counters.bytes_out(),
             seconds_since_last_activity: tunnel.counters.idle().as_secs_f64(),
@@ -455,13 +369,5 @@ mod tests {
         assert!(q("rol=web").is_err());
         assert!(q("role=%zz").is_err());
         assert!(q("role=%").is_err());
-    }
-
-    #[test]
-    fn created_is_rfc3339_nano() {
-        let at = |s: u64, n: u32| rfc3339_nano(SystemTime::UNIX_EPOCH + Duration::new(s, n));
-        assert_eq!(at(1_795_267_509, 0), "2026-11-21T13:25:09Z");
-        assert_eq!(at(1_795_267_509, 352_173_310), "2026-11-21T13:25:09.35217331Z");
-        assert_eq!(at(1_795_267_509, 5), "2026-11-21T13:25:09.000000005Z");
     }
 }

@@ -153,7 +153,7 @@ impl<'a> RefusalJson<'a> {
             _ => None,
         };
         RefusalJson {
-            time: crate::live::rfc3339_nano(record.at),
+            time: crate::timefmt::rfc3339_nano(record.at),
             id: record.id.to_string(),
             role: record.role.as_deref(),
             host: &record.host,

@@ -27,69 +27,13 @@ use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
+pub use crate::config::{DEFAULT_STATS_SOCKET_MODE as DEFAULT_MODE, StatsSocketSettings};
 use crate::live::{LiveTunnels, SmokescreenStats, TunnelQuery};
 
-/// Smokescreen's default mode for the socket file.
-pub const DEFAULT_MODE: u32 = 0o700;
 /// Connections served at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 16;
 /// The most one connection may last.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
-/// Longest unix socket path the kernel takes (sun_path less its NUL).
-const MAX_SOCKET_PATH: usize = 107;
-
-/// Where the socket goes and its permissions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StatsSocketSettings {
-    pub dir: PathBuf,
-    /// Permission bits (at most 0o777).
-    pub mode: u32,
-}
-
-impl StatsSocketSettings {
-    /// Smokescreen's mode text: octal digits, at most `777`.
-    pub fn parse_mode(text: &str) -> Result<u32, String> {
-        let digits = text.strip_prefix("0o").unwrap_or(text);
-        match u32::from_str_radix(digits, 8) {
-            Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
-            _ => Err(format!("{text:?} is not an octal file mode such as 700 or 660")),
-        }
-    }
-
-    /// `DIR/track-<pid>.sock`.
-    pub fn path(&self, pid: u32) -> PathBuf {
-        self.dir.join(format!("track-{pid}.sock"))
-    }
-
-    /// The directory exists and the socket's path fits a unix socket address.
-    pub fn check(&self) -> Result<(), String> {
-        let metadata = std::fs::metadata(&self.dir).map_err(|e| format!("cannot use it: {e}"))?;
-        if !metadata.is_dir() {
-            return Err("not a directory".into());
-        }
-        let longest = self.path(u32::MAX);
-        if longest.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(format!(
-                "the socket path {} is longer than the {MAX_SOCKET_PATH} bytes a unix socket allows; choose a shorter directory",
-                longest.display()
-            ));
-        }
-        Ok(())
-    }
-
-    /// Whether a file can be made in the directory (`--check-config`: a
-    /// probe file is created and removed, as the socket will be).
-    pub fn check_writable(&self) -> Result<(), String> {
-        let probe = self.dir.join(format!(".proxyd-check-{}", std::process::id()));
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&probe)
-            .map_err(|e| format!("cannot create files in it: {e}"))?;
-        let _ = std::fs::remove_file(&probe);
-        Ok(())
-    }
-}
 
 /// The running stats socket; stopping or dropping it removes the file.
 #[derive(Debug)]

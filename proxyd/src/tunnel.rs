@@ -29,7 +29,6 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
 use crate::buffers::Buffer;
-use crate::live::TunnelCounters;
 
 /// What a finished tunnel reports for the close log line.
 #[derive(Debug, Default)]
@@ -169,9 +168,83 @@ async fn relay<S: Future<Output = ()>>(
 /// One direction of a tunnel, running until end of stream or failure.
 type Direction<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
 
-/// When a byte last moved: the tunnel's live counters (see [`crate::live`]),
-/// which the relays update once per burst with relaxed stores.
+/// When a byte last moved: part of the tunnel's counters, which the relays
+/// update once per burst with relaxed stores.
 type Activity = TunnelCounters;
+
+/// Byte counters and last activity of one tunnel, written by its relays
+/// and read while it runs by [`crate::live`] (relaxed atomics: no lock).
+#[derive(Debug)]
+pub struct TunnelCounters {
+    opened: Instant,
+    /// Bytes from the client to the upstream.
+    bytes_out: AtomicU64,
+    /// Bytes from the upstream to the client.
+    bytes_in: AtomicU64,
+    /// When a byte last moved, as nanoseconds since `opened`.
+    last_activity: AtomicU64,
+}
+
+impl Default for TunnelCounters {
+    fn default() -> Self {
+        TunnelCounters::new()
+    }
+}
+
+impl TunnelCounters {
+    pub fn new() -> Self {
+        TunnelCounters {
+            opened: Instant::now(),
+            bytes_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            last_activity: AtomicU64::new(0),
+        }
+    }
+
+    /// When the counters were made (the tunnel's opening).
+    pub fn opened(&self) -> Instant {
+        self.opened
+    }
+
+    /// The client-to-upstream counter.
+    pub fn out(&self) -> &AtomicU64 {
+        &self.bytes_out
+    }
+
+    /// The upstream-to-client counter.
+    pub fn back(&self) -> &AtomicU64 {
+        &self.bytes_in
+    }
+
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// A byte moved now.
+    pub fn touch(&self) {
+        let nanos = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_activity.store(nanos, Ordering::Relaxed);
+    }
+
+    /// When a byte last moved (the opening when none has).
+    pub fn last_activity(&self) -> Instant {
+        self.opened + Duration::from_nanos(self.last_activity.load(Ordering::Relaxed))
+    }
+
+    /// Time since a byte last moved.
+    pub fn idle(&self) -> Duration {
+        self.last_activity().elapsed()
+    }
+
+    /// Time since the tunnel opened.
+    pub fn age(&self) -> Duration {
+        self.opened.elapsed()
+    }
+}
 
 /// Drives both directions; ends on completion, failure, idleness or stop.
 /// Written by hand, with every field a pointer or a few words (one timer,
