@@ -182,7 +182,7 @@ pub struct Args {
     /// Size cap for --policy-url responses (tests lower it) [default: 256 MiB].
     #[arg(long, value_name = "BYTES", hide = true)]
     pub policy_url_max_bytes: Option<u64>,
-    /// Serve Smokescreen's stats socket DIR/track-<pid>.sock: the open tunnels as JSON [default: off].
+    /// Serve Smokescreen's stats socket `DIR/track-<pid>.sock`: the open tunnels as JSON [default: off].
     #[arg(long, value_name = "DIR")]
     pub stats_socket_dir: Option<PathBuf>,
     /// Permissions of the stats socket, in octal [default: 700].
