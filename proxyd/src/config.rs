@@ -1154,6 +1154,34 @@ mod tests {
     }
 
     #[test]
+    fn the_stats_socket_and_the_admin_token_from_the_file_and_flags() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let c =
+            load(&["--policy", "p.bin"], Some(&format!("stats_socket_dir: {d}\nstats_socket_file_mode: \"660\"\n")))
+                .unwrap();
+        assert_eq!(c.stats_socket, Some(StatsSocketSettings { dir: dir.path().to_owned(), mode: 0o660 }));
+        let c = load(&["--policy", "p.bin", "--stats-socket-dir", d], None).unwrap();
+        assert_eq!(c.stats_socket.unwrap().mode, DEFAULT_STATS_SOCKET_MODE);
+        let err = load(&["--policy", "p.bin", "--stats-socket-file-mode", "600"], None).unwrap_err();
+        assert!(err.to_string().contains("no effect without --stats-socket-dir"), "{err}");
+
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0ken\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = load(
+            &["--policy", "p.bin"],
+            Some(&format!("admin_token_file: {}\nadmin_metrics_open: true\n", token.display())),
+        )
+        .unwrap();
+        assert!(c.admin_token.unwrap().accepts(Some(b"Bearer t0ken")));
+        assert!(c.admin_metrics_open);
+        let err = load(&["--policy", "p.bin", "--admin-metrics-open"], None).unwrap_err();
+        assert!(err.to_string().contains("no effect without --admin-token-file"), "{err}");
+    }
+
+    #[test]
     fn load_all_finds_every_problem_and_load_refuses_with_the_first() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
