@@ -1,5 +1,7 @@
 //! The admin listener (`--admin-listen`, off by default): `/healthz`,
-//! `/readyz`, `/policy` and `/metrics` over plain HTTP/1.
+//! `/readyz`, `/policy` and `/metrics` over plain HTTP/1, and the console
+//! (`/`, `/tunnels`, `/refusals`: see [`crate::console`]), all but the
+//! probes behind the bearer token when one is configured.
 //!
 //! It only reads: GET and HEAD, no request bodies, one request per
 //! connection, headers within the header timeout and 8 KiB, at most
@@ -11,7 +13,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -26,6 +28,7 @@ use tokio::sync::Semaphore;
 use egress_policy::address::{AddressPolicy, AddressRule};
 use egress_policy::policy::ports_text;
 
+use crate::console::{self, Access, Console, PageView};
 use crate::metrics::{LogSinkReport, Metrics, PolicyReport};
 use crate::reload::{PolicySource, PolicyState};
 
@@ -48,6 +51,8 @@ pub struct AdminState {
     phase: AtomicU8,
     /// The operator's address rules (flags), for `/policy`'s effective network rules.
     operator_network: OnceLock<AddressPolicy>,
+    /// The console, `/tunnels`, `/refusals` and the token; `None`: only the machine endpoints, open.
+    console: Option<Console>,
 }
 
 impl AdminState {
@@ -57,7 +62,14 @@ impl AdminState {
             policy: OnceLock::new(),
             phase: AtomicU8::new(STARTING),
             operator_network: OnceLock::new(),
+            console: None,
         }
+    }
+
+    /// Adds the console (and the token guard), before serving starts.
+    pub fn with_console(mut self, console: Console) -> Self {
+        self.console = Some(console);
+        self
     }
 
     /// The operator's address rules are known (set once, at start).
@@ -152,7 +164,40 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
     if has_body {
         return text(StatusCode::PAYLOAD_TOO_LARGE, "request bodies are not accepted\n".into());
     }
-    match request.uri().path() {
+    let path = request.uri().path();
+    if let Some(console) = &state.console
+        && console.authorized(path, request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+            == Access::NeedsToken
+    {
+        return unauthorized(path);
+    }
+    match path {
+        "/" => match &state.console {
+            Some(console) => {
+                let view = PageView {
+                    policy: state.policy.get().map(|p| &**p),
+                    metrics: &state.metrics,
+                    ready: state.not_ready(),
+                };
+                html(StatusCode::OK, console.page(&view, request.uri().query()))
+            }
+            None => text(StatusCode::NOT_FOUND, "not found: the console is not enabled\n".into()),
+        },
+        "/tunnels" | "/refusals" => {
+            let Some(console) = &state.console else {
+                return text(StatusCode::NOT_FOUND, "not found: the console is not enabled\n".into());
+            };
+            let query = request.uri().query();
+            let body = if path == "/tunnels" {
+                console.tunnels_json(query)
+            } else {
+                console.refusals_json(&state.metrics, query)
+            };
+            match body {
+                Ok(body) => with_type(StatusCode::OK, body, "application/json"),
+                Err(message) => text(StatusCode::BAD_REQUEST, format!("{message}\n")),
+            }
+        }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match state.not_ready() {
             None => text(StatusCode::OK, "ready\n".into()),
@@ -188,8 +233,37 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
             let body = state.metrics.render(&report, &sink, state.not_ready().is_none());
             with_type(StatusCode::OK, body, "text/plain; version=0.0.4; charset=utf-8")
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /policy or /metrics\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /, /tunnels, /refusals, /healthz, /readyz, /policy or /metrics\n".into(),
+        ),
     }
+}
+
+/// 401 with `WWW-Authenticate: Bearer`; for `/`, the console's sign-in page.
+fn unauthorized(path: &str) -> Response<Full<Bytes>> {
+    let mut response = if path == "/" {
+        html(StatusCode::UNAUTHORIZED, console::login_page())
+    } else {
+        text(StatusCode::UNAUTHORIZED, "unauthorized: send Authorization: Bearer <the admin token>\n".into())
+    };
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"proxyd admin\""));
+    response
+}
+
+/// An HTML console page, with its strict Content-Security-Policy.
+fn html(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = with_type(status, body, "text/html; charset=utf-8");
+    let headers = response.headers_mut();
+    if let Ok(policy) = header::HeaderValue::from_str(console::content_security_policy()) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, policy);
+    }
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
+    response
 }
 
 /// The `/policy` document.
@@ -275,22 +349,9 @@ fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Re
     response
 }
 
-/// `2026-11-21T13:05:09Z` (UTC, seconds).
+/// `2026-11-21T13:05:09Z` (UTC, seconds): see [`crate::timefmt::rfc3339`].
 pub fn rfc3339(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (hour, minute, second) = (rest / 3600, rest % 3600 / 60, rest % 60);
-    // Howard Hinnant's days-to-civil, for days since 1970-01-01 (non-negative here).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+    crate::timefmt::rfc3339(time)
 }
 
 /// The `/policy` fields about where the active table came from and whether
@@ -325,6 +386,7 @@ pub fn provenance_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn rfc3339_dates() {

@@ -58,6 +58,12 @@ pub fn check(args: &Args) -> Report {
     } else {
         None
     };
+    // The stats socket's directory must take a new file, as the socket will be one.
+    if let Some(settings) = &config.stats_socket
+        && let Err(message) = settings.check_writable()
+    {
+        problems.push(format!("--stats-socket-dir {}: {message}", settings.dir.display()));
+    }
     // TLS files, client CAs and CRLs.
     if let Err(error) = server::tls_acceptor(&config) {
         problems.push(error.to_string());
@@ -129,7 +135,30 @@ fn summary(args: &Args, config: &Config, policy: &PolicyState, resolvers: &[std:
     line("listen", format!("{} (not bound by --check-config)", config.listen));
     line(
         "admin endpoints",
-        config.admin_listen.map_or_else(|| "off".to_owned(), |a| format!("{a} (not bound by --check-config)")),
+        config.admin_listen.map_or_else(
+            || "off".to_owned(),
+            |a| {
+                let token = match (&config.admin_token, config.admin_metrics_open) {
+                    (None, _) => "no token: all open",
+                    (Some(_), false) => "token required but for /healthz and /readyz",
+                    (Some(_), true) => "token required but for /healthz, /readyz and /metrics",
+                };
+                format!("{a} (not bound by --check-config); {token}")
+            },
+        ),
+    );
+    line(
+        "stats socket",
+        config.stats_socket.as_ref().map_or_else(
+            || "off".to_owned(),
+            |s| {
+                format!(
+                    "{} (mode {:03o}; <pid> is the running proxy's)",
+                    s.dir.join("track-<pid>.sock").display(),
+                    s.mode
+                )
+            },
+        ),
     );
     line(
         "policy",

@@ -20,6 +20,7 @@ use serde::de::IgnoredAny;
 use egress_policy::address::AddressRules;
 use egress_policy::policy::{Action, ActionSet, AddressSpec};
 
+use crate::admin_auth::AdminToken;
 use crate::policy_fetch::{MAX_FETCH_BYTES, RemoteSettings};
 use crate::policy_trust::TrustSettings;
 use crate::reload::ReloadSettings;
@@ -217,6 +218,19 @@ pub struct Args {
     /// Size cap for --policy-url responses (tests lower it) [default: 256 MiB].
     #[arg(long, value_name = "BYTES", hide = true)]
     pub policy_url_max_bytes: Option<u64>,
+    /// Serve Smokescreen's stats socket `DIR/track-<pid>.sock`: the open tunnels as JSON [default: off].
+    #[arg(long, value_name = "DIR")]
+    pub stats_socket_dir: Option<PathBuf>,
+    /// Permissions of the stats socket, in octal [default: 700].
+    #[arg(long, value_name = "MODE")]
+    pub stats_socket_file_mode: Option<String>,
+    /// File holding a bearer token: the admin listener then requires `Authorization: Bearer <token>`
+    /// on everything but /healthz and /readyz [default: no token].
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// With --admin-token-file, leave /metrics open (for scrapers that cannot send the token).
+    #[arg(long)]
+    pub admin_metrics_open: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -301,6 +315,10 @@ pub struct FileConfig {
     statsd_address: Option<String>,
     time_connect: Option<bool>,
     policy_public_keys: Option<Vec<PathBuf>>,
+    admin_token_file: Option<PathBuf>,
+    admin_metrics_open: Option<bool>,
+    stats_socket_dir: Option<PathBuf>,
+    stats_socket_file_mode: Option<String>,
     // Smokescreen keys for features a CONNECT-only proxy does not have:
     // accepted by the parser only to refuse them with a reason.
     acl_file: Option<IgnoredAny>,
@@ -310,8 +328,6 @@ pub struct FileConfig {
     write_timeout: Option<IgnoredAny>,
     transport_max_idle_conns: Option<IgnoredAny>,
     transport_max_idle_conns_per_host: Option<IgnoredAny>,
-    stats_socket_dir: Option<IgnoredAny>,
-    stats_socket_file_mode: Option<IgnoredAny>,
     max_concurrent_requests: Option<IgnoredAny>,
     max_request_rate: Option<IgnoredAny>,
     max_request_burst: Option<IgnoredAny>,
@@ -408,6 +424,12 @@ pub struct Config {
     pub policy_trust: TrustSettings,
     /// Fetch the table from a URL instead of `policy` (then `policy` is the cache path, or empty).
     pub policy_remote: Option<RemoteSettings>,
+    /// Smokescreen's stats socket (`--stats-socket-dir`); `None`: off.
+    pub stats_socket: Option<StatsSocketSettings>,
+    /// The admin listener's bearer token (`--admin-token-file`); `None`: no token.
+    pub admin_token: Option<AdminToken>,
+    /// With a token, `/metrics` stays open.
+    pub admin_metrics_open: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -457,6 +479,9 @@ impl Config {
             time_connect: false,
             policy_trust: TrustSettings::default(),
             policy_remote: None,
+            stats_socket: None,
+            admin_token: None,
+            admin_metrics_open: false,
         }
     }
 
@@ -691,6 +716,23 @@ impl Config {
             });
         }
 
+        let stats_socket = stats_socket_settings(args, &file).and_then(|settings| keep(p, settings));
+        let token_file = args.admin_token_file.clone().or(file.admin_token_file.clone());
+        let admin_token = token_file.as_ref().and_then(|path| {
+            let token = AdminToken::read(path).map_err(|message| ConfigError::Invalid {
+                input: format!("--admin-token-file {}", path.display()),
+                message,
+            });
+            keep(p, token)
+        });
+        let admin_metrics_open = args.admin_metrics_open || file.admin_metrics_open.unwrap_or(false);
+        if admin_metrics_open && token_file.is_none() {
+            p.push(ConfigError::Invalid {
+                input: "--admin-metrics-open".into(),
+                message: "has no effect without --admin-token-file (without a token everything is open)".into(),
+            });
+        }
+
         let config = Config {
             listen,
             policy,
@@ -724,6 +766,9 @@ impl Config {
             time_connect,
             policy_trust,
             policy_remote,
+            stats_socket,
+            admin_token,
+            admin_metrics_open,
         };
         (config, problems)
     }
@@ -738,6 +783,90 @@ fn keep<T>(problems: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> O
             None
         }
     }
+}
+
+/// Smokescreen's default mode for the stats socket file.
+pub const DEFAULT_STATS_SOCKET_MODE: u32 = 0o700;
+/// Longest unix socket path the kernel takes (sun_path less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Where the stats socket goes and its permissions (served by [`crate::stats_socket`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsSocketSettings {
+    pub dir: PathBuf,
+    /// Permission bits (at most 0o777).
+    pub mode: u32,
+}
+
+impl StatsSocketSettings {
+    /// Smokescreen's mode text: octal digits, at most `777`.
+    pub fn parse_mode(text: &str) -> Result<u32, String> {
+        let digits = text.strip_prefix("0o").unwrap_or(text);
+        match u32::from_str_radix(digits, 8) {
+            Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
+            _ => Err(format!("{text:?} is not an octal file mode such as 700 or 660")),
+        }
+    }
+
+    /// `DIR/track-<pid>.sock`.
+    pub fn path(&self, pid: u32) -> PathBuf {
+        self.dir.join(format!("track-{pid}.sock"))
+    }
+
+    /// The directory exists and the socket's path fits a unix socket address.
+    pub fn check(&self) -> Result<(), String> {
+        let metadata = std::fs::metadata(&self.dir).map_err(|e| format!("cannot use it: {e}"))?;
+        if !metadata.is_dir() {
+            return Err("not a directory".into());
+        }
+        let longest = self.path(u32::MAX);
+        if longest.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "the socket path {} is longer than the {MAX_SOCKET_PATH} bytes a unix socket allows; choose a shorter directory",
+                longest.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a file can be made in the directory (`--check-config`: a
+    /// probe file is created and removed, as the socket will be).
+    pub fn check_writable(&self) -> Result<(), String> {
+        let probe = self.dir.join(format!(".proxyd-check-{}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(|e| format!("cannot create files in it: {e}"))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
+    }
+}
+
+/// `--stats-socket-dir` and `--stats-socket-file-mode` (or their keys):
+/// `None` when no directory is named.
+fn stats_socket_settings(args: &Args, file: &FileConfig) -> Option<Result<StatsSocketSettings, ConfigError>> {
+    let mode_text = args.stats_socket_file_mode.clone().or(file.stats_socket_file_mode.clone());
+    let Some(dir) = args.stats_socket_dir.clone().or(file.stats_socket_dir.clone()) else {
+        return mode_text.map(|_| {
+            Err(ConfigError::Invalid {
+                input: "--stats-socket-file-mode".into(),
+                message: "has no effect without --stats-socket-dir".into(),
+            })
+        });
+    };
+    let mode = match mode_text.as_deref().map(StatsSocketSettings::parse_mode) {
+        None => DEFAULT_STATS_SOCKET_MODE,
+        Some(Ok(mode)) => mode,
+        Some(Err(message)) => {
+            return Some(Err(ConfigError::Invalid { input: "--stats-socket-file-mode".into(), message }));
+        }
+    };
+    let settings = StatsSocketSettings { dir, mode };
+    Some(settings.check().map(|()| settings.clone()).map_err(|message| ConfigError::Invalid {
+        input: format!("--stats-socket-dir {}", settings.dir.display()),
+        message,
+    }))
 }
 
 /// Signature and remote-fetch settings (`--policy-public-key`, `--policy-url`, ...).
@@ -811,7 +940,7 @@ fn check_host_port(address: &str) -> Result<(), String> {
 
 impl FileConfig {
     fn refuse_unsupported(&self) -> Result<(), ConfigError> {
-        let refusals: [(&str, bool, &str); 12] = [
+        let refusals: [(&str, bool, &str); 10] = [
             (
                 "acl_file",
                 self.acl_file.is_some(),
@@ -835,8 +964,6 @@ impl FileConfig {
                 self.transport_max_idle_conns_per_host.is_some(),
                 "proxyd has no HTTP forward path and keeps no upstream connection pool",
             ),
-            ("stats_socket_dir", self.stats_socket_dir.is_some(), "the stats socket is not supported"),
-            ("stats_socket_file_mode", self.stats_socket_file_mode.is_some(), "the stats socket is not supported"),
             (
                 "max_concurrent_requests",
                 self.max_concurrent_requests.is_some(),
@@ -1157,6 +1284,34 @@ mod tests {
         assert!(err.to_string().contains("statsd_address"), "{err}");
         let err = load(&["--policy", "p.bin"], Some("statsd_address: \"\"\n")).unwrap_err();
         assert!(err.to_string().contains("statsd address"), "{err}");
+    }
+
+    #[test]
+    fn the_stats_socket_and_the_admin_token_from_the_file_and_flags() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let c =
+            load(&["--policy", "p.bin"], Some(&format!("stats_socket_dir: {d}\nstats_socket_file_mode: \"660\"\n")))
+                .unwrap();
+        assert_eq!(c.stats_socket, Some(StatsSocketSettings { dir: dir.path().to_owned(), mode: 0o660 }));
+        let c = load(&["--policy", "p.bin", "--stats-socket-dir", d], None).unwrap();
+        assert_eq!(c.stats_socket.unwrap().mode, DEFAULT_STATS_SOCKET_MODE);
+        let err = load(&["--policy", "p.bin", "--stats-socket-file-mode", "600"], None).unwrap_err();
+        assert!(err.to_string().contains("no effect without --stats-socket-dir"), "{err}");
+
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0ken\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = load(
+            &["--policy", "p.bin"],
+            Some(&format!("admin_token_file: {}\nadmin_metrics_open: true\n", token.display())),
+        )
+        .unwrap();
+        assert!(c.admin_token.unwrap().accepts(Some(b"Bearer t0ken")));
+        assert!(c.admin_metrics_open);
+        let err = load(&["--policy", "p.bin", "--admin-metrics-open"], None).unwrap_err();
+        assert!(err.to_string().contains("no effect without --admin-token-file"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,11 @@
 //! [`reload`] (the active table and live reload), [`metrics`] (the one
 //! instrumentation facade) with [`statsd`] (its UDP export), [`events`] (the
 //! telemetry vocabulary both sinks consume; it imports neither), and
-//! [`admin`] (health, readiness, policy and metrics endpoints).
+//! [`admin`] (health, readiness, policy and metrics endpoints) with
+//! [`admin_auth`] (its bearer token) and [`console`] (the HTML page at
+//! `/`); [`live`] (open tunnels and their byte counters), [`refusals`]
+//! (the recent refusals) and [`stats_socket`] (Smokescreen's
+//! `track-<pid>.sock`) are what the console and `/tunnels` show.
 //! [`policy_trust`] decides which tables may serve (signatures, rollback) and
 //! [`policy_fetch`] polls `--policy-url`. Operators get [`check_config`]
 //! (`--check-config`), [`systemd`] (readiness and watchdog notifications) and
@@ -24,27 +28,34 @@
 //! [`upgrade`] hands them to a new binary on SIGUSR1.
 
 pub mod admin;
+pub mod admin_auth;
 pub mod answer;
 pub mod buffers;
 pub mod check_config;
 pub mod config;
+pub mod console;
 pub mod egress;
 pub mod events;
 pub mod limits;
 pub mod listeners;
+
+pub mod live;
 pub mod log;
 pub mod manual;
 pub mod metrics;
 pub mod policy_fetch;
 pub mod policy_trust;
 pub mod proxy_protocol;
+pub mod refusals;
 pub mod reload;
 pub mod request;
 pub mod resolver;
 pub mod role;
 pub mod server;
+pub mod stats_socket;
 pub mod statsd;
 pub mod systemd;
+pub mod timefmt;
 pub mod tls;
 pub mod tunnel;
 pub mod upgrade;

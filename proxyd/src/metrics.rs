@@ -388,6 +388,16 @@ impl Metrics {
         }
     }
 
+    /// Requests by outcome since start (`tunnel` and each refusal kind), for the console.
+    pub fn outcome_counts(&self) -> Vec<(&'static str, u64)> {
+        OUTCOMES.iter().zip(&self.outcomes).map(|(name, n)| (*name, n.load(Ordering::Relaxed))).collect()
+    }
+
+    /// Tunnels open now, for the console.
+    pub fn tunnels_active(&self) -> i64 {
+        self.tunnels_active.load(Ordering::Relaxed)
+    }
+
     /// The configured tunnel cap, exported so alerts can compare the active count with it.
     pub fn set_tunnel_cap(&self, cap: usize) {
         self.tunnel_cap.store(u64::try_from(cap).unwrap_or(u64::MAX), Ordering::Relaxed);

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -29,16 +29,20 @@ use crate::admin::{self, AdminState};
 use crate::answer::{self, Answer, Refusal};
 use crate::buffers::Buffer;
 use crate::config::{Config, LogStallPolicy};
+use crate::console::Console;
 use crate::egress::{self, AddressStage, ConnectFailure};
 use crate::limits::{ClientRequestRate, ClientSlot, ClientTunnels, RateVerdict};
+use crate::live::{LiveTunnel, LiveTunnels, Registered, TunnelCounters};
 use crate::log::{self, DecisionLine};
 use crate::metrics::{DnsResult, Metrics, RoleTags};
 use crate::policy_fetch::{Fetcher, PolicySlot, RemotePolicy};
 use crate::policy_trust;
 use crate::proxy_protocol::{self, ProxyHeader};
+use crate::refusals::{RecentRefusals, RefusalRecord};
 use crate::reload::{self, PolicyState};
 use crate::request::{self, Method, RequestHead, Version};
 use crate::resolver::{ResolveError, Resolver};
+use crate::stats_socket::StatsSocket;
 use crate::statsd::StatsdSink;
 use crate::systemd;
 use crate::tls::{self, ClientIdentity};
@@ -67,6 +71,8 @@ pub enum StartError {
     Admin { addr: SocketAddr, error: std::io::Error },
     #[error("statsd address {address}: {message}")]
     Statsd { address: String, message: String },
+    #[error("stats socket: {0}")]
+    StatsSocket(String),
 }
 
 /// Everything a request needs, shared by all connections.
@@ -85,6 +91,10 @@ struct Shared {
     draining: AtomicBool,
     stop_tunnels: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    /// Open tunnels, when something reads them (admin listener, stats socket).
+    live: Option<Arc<LiveTunnels>>,
+    /// Recent refusals, when the admin listener shows them.
+    refusals: Option<Arc<RecentRefusals>>,
 }
 
 /// Binds the admin listener if `config` names one, then [`serve`]s.
@@ -146,7 +156,14 @@ pub async fn serve_until(
     };
     let metrics = Arc::new(Metrics::new(statsd, config.time_connect));
     metrics.set_tunnel_cap(config.max_tunnels);
-    let admin_state = Arc::new(AdminState::new(Arc::clone(&metrics)));
+    // Tracked only when something reads them: without a reader a tunnel costs nothing here.
+    let live = (admin.is_some() || config.stats_socket.is_some()).then(|| Arc::new(LiveTunnels::new(config.workers)));
+    let refusals = admin.is_some().then(|| Arc::new(RecentRefusals::new(config.workers)));
+    let admin_state = Arc::new(AdminState::new(Arc::clone(&metrics)).with_console(Console::new(
+        &config,
+        live.clone(),
+        refusals.clone(),
+    )));
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     let admin_task = admin.map(|admin| {
@@ -187,7 +204,18 @@ pub async fn serve_until(
         draining: AtomicBool::new(false),
         stop_tunnels,
         metrics,
+        live,
+        refusals,
     });
+    let stats_socket = match (&shared.config.stats_socket, &shared.live) {
+        (Some(settings), Some(live)) => {
+            let socket = StatsSocket::start(settings, Arc::clone(live), shared.config.header_timeout)
+                .map_err(StartError::StatsSocket)?;
+            tracing::info!(path = %socket.path().display(), "stats socket listening");
+            Some(socket)
+        }
+        _ => None,
+    };
     // The listener is bound (the kernel queues connections) and the loop below accepts them.
     admin_state.accepting();
     tracing::info!(
@@ -266,6 +294,9 @@ pub async fn serve_until(
     }
     if let Some(task) = admin_task {
         let _ = task.await;
+    }
+    if let Some(socket) = stats_socket {
+        socket.stop().await;
     }
     if let Some(task) = watchdog {
         task.abort();
@@ -431,8 +462,11 @@ struct Tunnel {
     opened: Opened,
     /// The decision line's id, table and trace id, repeated on the close line.
     id: log::RequestId,
+    /// Empty when `live` holds it.
     revision: String,
     trace_id: Option<String>,
+    /// The tunnel's entry among the live tunnels; removed when this is dropped.
+    live: Option<Registered>,
 }
 
 /// One request: decide and connect, or answer the refusal. The decision is
@@ -460,6 +494,9 @@ async fn handle(
             &shared.metrics,
         );
         line.emit();
+        if let Some(recent) = &shared.refusals {
+            recent.push(refusal_record(&mut line.line, Refusal::NoPolicy.status().as_u16()));
+        }
         let answer = answer::response(&Refusal::NoPolicy, None);
         send_answer(&mut client, &answer.to_bytes_for(&head)).await;
         return None;
@@ -505,9 +542,35 @@ async fn handle(
         Ok(opened) => {
             pending.emit();
             let id = pending.line.id;
-            let revision = std::mem::take(&mut pending.line.policy_revision);
+            let mut revision = std::mem::take(&mut pending.line.policy_revision);
             let trace_id = pending.line.trace_id.take();
-            Some(Tunnel { client, version: head.version, pipelined: head.pipelined, opened, id, revision, trace_id })
+            let live = shared.live.as_ref().map(|live| {
+                // The line is written: its strings move into the entry, nothing is copied.
+                let line = &mut pending.line;
+                live.register(LiveTunnel {
+                    id,
+                    role: line.role.take(),
+                    requested: std::mem::take(&mut line.requested_host),
+                    client: info.client,
+                    upstream: opened.upstream_addr,
+                    created: SystemTime::now(),
+                    rule: line.decision_reason.take(),
+                    project: line.project.take(),
+                    report_only: line.enforce_would_deny == Some(true),
+                    revision: std::mem::take(&mut revision),
+                    counters: TunnelCounters::new(),
+                })
+            });
+            Some(Tunnel {
+                client,
+                version: head.version,
+                pipelined: head.pipelined,
+                opened,
+                id,
+                revision,
+                trace_id,
+                live,
+            })
         }
         Err(refusal) => {
             pending.line.refusal = Some(refusal.kind());
@@ -516,10 +579,32 @@ async fn handle(
                 pending.line.allow = Some(false);
             }
             pending.emit();
+            if let Some(recent) = &shared.refusals {
+                recent.push(refusal_record(&mut pending.line, refusal.status().as_u16()));
+            }
             let answer = answer::response(&refusal, shared.config.deny_message_extra.as_deref());
             send_answer(&mut client, &answer.to_bytes_for(&head)).await;
             None
         }
+    }
+}
+
+/// A refused request's record for the recent refusals, its strings moved
+/// out of the decision line just written.
+fn refusal_record(line: &mut DecisionLine, status: u16) -> RefusalRecord {
+    RefusalRecord {
+        sequence: 0,
+        at: SystemTime::now(),
+        id: line.id,
+        role: line.role.take(),
+        host: std::mem::take(&mut line.requested_host),
+        client: line.inbound_remote_addr,
+        address: line.dst_ip,
+        port: line.dst_port,
+        status,
+        kind: line.refusal.unwrap_or("refused"),
+        reason: line.error.take().unwrap_or_default(),
+        rule: line.decision_reason.take(),
     }
 }
 
@@ -544,7 +629,15 @@ async fn send_established(client: &mut ClientStream, version: Version) -> std::i
 /// Answers `200`, then moves bytes until the tunnel ends, and writes its
 /// close line.
 async fn run_tunnel(shared: &Shared, tunnel: Tunnel) {
-    let Tunnel { mut client, version, pipelined, opened, id, revision, trace_id } = tunnel;
+    let Tunnel { mut client, version, pipelined, opened, id, revision, trace_id, live } = tunnel;
+    let unlisted;
+    let (counters, revision) = match &live {
+        Some(entry) => (&entry.tunnel().counters, entry.tunnel().revision.as_str()),
+        None => {
+            unlisted = TunnelCounters::new();
+            (&unlisted, revision.as_str())
+        }
+    };
     let open = shared.metrics.tunnel_opened();
     let started = Instant::now();
     let stats = match send_established(&mut client, version).await {
@@ -553,7 +646,7 @@ async fn run_tunnel(shared: &Shared, tunnel: Tunnel) {
             let stop = async move {
                 let _ = stop.wait_for(|stop| *stop).await;
             };
-            tunnel::run(client, &pipelined, opened.upstream, shared.config.idle_timeout, stop).await
+            tunnel::run(client, &pipelined, opened.upstream, shared.config.idle_timeout, counters, stop).await
         }
         Err(error) => TunnelStats {
             error: Some(format!("client went away before the tunnel opened: {error}")),
@@ -561,10 +654,10 @@ async fn run_tunnel(shared: &Shared, tunnel: Tunnel) {
         },
     };
     let duration = started.elapsed();
-    log::close(id, &stats, duration, &revision, trace_id.as_deref());
+    log::close(id, &stats, duration, revision, trace_id.as_deref());
     open.closed(opened.tags, duration, stats.bytes_in, stats.bytes_out);
     // Held until the tunnel is over.
-    drop((opened.permit, opened.client_slot));
+    drop((opened.permit, opened.client_slot, live));
 }
 
 /// A decision line that is written even if the request future is dropped
@@ -608,6 +701,8 @@ impl Drop for PendingLine<'_> {
 /// per-client slot) it holds, and the role's metric tags for its close.
 struct Opened {
     upstream: TcpStream,
+    /// The address `upstream` is connected to.
+    upstream_addr: SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,
     client_slot: Option<ClientSlot>,
     tags: Arc<RoleTags>,
@@ -722,7 +817,7 @@ async fn decide_and_connect(
         Ok((upstream, checked)) => {
             line.dst_ip = Some(checked.addr().ip());
             line.dst_port = Some(checked.addr().port());
-            Ok(Opened { upstream, permit, client_slot, tags })
+            Ok(Opened { upstream, upstream_addr: checked.addr(), permit, client_slot, tags })
         }
         Err(ConnectFailure::Io { addr, error }) => {
             line.dst_ip = Some(addr.ip());

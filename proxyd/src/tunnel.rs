@@ -97,7 +97,9 @@ impl AsyncWrite for ClientStream {
 }
 
 /// Runs a tunnel to completion. `pipelined` holds bytes the client sent
-/// right after the CONNECT head; they go upstream first.
+/// right after the CONNECT head; they go upstream first. `counters` is
+/// kept current while it runs (bytes each way, last activity), so readers
+/// of [`crate::live`] see the tunnel move.
 ///
 /// While idle, a plain tunnel holds about 1.3 KiB here: its boxed state,
 /// the two directions' futures (each parked on its socket), one timer and
@@ -107,13 +109,14 @@ pub async fn run(
     pipelined: &[u8],
     upstream: TcpStream,
     idle_timeout: Option<Duration>,
+    counters: &TunnelCounters,
     stop: impl Future<Output = ()>,
 ) -> TunnelStats {
     // Boxed once, sized to what it holds: inline, the caller's task would
     // reserve room for this state machine more than once (rustc lays out
     // futures moved between async fns side by side). `stop` is boxed for the
     // same reason, so it is not carried along by value.
-    Box::pin(relay(client, pipelined, upstream, idle_timeout, Box::pin(stop))).await
+    Box::pin(relay(client, pipelined, upstream, idle_timeout, counters, Box::pin(stop))).await
 }
 
 async fn relay<S: Future<Output = ()>>(
@@ -121,6 +124,7 @@ async fn relay<S: Future<Output = ()>>(
     pipelined: &[u8],
     mut upstream: TcpStream,
     idle_timeout: Option<Duration>,
+    last_activity: &TunnelCounters,
     stop: Pin<Box<S>>,
 ) -> TunnelStats {
     let mut stats = TunnelStats::default();
@@ -129,10 +133,9 @@ async fn relay<S: Future<Output = ()>>(
             stats.error = Some(format!("writing pipelined bytes upstream: {e}"));
             return stats;
         }
-        stats.bytes_out = pipelined.len() as u64;
+        last_activity.out().fetch_add(pipelined.len() as u64, Ordering::Relaxed);
     }
-    let last_activity = Activity::new();
-    let (bytes_out, bytes_in) = (AtomicU64::new(stats.bytes_out), AtomicU64::new(0));
+    let (bytes_out, bytes_in) = (last_activity.out(), last_activity.back());
     // Each direction is boxed for the same reason (together, inline, they
     // made an idle tunnel's task about 10 KiB).
     let (out, back): (Direction<'_>, Direction<'_>) = match client {
@@ -140,21 +143,22 @@ async fn relay<S: Future<Output = ()>>(
             let (client_read, client_write) = client.into_split();
             let (upstream_read, upstream_write) = upstream.into_split();
             (
-                Box::pin(pump_tcp_to_tcp(client_read, upstream_write, &bytes_out, &last_activity)),
-                Box::pin(pump_tcp_to_tcp(upstream_read, client_write, &bytes_in, &last_activity)),
+                Box::pin(pump_tcp_to_tcp(client_read, upstream_write, bytes_out, last_activity)),
+                Box::pin(pump_tcp_to_tcp(upstream_read, client_write, bytes_in, last_activity)),
             )
         }
         ClientStream::Tls(client) => {
             let (client_read, client_write) = tokio::io::split(*client);
             let (upstream_read, upstream_write) = upstream.into_split();
             (
-                Box::pin(pump_generic(client_read, upstream_write, &bytes_out, &last_activity)),
-                Box::pin(pump_tcp(upstream_read, client_write, &bytes_in, &last_activity)),
+                Box::pin(pump_generic(client_read, upstream_write, bytes_out, last_activity)),
+                Box::pin(pump_tcp(upstream_read, client_write, bytes_in, last_activity)),
             )
         }
     };
-    let idle = idle_timeout.map(|limit| (limit, Box::pin(tokio::time::sleep_until(last_activity.last() + limit))));
-    let result = Supervisor { out: Some(out), back: Some(back), stop, idle, last_activity: &last_activity }.await;
+    let idle =
+        idle_timeout.map(|limit| (limit, Box::pin(tokio::time::sleep_until(last_activity.last_activity() + limit))));
+    let result = Supervisor { out: Some(out), back: Some(back), stop, idle, last_activity }.await;
     stats.bytes_out = bytes_out.load(Ordering::Relaxed);
     stats.bytes_in = bytes_in.load(Ordering::Relaxed);
     stats.error = result.err();
@@ -164,25 +168,81 @@ async fn relay<S: Future<Output = ()>>(
 /// One direction of a tunnel, running until end of stream or failure.
 type Direction<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
 
-/// When a byte last moved, as nanoseconds since the tunnel opened (atomic so
-/// the tunnel future stays `Send`).
-struct Activity {
+/// When a byte last moved: part of the tunnel's counters, which the relays
+/// update once per burst with relaxed stores.
+type Activity = TunnelCounters;
+
+/// Byte counters and last activity of one tunnel, written by its relays
+/// and read while it runs by [`crate::live`] (relaxed atomics: no lock).
+#[derive(Debug)]
+pub struct TunnelCounters {
     opened: Instant,
-    nanos: AtomicU64,
+    /// Bytes from the client to the upstream.
+    bytes_out: AtomicU64,
+    /// Bytes from the upstream to the client.
+    bytes_in: AtomicU64,
+    /// When a byte last moved, as nanoseconds since `opened`.
+    last_activity: AtomicU64,
 }
 
-impl Activity {
-    fn new() -> Self {
-        Activity { opened: Instant::now(), nanos: AtomicU64::new(0) }
+impl Default for TunnelCounters {
+    fn default() -> Self {
+        TunnelCounters::new()
+    }
+}
+
+impl TunnelCounters {
+    pub fn new() -> Self {
+        TunnelCounters {
+            opened: Instant::now(),
+            bytes_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            last_activity: AtomicU64::new(0),
+        }
     }
 
-    fn touch(&self) {
+    /// When the counters were made (the tunnel's opening).
+    pub fn opened(&self) -> Instant {
+        self.opened
+    }
+
+    /// The client-to-upstream counter.
+    pub fn out(&self) -> &AtomicU64 {
+        &self.bytes_out
+    }
+
+    /// The upstream-to-client counter.
+    pub fn back(&self) -> &AtomicU64 {
+        &self.bytes_in
+    }
+
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// A byte moved now.
+    pub fn touch(&self) {
         let nanos = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.nanos.store(nanos, Ordering::Relaxed);
+        self.last_activity.store(nanos, Ordering::Relaxed);
     }
 
-    fn last(&self) -> Instant {
-        self.opened + Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    /// When a byte last moved (the opening when none has).
+    pub fn last_activity(&self) -> Instant {
+        self.opened + Duration::from_nanos(self.last_activity.load(Ordering::Relaxed))
+    }
+
+    /// Time since a byte last moved.
+    pub fn idle(&self) -> Duration {
+        self.last_activity().elapsed()
+    }
+
+    /// Time since the tunnel opened.
+    pub fn age(&self) -> Duration {
+        self.opened.elapsed()
     }
 }
 
@@ -224,7 +284,7 @@ impl<S: Future<Output = ()>> Future for Supervisor<'_, S> {
         }
         if let Some((limit, timer)) = &mut this.idle {
             while timer.as_mut().poll(cx).is_ready() {
-                let deadline = this.last_activity.last() + *limit;
+                let deadline = this.last_activity.last_activity() + *limit;
                 if Instant::now() >= deadline {
                     return Poll::Ready(Err(format!("idle for {limit:?}")));
                 }

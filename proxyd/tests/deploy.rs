@@ -286,6 +286,19 @@ fn kubernetes_manifests_agree_with_each_other_and_with_proxyd() {
         assert_eq!(strings(&generator["files"]), [key.file_name().unwrap().to_str().unwrap()]);
     }
 
+    // The admin token comes from a Secret mounted for proxyd's user only.
+    if let Some(token) = &args.admin_token_file {
+        let mount = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| token.parent() == Some(Path::new(m["mountPath"].as_str().unwrap())))
+            .expect("--admin-token-file lies in a volume mount");
+        let volume = pod["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
+        assert!(volume["secret"]["secretName"].is_string(), "the admin token is a Secret");
+        assert_eq!(volume["secret"]["defaultMode"].as_u64(), Some(0o400), "a token file others may read is refused");
+    }
+
     // The password comes from a Secret, never from the manifest.
     let env = container["env"].as_array().unwrap();
     let password = env.iter().find(|e| Some(e["name"].as_str().unwrap()) == args.proxy_password_env.as_deref());
@@ -321,7 +334,7 @@ fn deployment_command_lines() -> Vec<(&'static str, Vec<String>, String)> {
 /// The same command line, moved to loopback and ephemeral ports, serving
 /// `policy` (the file the deployment would have at `--policy`) and trusting
 /// `public_key` where it names a `--policy-public-key`.
-fn on_loopback(words: &[String], policy: &Path, public_key: &Path) -> Vec<String> {
+fn on_loopback(words: &[String], policy: &Path, public_key: &Path, admin_token: &Path) -> Vec<String> {
     let mut out = vec!["--listen-port".to_owned(), "0".to_owned()];
     let mut words = words.iter();
     while let Some(word) = words.next() {
@@ -331,6 +344,7 @@ fn on_loopback(words: &[String], policy: &Path, public_key: &Path) -> Vec<String
             "--admin-listen" => Some("127.0.0.1:0".to_owned()),
             "--policy" => Some(policy.display().to_string()),
             "--policy-public-key" => Some(public_key.display().to_string()),
+            "--admin-token-file" => Some(admin_token.display().to_string()),
             _ => None,
         };
         if let Some(value) = replacement {
@@ -362,7 +376,10 @@ async fn every_deployment_command_line_starts_a_ready_proxyd() {
         let table_path = dir.path().join("policy.bin");
         std::fs::write(&table_path, &bytes).unwrap();
 
-        let args = on_loopback(&words, &table_path, &public_key);
+        let admin_token = dir.path().join("admin-token");
+        std::fs::write(&admin_token, "deploy-test-admin-token\n").unwrap();
+        std::fs::set_permissions(&admin_token, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+        let args = on_loopback(&words, &table_path, &public_key, &admin_token);
         let mut child = KillOnDrop(
             Command::new(env!("CARGO_BIN_EXE_proxyd"))
                 .args(&args)
@@ -393,7 +410,9 @@ async fn every_deployment_command_line_starts_a_ready_proxyd() {
         };
         let admin: SocketAddr = listening["admin"].as_str().expect("admin address").parse().unwrap();
         assert_eq!(testkit::scrape::get(admin, "/readyz").await.status, 200, "{source}");
-        let served: Value = serde_json::from_str(&testkit::scrape::get(admin, "/policy").await.body).unwrap();
+        let policy_request = "GET /policy HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer deploy-test-admin-token\r\n\r\n";
+        let served: Value =
+            serde_json::from_str(&testkit::scrape::request(admin, policy_request.as_bytes()).await.body).unwrap();
         assert_eq!(served["revision"], revision.as_str(), "{source} serves the policy it names");
         let signature = if verifies { "verified" } else { "not checked" };
         assert_eq!(served["signature"], signature, "{source}");

@@ -14,6 +14,8 @@ mod binary;
 mod challenge;
 mod check_config;
 mod connect;
+mod console;
+mod console_browser;
 mod deploy;
 mod dns_server;
 mod harness;

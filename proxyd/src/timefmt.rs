@@ -1,0 +1,63 @@
+//! Wall-clock times as text: RFC 3339 in UTC, to the second (what `/policy`
+//! and the console show) and with nanoseconds as Go's `RFC3339Nano` writes
+//! them (Smokescreen's stats `created`). Pure functions; no clock is read.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `2026-11-21T13:05:09Z` (UTC, seconds).
+pub fn rfc3339(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (hour, minute, second) = (rest / 3600, rest % 3600 / 60, rest % 60);
+    // Howard Hinnant's days-to-civil, for days since 1970-01-01 (non-negative here).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+}
+
+/// Go's `time.RFC3339Nano` in UTC (`2026-11-21T10:16:57.35217331Z`: trailing
+/// zeros of the fraction dropped), as Smokescreen writes `created`.
+pub fn rfc3339_nano(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = rfc3339(UNIX_EPOCH + Duration::from_secs(since.as_secs()));
+    let nanos = since.subsec_nanos();
+    if nanos == 0 {
+        return seconds;
+    }
+    let fraction = format!("{nanos:09}");
+    let fraction = fraction.trim_end_matches('0');
+    match seconds.strip_suffix('Z') {
+        Some(stem) => format!("{stem}.{fraction}Z"),
+        None => seconds,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        let at = |secs: u64| rfc3339(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_709_251_199), "2024-02-29T23:59:59Z");
+        assert_eq!(at(1_795_267_509), "2026-11-21T13:25:09Z");
+        assert_eq!(at(4_102_444_800), "2100-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn created_is_rfc3339_nano() {
+        let at = |s: u64, n: u32| rfc3339_nano(UNIX_EPOCH + Duration::new(s, n));
+        assert_eq!(at(1_795_267_509, 0), "2026-11-21T13:25:09Z");
+        assert_eq!(at(1_795_267_509, 352_173_310), "2026-11-21T13:25:09.35217331Z");
+        assert_eq!(at(1_795_267_509, 5), "2026-11-21T13:25:09.000000005Z");
+    }
+}
