@@ -17,6 +17,10 @@
 //! - **mtls**: tunnel setup over mutual TLS with a 5,000-role ACL, full
 //!   handshakes and resumed ones, ECDSA and RSA server keys, against the
 //!   old build (see `load/mtls.rs`).
+//! - **openloop**: latency from each request's scheduled start at fixed
+//!   offered rates (25/50/75% of the relay's closed-loop maximum), and the
+//!   closed-loop setup rate under a second, Go load generator (see
+//!   `load/openloop.rs`).
 //! - **idle100k** (only when named, only under `cargo bench`): 100,000 idle
 //!   tunnels, setup rate and p99 while they are held, and a reload of a
 //!   100,000-pattern table meanwhile (see `load/scale.rs`).
@@ -46,7 +50,7 @@
 //! the proxyd CPU per tunnel that 0.8x the relay's rate would need.
 //!
 //! `cargo bench -p proxyd --bench load -- bulk` runs only the named parts
-//! (`setup`, `bulk`, `idle`, `idle100k`, `mtls`); `PROXYD_BIN=path` measures another
+//! (`setup`, `bulk`, `idle`, `idle100k`, `mtls`, `openloop`); `PROXYD_BIN=path` measures another
 //! build of `proxyd` as the main column.
 //!
 //! It ends with a summary block: each number, its target and `OK`/`MISSED`.
@@ -80,6 +84,8 @@ use tokio::sync::mpsc;
 mod lifecycle;
 #[path = "load/mtls.rs"]
 mod mtls;
+#[path = "load/openloop.rs"]
+mod openloop;
 #[path = "load/peers.rs"]
 mod peers;
 #[path = "load/scale.rs"]
@@ -142,10 +148,12 @@ struct Parts {
     idle100k: bool,
     /// Tunnel setup over mutual TLS (see `load/mtls.rs`).
     mtls: bool,
+    /// Latency at fixed offered rates, and a second load generator (see `load/openloop.rs`).
+    openloop: bool,
 }
 
-const ALL_PARTS: Parts = Parts { setup: true, bulk: true, idle: true, idle100k: false, mtls: true };
-const PART_NAMES: [&str; 5] = ["setup", "bulk", "idle", "idle100k", "mtls"];
+const ALL_PARTS: Parts = Parts { setup: true, bulk: true, idle: true, idle100k: false, mtls: true, openloop: true };
+const PART_NAMES: [&str; 6] = ["setup", "bulk", "idle", "idle100k", "mtls", "openloop"];
 
 impl Plan {
     fn full() -> Plan {
@@ -195,6 +203,7 @@ fn main() {
             idle: only.iter().any(|a| a == "idle"),
             idle100k: only.iter().any(|a| a == "idle100k"),
             mtls: only.iter().any(|a| a == "mtls"),
+            openloop: only.iter().any(|a| a == "openloop"),
         };
     }
     // `LOAD_ROUNDS=5` runs more setup rounds (and at least as many bulk rounds) to narrow the medians.
@@ -455,7 +464,11 @@ async fn run(plan: Plan) -> Result<()> {
         echo_direct.len(),
     );
 
-    let specs = if plan.parts.setup || plan.parts.bulk || plan.parts.idle { peer_specs()? } else { Vec::new() };
+    let specs = if plan.parts.setup || plan.parts.bulk || plan.parts.idle || plan.parts.openloop {
+        peer_specs()?
+    } else {
+        Vec::new()
+    };
     let mut peers = Vec::new();
     for spec in &specs {
         match spec.start(&targets, !plan.full && peers.is_empty()) {
@@ -576,6 +589,13 @@ async fn run(plan: Plan) -> Result<()> {
     let scale = if plan.parts.idle100k { Some(scale::idle_100k(&targets).await?) } else { None };
     let mtls = match plan.parts.mtls {
         true => Some(mtls::mtls(plan.full, plan.rounds, plan.setup_phase, &targets, &mut noise).await?),
+        false => None,
+    };
+    let openloop = match plan.parts.openloop {
+        true => Some(
+            openloop::openloop(plan.full, plan.rounds, plan.setup_phase, &specs, &targets, &direct_routes, &mut noise)
+                .await?,
+        ),
         false => None,
     };
 
@@ -705,6 +725,9 @@ async fn run(plan: Plan) -> Result<()> {
         scale.print();
     }
     for line in mtls.iter().flatten() {
+        println!("{line}");
+    }
+    for line in openloop.iter().flatten() {
         println!("{line}");
     }
     println!(

@@ -95,11 +95,22 @@ impl HaProxy {
         }
         // Threads as many as cores (HAProxy's default, stated so a reader
         // need not know it); no logging, as proxyd is measured with its logs.
+        // `HAPROXY_NBTHREAD=1` and `HAPROXY_SPLICE=0` vary the relay, to see
+        // which of its settings the comparison depends on.
+        let threads = std::env::var("HAPROXY_NBTHREAD")
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        let splice = if std::env::var("HAPROXY_SPLICE").is_ok_and(|v| v == "0") {
+            ""
+        } else {
+            "    option splice-request\n    option splice-response\n"
+        };
         let mut config = format!(
             "global\n    maxconn {max_connections}\n    nbthread {threads}\n\n\
-             defaults\n    mode tcp\n    option splice-request\n    option splice-response\n    \
+             defaults\n    mode tcp\n{splice}    \
              timeout connect 10s\n    timeout client 300s\n    timeout server 300s\n    maxconn {max_connections}\n",
-            threads = std::thread::available_parallelism().map_or(1, usize::from),
         );
         for (index, (relay, upstream)) in relays.iter().zip(upstreams).enumerate() {
             let _ = write!(config, "\nlisten relay{index}\n    bind {relay}\n    server upstream{index} {upstream}\n");

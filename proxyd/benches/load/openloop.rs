@@ -1,0 +1,665 @@
+//! `openloop`: latency at a given offered load, queueing included, and the
+//! closed-loop setup rate under a second, independent load generator.
+//!
+//! **Open loop.** Requests are started on a fixed schedule (request `i` at
+//! `start + i / rate`), whether or not earlier ones have finished, and each
+//! one's latency counts from its *scheduled* start, as wrk2 does: a proxy
+//! that falls behind is charged for the queue it builds (no coordinated
+//! omission). The unit is the setup part's: connect, CONNECT (through a
+//! proxy), a 64-byte echo checked byte for byte, close. The schedule runs on
+//! a thread of its own that sleeps until each start and hands the request to
+//! the runtime as a task of its own, so concurrency is not capped by a
+//! client count; only [`MAX_IN_FLIGHT`] requests may be open at once (the
+//! descriptors), and a request due while that many are open is not started
+//! and counted as `unstarted`. The generator is checked, not trusted: each
+//! request's *start lag* (from its scheduled time to the moment its task
+//! first runs) is recorded, and the table shows its p99 and how many
+//! requests started more than 1 ms late, with the generator's CPU.
+//!
+//! The offered rates are 25%, 50% and 75% of the HAProxy relay's
+//! closed-loop maximum measured at the start of this part (or of direct's
+//! when HAProxy is not installed), or the absolute rates in
+//! `OPENLOOP_RATES=1500,3000,4500`. Every rate is run against direct and
+//! every peer (proxyd, the old build, the relay, Squid) in the same rounds,
+//! rotating which goes first, each on a fresh process; the added latency is
+//! each round's quantile minus direct's in the same round, and ratios are
+//! medians of per-round ratios, like the rest of the tool.
+//!
+//! **Second load generator.** The closed-loop calibration runs under two
+//! generators in alternating rounds: this tool's own tokio clients and
+//! `load/go/loadgen.go`, a Go standard-library client built at run time
+//! into `target/` (skipped when `go` is not installed). Both report rate,
+//! the peer's CPU per tunnel and their own CPU per tunnel, so the summary
+//! shows setup rate and CPU against the relay under each: the less
+//! favourable one is what an outside measurement would see. `HAPROXY_NBTHREAD`
+//! and `HAPROXY_SPLICE=0` change the relay (see `load/peers.rs`) and
+//! `OPENLOOP_GO_CLIENTS` the Go generator's client count, to find which of
+//! them moves the figures.
+//!
+//! Smokescreen is measured when `SMOKESCREEN_BIN` names a binary; it is not
+//! installed here, so it gets a `skipped:` line.
+//!
+//! Like the rest of the tool it only talks to 127.0.0.0/8, every request is
+//! bounded by [`OP_TIMEOUT`], and it never panics on a peer's misbehaviour:
+//! failures are counted as errors and reported.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{
+    CLIENTS, CpuMeter, ECHO_BYTES, Latencies, Noise, OP_TIMEOUT, PeerSpec, Result, Route, Running, Targets, echo_once,
+    median, paired_ratio, peers, setup_phase,
+};
+
+/// Open requests allowed at once (each holds two descriptors here and two
+/// in the proxy; `ulimit -n` is 20,000 in the bench environment).
+const MAX_IN_FLIGHT: usize = 6_000;
+/// A start later than this after its scheduled time counts as late.
+const LATE: Duration = Duration::from_millis(1);
+/// The share of a phase's schedule left out of its achieved rate.
+const WARM_UP: f64 = 0.2;
+/// Fractions of the relay's closed-loop maximum, and the goals' names for them.
+const FRACTIONS: [f64; 3] = [0.25, 0.50, 0.75];
+
+/// How much to do.
+#[derive(Debug, Clone)]
+struct OpenPlan {
+    full: bool,
+    rounds: usize,
+    /// One open-loop phase (and one closed-loop calibration phase).
+    phase: Duration,
+    /// Absolute rates from `OPENLOOP_RATES`, or `None`: fractions of the relay's maximum.
+    rates: Option<Vec<f64>>,
+}
+
+/// One open-loop phase's outcome.
+#[derive(Debug, Default)]
+struct OpenPhase {
+    offered: f64,
+    scheduled: usize,
+    ok: usize,
+    errors: usize,
+    first_error: Option<String>,
+    unstarted: usize,
+    /// From the first scheduled start to the last completion.
+    elapsed: Duration,
+    /// The schedule's length.
+    length: Duration,
+    /// Successful requests that ended in the steady part of the schedule
+    /// (its last 80%), for the achieved rate.
+    ok_in_window: usize,
+    /// From each successful request's scheduled start to its end, sorted.
+    latencies: Latencies,
+    /// From each started request's scheduled start to its task's first poll, sorted.
+    start_lag: Latencies,
+    late: usize,
+    peak_in_flight: usize,
+    /// The peer's CPU per successful tunnel, µs (`None` for direct).
+    cpu_us: Option<f64>,
+    /// This process's (generator, echo servers) cores during the phase.
+    generator_cores: Option<f64>,
+}
+
+impl OpenPhase {
+    /// Requests a second that ended successfully during the last 80% of the
+    /// schedule: a peer that keeps up ends as many as are started, one that
+    /// falls behind only what it can, while its queue grows (and drains
+    /// after the window). The first 20% is left out: it ends fewer, as the
+    /// first requests are still on their way.
+    fn achieved(&self) -> f64 {
+        self.ok_in_window as f64 / (self.length.as_secs_f64() * (1.0 - WARM_UP)).max(1e-9)
+    }
+
+    fn q(&self, q: f64) -> f64 {
+        self.latencies.quantile(q).as_secs_f64() * 1e3
+    }
+
+    fn max_ms(&self) -> f64 {
+        self.latencies.0.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    }
+
+    fn describe(&self) -> String {
+        let mut text = format!(
+            "{:.0}/s of {:.0}/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, errors {}, unstarted {}, \
+             start lag p99 {:.2} ms, late {}, peak open {}",
+            self.achieved(),
+            self.offered,
+            self.q(0.5),
+            self.q(0.99),
+            self.q(0.999),
+            self.max_ms(),
+            self.errors,
+            self.unstarted,
+            self.start_lag.quantile(0.99).as_secs_f64() * 1e3,
+            self.late,
+            self.peak_in_flight
+        );
+        if let Some(error) = &self.first_error {
+            text.push_str(&format!(" (first error: {error})"));
+        }
+        text
+    }
+}
+
+/// What one request came to.
+struct Outcome {
+    lag: Duration,
+    latency: Duration,
+    /// When it ended, from the schedule's start.
+    done: Duration,
+    result: std::result::Result<(), String>,
+}
+
+/// Runs `rate` requests a second for `length` through `routes` (request `i`
+/// through `routes[i % len]`, from source address 127.0.1.(i mod 64 + 1)),
+/// then waits for every started request to end (each is bounded by
+/// [`OP_TIMEOUT`]).
+async fn open_phase(routes: &[Route], rate: f64, length: Duration) -> Result<OpenPhase> {
+    if routes.is_empty() || !(rate.is_finite() && rate > 0.0) {
+        return Err("open loop needs a route and a positive rate".into());
+    }
+    let handle = tokio::runtime::Handle::current();
+    let routes: Arc<[Route]> = routes.into();
+    let total = (rate * length.as_secs_f64()).round().max(1.0) as usize;
+    let interval_ns = 1e9 / rate;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
+    // A little ahead, so the first start is on time.
+    let start = Instant::now() + Duration::from_millis(20);
+    let counter = Arc::clone(&in_flight);
+    let scheduler = std::thread::Builder::new().name("openloop-schedule".into()).spawn(move || {
+        let (mut unstarted, mut peak) = (0usize, 0usize);
+        for i in 0..total {
+            let at = start + Duration::from_nanos((i as f64 * interval_ns) as u64);
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            let open = counter.fetch_add(1, Ordering::AcqRel) + 1;
+            if open > MAX_IN_FLIGHT {
+                counter.fetch_sub(1, Ordering::AcqRel);
+                unstarted += 1;
+                continue;
+            }
+            peak = peak.max(open);
+            let route = routes[i % routes.len()];
+            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 1, (i % CLIENTS) as u8 + 1));
+            let (tx, counter) = (tx.clone(), Arc::clone(&counter));
+            handle.spawn(async move {
+                let lag = at.elapsed();
+                let mut message = [0u8; ECHO_BYTES];
+                message[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                let one = async {
+                    let mut stream = route.open_from(Some(source)).await?;
+                    echo_once(&mut stream, &message).await
+                };
+                let result = match tokio::time::timeout(OP_TIMEOUT, one).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(format!("{error}")),
+                    Err(_) => Err("timed out".to_owned()),
+                };
+                let latency = at.elapsed();
+                let done = start.elapsed();
+                counter.fetch_sub(1, Ordering::AcqRel);
+                let _ = tx.send(Outcome { lag, latency, done, result });
+            });
+        }
+        (unstarted, peak)
+    })?;
+    let mut phase = OpenPhase { offered: rate, scheduled: total, length, ..OpenPhase::default() };
+    let window = length.mul_f64(WARM_UP)..=length;
+    let mut latencies = Vec::with_capacity(total);
+    let mut lags = Vec::with_capacity(total);
+    // Ends when the scheduler and every request it started have dropped their senders.
+    while let Some(outcome) = rx.recv().await {
+        lags.push(outcome.lag);
+        phase.late += usize::from(outcome.lag > LATE);
+        match outcome.result {
+            Ok(()) => {
+                latencies.push(outcome.latency);
+                phase.ok_in_window += usize::from(window.contains(&outcome.done));
+            }
+            Err(error) => {
+                phase.errors += 1;
+                phase.first_error.get_or_insert(error);
+            }
+        }
+    }
+    phase.elapsed = start.elapsed();
+    let (unstarted, peak) =
+        tokio::task::spawn_blocking(move || scheduler.join()).await?.map_err(|_| "the scheduler thread panicked")?;
+    phase.unstarted = unstarted;
+    phase.peak_in_flight = peak;
+    phase.ok = latencies.len();
+    latencies.sort_unstable();
+    lags.sort_unstable();
+    phase.latencies = Latencies(latencies);
+    phase.start_lag = Latencies(lags);
+    Ok(phase)
+}
+
+/// One closed-loop calibration phase: rate, the peer's and the generator's CPU per tunnel (µs).
+#[derive(Debug, Clone, Copy, Default)]
+struct Closed {
+    rate: f64,
+    peer_cpu_us: Option<f64>,
+    load_cpu_us: Option<f64>,
+    p99_ms: f64,
+}
+
+/// The Go generator, built into `target/` (or why not).
+fn build_go_loadgen() -> std::result::Result<PathBuf, String> {
+    let go = peers::find_program("go").ok_or("go is not installed (`apt-get install golang-go`)")?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // target/<profile>/deps/load-… -> target/<profile>
+    let dir = exe.parent().and_then(|d| d.parent()).ok_or("no target directory")?.to_path_buf();
+    let binary = dir.join("loadgen-go");
+    let source = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/load/go/loadgen.go"));
+    let output = Command::new(go)
+        .arg("build")
+        .arg("-o")
+        .arg(&binary)
+        .arg(&source)
+        // Offline, standard library only, caches inside target/.
+        .env("GOCACHE", dir.join("go-cache"))
+        .env("GOPATH", dir.join("go-path"))
+        .env("GOFLAGS", "")
+        .env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("go build: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("go build failed: {}", String::from_utf8_lossy(&output.stderr).trim()));
+    }
+    Ok(binary)
+}
+
+/// Runs the Go generator closed loop over `routes` (all through one proxy, or all direct).
+async fn go_phase(binary: &std::path::Path, routes: &[Route], length: Duration, pid: Option<u32>) -> Result<Closed> {
+    let mut proxy = None;
+    let mut targets = Vec::new();
+    for route in routes {
+        match *route {
+            Route::Direct(target) | Route::Relay(target) => targets.push(target),
+            Route::Proxy { proxy: p, target } => {
+                proxy = Some(p);
+                targets.push(target);
+            }
+        }
+    }
+    let clients = std::env::var("OPENLOOP_GO_CLIENTS").ok().and_then(|n| n.parse::<usize>().ok()).unwrap_or(CLIENTS);
+    let mut command = Command::new(binary);
+    command
+        .arg("-targets")
+        .arg(targets.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(","))
+        .arg("-clients")
+        .arg(clients.to_string())
+        .arg("-duration")
+        .arg(format!("{}ms", length.as_millis()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(proxy) = proxy {
+        command.arg("-proxy").arg(proxy.to_string());
+    }
+    let cpu = CpuMeter::start(pid);
+    // Every operation in it is bounded by a 10 s deadline, so it ends.
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    let cpu = cpu.stop();
+    if !output.status.success() {
+        return Err(format!("go loadgen failed ({})", output.status).into());
+    }
+    let line = String::from_utf8_lossy(&output.stdout);
+    let value: serde_json::Value = serde_json::from_str(line.trim())?;
+    let ops = value["ops"].as_u64().ok_or("go loadgen: no ops")? as f64;
+    let errors = value["errors"].as_u64().unwrap_or(0);
+    if errors > 0 {
+        return Err(format!("go loadgen: {errors} errors, first: {}", value["first_error"]).into());
+    }
+    let elapsed = value["elapsed_s"].as_f64().ok_or("go loadgen: no elapsed_s")?;
+    let go_cpu = value["cpu_s"].as_f64().unwrap_or(f64::NAN);
+    // The generator's CPU is the Go process's plus this one's (the echo servers), as for the Rust clients.
+    let load = cpu.load_per(ops, 1e6).map(|echo| echo + go_cpu * 1e6 / ops.max(1.0));
+    Ok(Closed {
+        rate: ops / elapsed.max(1e-9),
+        peer_cpu_us: cpu.peer_per(ops, 1e6),
+        load_cpu_us: load,
+        p99_ms: value["p99_us"].as_f64().unwrap_or(0.0) / 1e3,
+    })
+}
+
+/// One column of this part: direct or a peer.
+struct OpenColumn {
+    name: &'static str,
+    routes: Vec<Route>,
+    pid: Option<u32>,
+    /// Keeps the peer running.
+    _running: Option<Running>,
+    /// Closed-loop phases per generator (rust, go), one per round.
+    closed: [Vec<Closed>; 2],
+    /// Open-loop phases per rate, one per round.
+    open: Vec<Vec<OpenPhase>>,
+}
+
+const GENERATORS: [&str; 2] = ["rust", "go"];
+
+/// Runs this part and returns the summary lines.
+pub async fn openloop(
+    full: bool,
+    rounds: usize,
+    phase: Duration,
+    specs: &[PeerSpec],
+    targets: &Targets,
+    direct_routes: &[Route],
+    noise: &mut Noise,
+) -> Result<Vec<String>> {
+    let rates = match std::env::var("OPENLOOP_RATES") {
+        Ok(list) => {
+            let rates: Vec<f64> = list.split(',').filter_map(|r| r.trim().parse::<f64>().ok()).collect();
+            if rates.is_empty() || rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+                return Err(format!("OPENLOOP_RATES={list:?}: want positive rates, e.g. 1500,3000").into());
+            }
+            Some(rates)
+        }
+        Err(_) => None,
+    };
+    let plan = OpenPlan { full, rounds, phase, rates };
+    let go = match build_go_loadgen() {
+        Ok(binary) => Some(binary),
+        Err(why) => {
+            println!("skipped: openloop go load generator ({why})");
+            None
+        }
+    };
+    match std::env::var_os("SMOKESCREEN_BIN") {
+        Some(_) => println!("skipped: smokescreen (SMOKESCREEN_BIN is set, but this tool does not drive it yet)"),
+        None => println!("skipped: smokescreen (not installed; not measured here)"),
+    }
+
+    let mut columns = vec![OpenColumn {
+        name: "direct",
+        routes: direct_routes.to_vec(),
+        pid: None,
+        _running: None,
+        closed: [Vec::new(), Vec::new()],
+        open: Vec::new(),
+    }];
+    for spec in specs {
+        match spec.start(targets, false) {
+            Ok(peer) => columns.push(OpenColumn {
+                name: peer.name,
+                routes: peer.echo_routes,
+                pid: Some(peer.pid),
+                _running: Some(peer.running),
+                closed: [Vec::new(), Vec::new()],
+                open: Vec::new(),
+            }),
+            Err(error) if matches!(spec, PeerSpec::Proxyd { .. }) => return Err(error),
+            Err(error) => println!("skipped: openloop {} (did not start: {error})", spec.name()),
+        }
+    }
+    let relay = columns.iter().position(|c| c.name == "haproxy");
+
+    // Closed-loop calibration, under both generators, direct and every peer, rotating.
+    for round in 1..=plan.rounds {
+        for k in 0..columns.len() {
+            let count = columns.len();
+            let column = &mut columns[(k + round - 1) % count];
+            for (g, generator) in GENERATORS.iter().enumerate() {
+                let closed = if g == 0 {
+                    let cpu = CpuMeter::start(column.pid);
+                    let phase = setup_phase(&column.routes, plan.phase).await?;
+                    let cpu = cpu.stop();
+                    noise.record(&cpu);
+                    Closed {
+                        rate: phase.rate(),
+                        peer_cpu_us: cpu.peer_per(phase.ops as f64, 1e6),
+                        load_cpu_us: cpu.load_per(phase.ops as f64, 1e6),
+                        p99_ms: phase.latencies.quantile(0.99).as_secs_f64() * 1e3,
+                    }
+                } else if let Some(binary) = &go {
+                    go_phase(binary, &column.routes, plan.phase, column.pid).await?
+                } else {
+                    continue;
+                };
+                println!(
+                    "openloop closed round {round}: {:<10} {generator:<4} {:.0}/s, p99 {:.2} ms, \
+                     peer {} µs/tun, load {} µs/tun",
+                    column.name,
+                    closed.rate,
+                    closed.p99_ms,
+                    closed.peer_cpu_us.map_or("-".to_owned(), |v| format!("{v:.0}")),
+                    closed.load_cpu_us.map_or("-".to_owned(), |v| format!("{v:.0}")),
+                );
+                column.closed[g].push(closed);
+            }
+        }
+    }
+    let base = relay.unwrap_or(0);
+    let base_max = columns[base].closed[0].iter().map(|c| c.rate).fold(0.0, f64::max);
+    let (rates, labels): (Vec<f64>, Vec<String>) = match &plan.rates {
+        Some(rates) => (rates.clone(), rates.iter().map(|r| format!("{r:.0}/s")).collect()),
+        None => FRACTIONS
+            .iter()
+            .map(|f| {
+                // The smoke test only checks the paths: a few hundred requests.
+                let rate = if plan.full { base_max * f } else { (base_max * f).min(400.0) };
+                (rate, format!("{rate:.0}/s ({:.0}% of {}'s {base_max:.0}/s)", f * 100.0, columns[base].name))
+            })
+            .unzip(),
+    };
+
+    // Open loop: each rate, each round, direct and every peer, rotating.
+    for column in &mut columns {
+        column.open = rates.iter().map(|_| Vec::new()).collect();
+    }
+    for round in 1..=plan.rounds {
+        for (r, rate) in rates.iter().enumerate() {
+            for k in 0..columns.len() {
+                let count = columns.len();
+                let column = &mut columns[(k + round - 1) % count];
+                let cpu = CpuMeter::start(column.pid);
+                let mut phase = open_phase(&column.routes, *rate, plan.phase).await?;
+                let cpu = cpu.stop();
+                noise.record(&cpu);
+                phase.cpu_us = cpu.peer_per(phase.ok as f64, 1e6);
+                phase.generator_cores = cpu.load_seconds.map(|s| s / cpu.seconds);
+                println!("openloop round {round}: {:<10} {} ({cpu})", column.name, phase.describe());
+                if !plan.full && (phase.errors > 0 || phase.unstarted > 0 || phase.ok != phase.scheduled) {
+                    return Err(format!("openloop smoke via {}: {}", column.name, phase.describe()).into());
+                }
+                column.open[r].push(phase);
+            }
+        }
+    }
+    Ok(summary(&plan, &columns, relay, &rates, &labels))
+}
+
+/// Medians over rounds of per-round figures.
+fn med(phases: &[OpenPhase], f: impl Fn(&OpenPhase) -> f64) -> f64 {
+    median(phases.iter().map(f))
+}
+
+/// Per-round `peer - direct` of a latency quantile, ms.
+fn added(peer: &[OpenPhase], direct: &[OpenPhase], q: f64) -> Vec<f64> {
+    peer.iter().zip(direct).map(|(p, d)| p.q(q) - d.q(q)).collect()
+}
+
+/// A relay's added latency below this (ms) counts as this much in ratios,
+/// so a ratio to a relay adding nothing measurable stays finite.
+const ADDED_FLOOR_MS: f64 = 0.05;
+
+fn summary(
+    plan: &OpenPlan,
+    columns: &[OpenColumn],
+    relay: Option<usize>,
+    rates: &[f64],
+    labels: &[String],
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    let shown = |v: f64| if v.is_finite() { format!("{v:.2}") } else { "-".to_owned() };
+    let verdict = |ok: bool| if ok { "OK" } else { "MISSED" };
+    let relay_column = relay.and_then(|i| columns.get(i));
+    let Some(direct) = columns.first() else { return lines };
+
+    lines.push(format!(
+        "closed loop ({CLIENTS} clients unless OPENLOOP_GO_CLIENTS; connect (+ CONNECT) + {ECHO_BYTES} B echo + close), \
+         by load generator, medians of {} rounds:",
+        plan.rounds
+    ));
+    lines.push(format!(
+        "  {:<11} {:<4} {:>9} {:>9} {:>9} {:>11} {:>9} {:>12}",
+        "", "gen", "tunnels/s", "x haproxy", "p99 ms", "CPU µs/tun", "x haproxy", "load µs/tun"
+    ));
+    for column in columns {
+        for (g, generator) in GENERATORS.iter().enumerate() {
+            let closed = &column.closed[g];
+            if closed.is_empty() {
+                continue;
+            }
+            let relay_closed = relay_column.map(|r| &r.closed[g]);
+            let rate_x = relay_closed.map_or(f64::NAN, |r| {
+                paired_ratio(closed.iter().map(|c| Some(c.rate)), r.iter().map(|c| Some(c.rate)))
+            });
+            let cpu_x = relay_closed.map_or(f64::NAN, |r| {
+                paired_ratio(closed.iter().map(|c| c.peer_cpu_us), r.iter().map(|c| c.peer_cpu_us))
+            });
+            lines.push(format!(
+                "  {:<11} {:<4} {:>9.0} {:>9} {:>9.2} {:>11} {:>9} {:>12.0}",
+                column.name,
+                generator,
+                median(closed.iter().map(|c| c.rate)),
+                shown(rate_x),
+                median(closed.iter().map(|c| c.p99_ms)),
+                shown(median(closed.iter().filter_map(|c| c.peer_cpu_us))),
+                shown(cpu_x),
+                median(closed.iter().filter_map(|c| c.load_cpu_us)),
+            ));
+        }
+    }
+
+    for (r, label) in labels.iter().enumerate() {
+        lines.push(format!(
+            "open loop at {label}, {} rounds of {:?}, latency from each request's scheduled start:",
+            plan.rounds, plan.phase
+        ));
+        lines.push(format!(
+            "  {:<11} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>5} {:>6}",
+            "",
+            "achieved",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9",
+            "max ms",
+            "errors",
+            "unstarted",
+            "+p99 ms",
+            "x relay+",
+            "CPU µs/tun",
+            "x haproxy",
+            "lag p99",
+            "late",
+            "gen cores",
+        ));
+        let direct_phases = &direct.open[r];
+        let relay_phases = relay_column.map(|c| &c.open[r]);
+        for column in columns {
+            let phases = &column.open[r];
+            let added_p99 = added(phases, direct_phases, 0.99);
+            let relay_added = relay_phases.map(|relay| added(relay, direct_phases, 0.99));
+            let added_x = relay_added
+                .as_ref()
+                .map_or(f64::NAN, |relay| median(added_p99.iter().zip(relay).map(|(p, r)| p / r.max(ADDED_FLOOR_MS))));
+            let cpu_x = relay_phases.map_or(f64::NAN, |relay| {
+                paired_ratio(phases.iter().map(|p| p.cpu_us), relay.iter().map(|p| p.cpu_us))
+            });
+            let is_direct = std::ptr::eq(column, direct);
+            lines.push(format!(
+                "  {:<11} {:>9.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>6} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8.2} {:>5} {:>6.2}",
+                column.name,
+                med(phases, OpenPhase::achieved),
+                med(phases, |p| p.q(0.5)),
+                med(phases, |p| p.q(0.9)),
+                med(phases, |p| p.q(0.99)),
+                med(phases, |p| p.q(0.999)),
+                med(phases, OpenPhase::max_ms),
+                phases.iter().map(|p| p.errors).sum::<usize>(),
+                phases.iter().map(|p| p.unstarted).sum::<usize>(),
+                if is_direct { "-".to_owned() } else { shown(median(added_p99.iter().copied())) },
+                if is_direct || relay.is_none() { "-".to_owned() } else { shown(added_x) },
+                shown(med(phases, |p| p.cpu_us.unwrap_or(f64::NAN))),
+                if is_direct { "-".to_owned() } else { shown(cpu_x) },
+                med(phases, |p| p.start_lag.quantile(0.99).as_secs_f64() * 1e3),
+                phases.iter().map(|p| p.late).sum::<usize>(),
+                med(phases, |p| p.generator_cores.unwrap_or(f64::NAN)),
+            ));
+        }
+    }
+
+    // The goals, for proxyd (the first peer) against the relay in the same rounds.
+    let (Some(proxyd), Some(relay_column)) = (columns.get(1), relay_column) else {
+        lines.push("goal: openloop goals not judged (needs proxyd and the HAProxy relay)".to_owned());
+        return lines;
+    };
+    for (g, generator) in GENERATORS.iter().enumerate() {
+        let (mine, theirs) = (&proxyd.closed[g], &relay_column.closed[g]);
+        if mine.is_empty() || theirs.is_empty() {
+            continue;
+        }
+        let rate = paired_ratio(mine.iter().map(|c| Some(c.rate)), theirs.iter().map(|c| Some(c.rate)));
+        let cpu = paired_ratio(mine.iter().map(|c| c.peer_cpu_us), theirs.iter().map(|c| c.peer_cpu_us));
+        lines.push(format!(
+            "goal: setup rate >= 0.8x the relay's under the {generator} generator: {rate:.2} {}",
+            verdict(rate >= 0.8)
+        ));
+        lines.push(format!(
+            "goal: CPU per tunnel <= 1.5x the relay's under the {generator} generator: {cpu:.2} {}",
+            verdict(cpu <= 1.5)
+        ));
+    }
+    if plan.rates.is_some() || rates.len() != FRACTIONS.len() {
+        lines.push("goal: openloop rate goals not judged (absolute OPENLOOP_RATES)".to_owned());
+        return lines;
+    }
+    let direct_open = &direct.open;
+    let (p25, r25) = (&proxyd.open[0], &relay_column.open[0]);
+    let added25 = median(added(p25, &direct_open[0], 0.99).into_iter());
+    lines.push(format!(
+        "goal: openloop 25%: added p99 <= 1 ms over direct: {added25:.2} ms {}",
+        verdict(added25 <= 1.0)
+    ));
+    let cpu25 = paired_ratio(p25.iter().map(|p| p.cpu_us), r25.iter().map(|p| p.cpu_us));
+    lines.push(format!("goal: openloop 25%: CPU per tunnel <= 1.5x the relay's: {cpu25:.2} {}", verdict(cpu25 <= 1.5)));
+    let (p50, r50) = (&proxyd.open[1], &relay_column.open[1]);
+    let mine50 = added(p50, &direct_open[1], 0.99);
+    let relay50 = added(r50, &direct_open[1], 0.99);
+    let x50 = median(mine50.iter().zip(&relay50).map(|(p, r)| p / r.max(ADDED_FLOOR_MS)));
+    lines.push(format!(
+        "goal: openloop 50%: added p99 <= 1.5x the relay's: {:.2} ms vs {:.2} ms, {x50:.2}x {}",
+        median(mine50.iter().copied()),
+        median(relay50.iter().copied()),
+        verdict(x50 <= 1.5)
+    ));
+    let p75 = &proxyd.open[2];
+    let kept = median(p75.iter().map(|p| p.achieved() / p.offered));
+    let unstarted: usize = p75.iter().map(|p| p.unstarted).sum();
+    let errors: usize = p75.iter().map(|p| p.errors).sum();
+    let p99 = med(p75, |p| p.q(0.99));
+    let ok = kept >= 0.99 && unstarted == 0 && errors == 0 && p99 <= 50.0;
+    lines.push(format!(
+        "goal: openloop 75%: keeps up (>= 99% achieved, nothing unstarted, no errors, p99 <= 50 ms): \
+         {:.1}% achieved, {unstarted} unstarted, {errors} errors, p99 {p99:.2} ms {}",
+        kept * 100.0,
+        verdict(ok)
+    ));
+    lines
+}
