@@ -38,7 +38,6 @@ pub mod egress;
 pub mod events;
 pub mod limits;
 pub mod listeners;
-
 pub mod live;
 pub mod log;
 pub mod manual;
