@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use base64::Engine as _;
-use egress_policy::address::AddressSpec;
+use egress_policy::policy::AddressSpec;
 
 use crate::harness::{ACL, Proxy, connect, echo_through, lo};
 use testkit::dns::{Answer, TestDns};

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use egress_policy::address::AddressSpec;
+use egress_policy::policy::AddressSpec;
 use proxyd::admin_auth::AdminToken;
 use proxyd::config::ProxyAuth;
 use proxyd::stats_socket::StatsSocketSettings;
