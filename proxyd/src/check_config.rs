@@ -260,10 +260,10 @@ fn summary(args: &Args, config: &Config, policy: &PolicyState, resolvers: &[std:
     line(
         "log stall",
         format!(
-            "{} new CONNECTs after {} without a completed log write",
+            "{}; stalled after {} without a completed log write",
             match config.log_stall_policy {
-                crate::config::LogStallPolicy::Refuse => "refuse (503)",
-                crate::config::LogStallPolicy::Drop => "serve (dropping their lines)",
+                crate::config::LogStallPolicy::Refuse => "refuse (503 when the decision line cannot be buffered)",
+                crate::config::LogStallPolicy::Drop => "drop (serve; lines that do not fit are dropped and counted)",
             },
             seconds(config.log_stall_timeout)
         ),

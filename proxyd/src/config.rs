@@ -1185,6 +1185,25 @@ mod tests {
     }
 
     #[test]
+    fn log_stall_settings_from_flags_and_file_with_defaults() {
+        let c = load(&["--policy", "p.bin"], None).unwrap();
+        assert_eq!((c.log_stall_policy, c.log_stall_timeout), (LogStallPolicy::Refuse, Duration::from_secs(1)));
+        let c = load(&["--policy", "p.bin"], Some("log_stall_policy: drop\nlog_stall_timeout: 250ms\n")).unwrap();
+        assert_eq!((c.log_stall_policy, c.log_stall_timeout), (LogStallPolicy::Drop, Duration::from_millis(250)));
+        let c = load(
+            &["--policy", "p.bin", "--log-stall-policy", "refuse", "--log-stall-timeout", "3s"],
+            Some("log_stall_policy: drop\nlog_stall_timeout: 250ms\n"),
+        )
+        .unwrap();
+        assert_eq!((c.log_stall_policy, c.log_stall_timeout), (LogStallPolicy::Refuse, Duration::from_secs(3)));
+        let err = load(&["--policy", "p.bin", "--log-stall-timeout", "0s"], None).unwrap_err();
+        assert!(err.to_string().contains("log stall timeout: must be greater than zero"), "{err}");
+        let err = load(&["--policy", "p.bin"], Some("log_stall_timeout: soon\n")).unwrap_err();
+        assert!(err.to_string().contains("log_stall_timeout"), "{err}");
+        assert!(load(&["--policy", "p.bin"], Some("log_stall_policy: maybe\n")).is_err());
+    }
+
+    #[test]
     fn workers_default_to_the_cpus_and_must_be_at_least_one() {
         assert_eq!(load(&["--policy", "p.bin"], None).unwrap().workers, default_workers());
         assert!(default_workers() >= 1);

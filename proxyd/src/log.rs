@@ -9,6 +9,10 @@
 //!
 //! Secrets never reach this module: it is handed roles, hosts and reasons,
 //! never credentials.
+//!
+//! Logging never waits for stderr, on any thread: lines go through `sink`
+//! (a bounded buffer and one writer thread; lines that do not fit are
+//! dropped and counted, a stall is measured and shown in [`sink_state`]).
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;

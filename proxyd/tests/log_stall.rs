@@ -424,6 +424,9 @@ async fn reader_exits(policy: &str, ip: std::net::IpAddr) {
     let dropped = metric(proxy.admin, "proxyd_log_lines_dropped_total{line=\"decision\"}").await;
     assert!(dropped >= 200, "{dropped} decision lines counted as dropped");
     assert_eq!(get(proxy.admin, "/healthz").await.status, 200);
+    // Writes fail: stalled, and so not ready, until one succeeds (never, here).
+    readyz_becomes(proxy.admin, 503, Duration::from_secs(5)).await;
+    assert_eq!(metric(proxy.admin, "proxyd_log_sink_stalled").await, 1);
     let _ = stop_echo.send(());
     let (echoes, _) = echoing.await.unwrap();
     assert!(echoes >= 3);
@@ -434,6 +437,7 @@ async fn reader_exits(policy: &str, ip: std::net::IpAddr) {
     let spent = proxy.cpu() - before;
     assert!(spent < Duration::from_millis(300), "idle proxyd with a closed log used {spent:?} of CPU in 2 s");
     assert!(proxy.alive());
+    assert_eq!(get(proxy.admin, "/readyz").await.status, 503, "still not ready while idle: the sink is still closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

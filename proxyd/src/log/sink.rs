@@ -194,6 +194,8 @@ impl Batch {
     /// attempt (with the lines gathered meanwhile): a sink that stays
     /// closed costs four `write`s a second, not a spinning core.
     pub const RETRY: Duration = Duration::from_millis(250);
+    /// How often a failed sink with nothing to write is tried again.
+    const PROBE: Duration = Duration::from_secs(1);
     const DEFAULT_STALL_TIMEOUT_MS: u64 = 1000;
     /// How long [`Batch::flush`] waits for the writer at most.
     const FLUSH_LIMIT: Duration = Duration::from_secs(2);
@@ -323,9 +325,36 @@ impl Batch {
         let mut pending = self.lock();
         loop {
             while pending.lines.is_empty() {
-                // Nothing to write: not stalled, whatever the sink's state.
-                self.busy_since.store(0, Ordering::Relaxed);
-                pending = self.changed.wait(pending).unwrap_or_else(PoisonError::into_inner);
+                if !self.failing.load(Ordering::Relaxed) {
+                    // Nothing to write and the sink works: not stalled.
+                    self.busy_since.store(0, Ordering::Relaxed);
+                    pending = self.changed.wait(pending).unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+                // The sink failed and nothing is left to write: stay stalled,
+                // and probe it once a [`Batch::PROBE`] with a line saying so,
+                // so a sink that comes back (a full disk freed) is noticed,
+                // and /readyz recovers, without traffic.
+                let timed_out = match self.changed.wait_timeout(pending, Self::PROBE) {
+                    Ok((guard, result)) => {
+                        pending = guard;
+                        result.timed_out()
+                    }
+                    Err(poisoned) => {
+                        let (guard, result) = poisoned.into_inner();
+                        pending = guard;
+                        result.timed_out()
+                    }
+                };
+                if timed_out && pending.lines.is_empty() {
+                    drop(pending);
+                    let _headroom = Headroom::take();
+                    tracing::warn!(
+                        lines_dropped_total = self.dropped_total(),
+                        "log sink failing: lines are dropped and counted until a write succeeds"
+                    );
+                    pending = self.lock();
+                }
             }
             // Let the lines of other requests in flight join this batch, unless a flush waits.
             let linger = |pending: &mut Pending| !pending.urgent && pending.lines.len() < Self::FULL;
@@ -653,6 +682,7 @@ mod tests {
         std::thread::sleep(Batch::RETRY * 2);
         let state = TEST_BATCH.state();
         assert_eq!(state.dropped, lines, "{state:?}");
+        assert!(state.stalled, "a failed sink stays stalled with nothing left to write: {state:?}");
         let attempts = FAILED_WRITES.load(Ordering::Relaxed);
         assert!((2..=10).contains(&attempts), "{attempts} write attempts in 1.7 s");
     }
