@@ -19,8 +19,8 @@
 //! the in-place upgrade of the lifecycle work once it is merged: SIGUSR1 to
 //! the running replica instead of stop-and-start (see `upgrade_in_place`).
 //!
-//! Ignored in `make test`: it needs haproxy and prometheus and takes about a
-//! minute. Everything listens on and connects to loopback; the replicas
+//! Ignored in `make test`: it needs haproxy and prometheus (about 15 s;
+//! `.ci/run` runs it every time). Everything listens on and connects to loopback; the replicas
 //! resolve through the in-test DNS server only.
 
 use std::fmt::Write as _;
@@ -408,7 +408,7 @@ async fn upgrade_in_place(replica: &mut Replica) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs haproxy and prometheus and takes about a minute: run by `make fleet-test`"]
+#[ignore = "needs haproxy and prometheus and takes about 15 s: run by `make fleet-test`"]
 async fn three_replicas_behind_haproxy_publish_refuse_tampering_and_upgrade_without_failures() {
     for tool in ["haproxy", "prometheus"] {
         assert!(
@@ -567,7 +567,7 @@ async fn three_replicas_behind_haproxy_publish_refuse_tampering_and_upgrade_with
         for (i, replica) in replicas.iter().enumerate() {
             let policy = replica.policy().await;
             assert_eq!(policy["revision"], rev2.as_str(), "{}: the last good table serves", replica.name);
-            let body = reqwest_metrics(replica.admin).await;
+            let body = metrics_text(replica.admin).await;
             refused[i] = body
                 .lines()
                 .any(|l| l.starts_with("proxyd_policy_fetch_total{result=\"failed\"}") && !l.ends_with(" 0"));
@@ -718,6 +718,6 @@ fn first(failures: &Mutex<Vec<String>>) -> Vec<String> {
 }
 
 /// `/metrics` of one replica, as text.
-async fn reqwest_metrics(admin: SocketAddr) -> String {
+async fn metrics_text(admin: SocketAddr) -> String {
     testkit::scrape::get(admin, "/metrics").await.body
 }
