@@ -36,33 +36,37 @@ for b in proxyd policyc; do
     # proc-macros (they run in rustc, they are not in the binary).
     cargo tree --locked --quiet -p "$b" --target "$triple" -e normal,no-proc-macro --prefix none -f '{p}' |
         sed 's/ (.*//; s/ (\*)//' | sort -u >"$out/.$b.linked"
-    python3 - "$out/$b.cdx.json" "$out/.$b.linked" "$b" <<'EOF'
-import json, sys
-bom_path, linked_path, binary = sys.argv[1:4]
-bom = json.load(open(bom_path))
-assert bom.get("bomFormat") == "CycloneDX", "not a CycloneDX document"
-components = {}
-def walk(items):
-    for c in items or []:
-        components[(c["name"], c.get("version"))] = c
-        walk(c.get("components"))
-walk(bom.get("components"))
-top = bom["metadata"]["component"]
-missing, unlicensed = [], []
-for line in open(linked_path):
-    name, version = line.split()[:2]
-    version = version.lstrip("v")
-    if name == top["name"]:
-        continue
-    c = components.get((name, version))
-    if c is None:
-        missing.append(f"{name} {version}")
-    elif not c.get("licenses"):
-        unlicensed.append(f"{name} {version}")
-if missing or unlicensed:
-    sys.exit(f"sbom: {binary}: linked but not in the SBOM: {missing}; no license: {unlicensed}")
-count = sum(1 for _ in open(linked_path)) - 1
-print(f"sbom: {binary}: {bom_path}: {len(components)} components; all {count} linked crates named with version and license")
-EOF
+    # Each component as "name version licensed" from the JSON cargo-cyclonedx pretty-prints
+    # (one field per line; a component's licenses come before its purl). awk, not python or
+    # jq: the Dockerfile's build image has neither.
+    awk '
+        /"bom-ref":/ { lic = 0 }
+        /"licenses":/ { lic = 1 }
+        /"purl": "pkg:cargo\// {
+            p = $0; sub(/.*"pkg:cargo\//, "", p); sub(/[?"].*/, "", p)
+            at = index(p, "@"); print substr(p, 1, at - 1), substr(p, at + 1), lic
+        }' "$out/$b.cdx.json" | sort -u >"$out/.$b.components"
+    if ! grep -q '"bomFormat": "CycloneDX"' "$out/$b.cdx.json"; then
+        echo "sbom: $out/$b.cdx.json is not a CycloneDX document" >&2
+        exit 1
+    fi
+    linked=0
+    problems=""
+    while read -r name version; do
+        [ "$name" = "$b" ] && continue
+        version=${version#v}
+        linked=$((linked + 1))
+        if ! grep -q "^$name $version " "$out/.$b.components"; then
+            problems="$problems $name@$version(missing)"
+        elif ! grep -q "^$name $version 1\$" "$out/.$b.components"; then
+            problems="$problems $name@$version(no license)"
+        fi
+    done <"$out/.$b.linked"
+    if [ -n "$problems" ] || [ "$linked" -eq 0 ]; then
+        echo "sbom: $b: linked crates not named with version and license:${problems:- none linked?}" >&2
+        exit 1
+    fi
+    echo "sbom: $b: $out/$b.cdx.json: $(wc -l <"$out/.$b.components") components; all $linked linked crates named with version and license"
+    rm -f "$out/.$b.components"
     rm -f "$out/.$b.linked"
 done

@@ -19,11 +19,10 @@
 //! the in-place upgrade of the lifecycle work once it is merged: SIGUSR1 to
 //! the running replica instead of stop-and-start (see `upgrade_in_place`).
 //!
-//! Ignored in `make test`: it needs haproxy and prometheus and takes about a
-//! minute. Everything listens on and connects to loopback; the replicas
+//! Ignored in `make test`: it needs haproxy and prometheus (about 15 s;
+//! `.ci/run` runs it every time). Everything listens on and connects to loopback; the replicas
 //! resolve through the in-test DNS server only.
 
-use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -142,9 +141,14 @@ struct Process {
 
 impl Process {
     fn spawn(program: &Path, args: &[String], log: PathBuf) -> Process {
+        Self::spawn_with_env(program, args, &[], log)
+    }
+
+    fn spawn_with_env(program: &Path, args: &[String], env: &[(String, String)], log: PathBuf) -> Process {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("HTTP_PROXY")
             .env_remove("HTTPS_PROXY")
             .env("MALLOC_ARENA_MAX", "1")
@@ -408,7 +412,7 @@ async fn upgrade_in_place(replica: &mut Replica) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs haproxy and prometheus and takes about a minute: run by `make fleet-test`"]
+#[ignore = "needs haproxy and prometheus and takes about 15 s: run by `make fleet-test`"]
 async fn three_replicas_behind_haproxy_publish_refuse_tampering_and_upgrade_without_failures() {
     for tool in ["haproxy", "prometheus"] {
         assert!(
@@ -488,22 +492,22 @@ async fn three_replicas_behind_haproxy_publish_refuse_tampering_and_upgrade_with
     // HAProxy: TCP, least connections, /readyz on each admin port.
     let balancer = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let socket = d.join("haproxy.sock");
-    let mut servers = String::new();
-    for r in &replicas {
-        writeln!(servers, "    server {} {} check port {}", r.name, r.proxy, r.admin.port()).unwrap();
+    // deploy/haproxy/proxyd.cfg as shipped, with this run's addresses in its environment.
+    let config = testkit::repo_root().join("deploy/haproxy/proxyd.cfg");
+    let mut env: Vec<(String, String)> = vec![
+        ("HAPROXY_ADMIN_SOCKET".into(), socket.display().to_string()),
+        ("PROXY_BIND".into(), balancer.to_string()),
+    ];
+    for (i, r) in replicas.iter().enumerate() {
+        env.push((format!("R{i}_PROXY"), r.proxy.to_string()));
+        env.push((format!("R{i}_ADMIN_PORT"), r.admin.port().to_string()));
     }
-    let haproxy_cfg = format!(
-        "global\n    stats socket {socket} mode 600 level admin\n    maxconn 2000\n\
-         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    retries 3\n    option redispatch\n\
-         frontend proxy\n    bind {balancer}\n    default_backend replicas\n\
-         backend replicas\n    balance leastconn\n    option httpchk GET /readyz\n    http-check expect status 200\n\
-         \x20   default-server inter 500ms fall 1 rise 2\n{servers}",
-        socket = socket.display()
-    );
-    write(d, "haproxy.cfg", &haproxy_cfg);
-    let _haproxy = Process::spawn(
+    let check = Command::new("haproxy").args(["-c", "-f"]).arg(&config).envs(env.clone()).output().unwrap();
+    assert!(check.status.success(), "haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
+    let _haproxy = Process::spawn_with_env(
         Path::new("haproxy"),
-        &["-db".into(), "-f".into(), d.join("haproxy.cfg").display().to_string()],
+        &["-db".into(), "-f".into(), config.display().to_string()],
+        &env,
         d.join("haproxy.log"),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -567,7 +571,7 @@ async fn three_replicas_behind_haproxy_publish_refuse_tampering_and_upgrade_with
         for (i, replica) in replicas.iter().enumerate() {
             let policy = replica.policy().await;
             assert_eq!(policy["revision"], rev2.as_str(), "{}: the last good table serves", replica.name);
-            let body = reqwest_metrics(replica.admin).await;
+            let body = metrics_text(replica.admin).await;
             refused[i] = body
                 .lines()
                 .any(|l| l.starts_with("proxyd_policy_fetch_total{result=\"failed\"}") && !l.ends_with(" 0"));
@@ -718,6 +722,6 @@ fn first(failures: &Mutex<Vec<String>>) -> Vec<String> {
 }
 
 /// `/metrics` of one replica, as text.
-async fn reqwest_metrics(admin: SocketAddr) -> String {
+async fn metrics_text(admin: SocketAddr) -> String {
     testkit::scrape::get(admin, "/metrics").await.body
 }

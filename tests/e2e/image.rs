@@ -3,6 +3,8 @@
 //! limits. It must serve (`/readyz` 200, a CONNECT to an allowed loopback
 //! echo upstream echoes), refuse the metadata address with 403 before any
 //! connect, run as UID 65532, and on SIGTERM drain an open tunnel and exit 0.
+//! It also sends statsd to `localhost:PORT`, which the static binary resolves
+//! with glibc's built-in `files` source (docs/operations.md, "Static binaries").
 //!
 //! Ignored in `make test`: it needs podman and the image `make image` built.
 
@@ -26,6 +28,12 @@ async fn image_serves_refuses_metadata_runs_as_nonroot_and_drains_on_sigterm() {
     let admin_port = crate::container::free_port();
     let proxy = SocketAddr::from(([127, 0, 0, 1], proxy_port));
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    // statsd by name: `localhost` goes through the static binary's getaddrinfo (glibc's
+    // built-in `files` source, /etc/hosts as podman provides it), not proxyd's resolver.
+    let statsd = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let statsd_port = statsd.local_addr().unwrap().port();
+    let statsd_v6 = tokio::net::UdpSocket::bind(("::1", statsd_port)).await.ok(); // if /etc/hosts says ::1 first
+    let statsd_address = format!("localhost:{statsd_port}");
     let (proxy_port, admin_listen, allowed) =
         (proxy_port.to_string(), admin.to_string(), upstream.addr.ip().to_string());
     // The image's own default command, moved to loopback ports.
@@ -44,6 +52,8 @@ async fn image_serves_refuses_metadata_runs_as_nonroot_and_drains_on_sigterm() {
         &allowed,
         "--shutdown-grace",
         "20s",
+        "--statsd-address",
+        &statsd_address,
     ];
     let name = format!("proxyd-image-test-{}", std::process::id());
     let container = Container::run(&name, &["--env", "PROXY_PASSWORD=s3cret"], &image(), &args);
@@ -64,6 +74,22 @@ async fn image_serves_refuses_metadata_runs_as_nonroot_and_drains_on_sigterm() {
     assert_eq!(client::echo_through(&mut tunnel, b"through the image").await, b"through the image");
     assert_eq!(upstream.accepted(), 1);
     println!("image-test: CONNECT {} -> 200, echoed", upstream.addr);
+    let (mut on_v4, mut on_v6) = ([0u8; 1500], [0u8; 1500]);
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        let (from_v6, n) = match &statsd_v6 {
+            Some(v6) => tokio::select! {
+                r = statsd.recv(&mut on_v4) => (false, r),
+                r = v6.recv(&mut on_v6) => (true, r),
+            },
+            None => (false, statsd.recv(&mut on_v4).await),
+        };
+        let bytes = if from_v6 { &on_v6 } else { &on_v4 };
+        String::from_utf8_lossy(&bytes[..n.unwrap()]).into_owned()
+    })
+    .await
+    .expect("a statsd datagram for the CONNECT, sent to localhost as resolved in the image");
+    assert!(line.starts_with("smokescreen."), "a statsd line: {line}");
+    println!("image-test: statsd to {statsd_address} (getaddrinfo in the static binary): {line:?}");
 
     // The metadata address: 403, and no connect was attempted.
     let attempts = |s: &scrape::Scrape| s.value("proxyd_connect_attempts_total").parse::<f64>().unwrap();
