@@ -520,9 +520,11 @@ fn added(peer: &[OpenPhase], direct: &[OpenPhase], q: f64) -> Vec<f64> {
     peer.iter().zip(direct).map(|(p, d)| p.q(q) - d.q(q)).collect()
 }
 
-/// A relay's added latency below this (ms) counts as this much in ratios,
-/// so a ratio to a relay adding nothing measurable stays finite.
-const ADDED_FLOOR_MS: f64 = 0.05;
+/// A relay's added latency below this (ms) counts as this much in ratios:
+/// a ratio to a relay adding nothing measurable (or, by noise, less than
+/// nothing) would be meaningless. 1 ms is the 25% goal's bound, so at 50%
+/// a proxy adding no more than 1.5 ms passes when the relay adds nothing.
+const ADDED_FLOOR_MS: f64 = 1.0;
 
 fn summary(
     plan: &OpenPlan,
