@@ -904,9 +904,14 @@ impl Drop for Daemon {
     }
 }
 
-/// Echo server: echoes until EOF, then closes.
+/// Echo server: echoes until EOF, then closes. Its accept queue is as long
+/// as the kernel allows (tokio's default is 1,024): when this process is
+/// starved of CPU for a moment, the open-loop part's upstream connects must
+/// not be dropped here and blamed on the proxy.
 async fn spawn_echo(ip: IpAddr) -> Result<SocketAddr> {
-    let listener = TcpListener::bind((ip, 0)).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(ip, 0))?;
+    let listener = socket.listen(65_535)?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {

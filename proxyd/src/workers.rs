@@ -24,6 +24,16 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+/// How many connections the kernel may queue for the workers (it caps this
+/// at `net.core.somaxconn`, 4096 by default). A connection that finds the
+/// queue full has its handshake dropped and its client waits for a
+/// retransmission, 1 s or more: with tokio's default of 1,024, a stall of a
+/// quarter second at 4,000 tunnels/s (another process holding both cores)
+/// was enough, and the open-loop benchmark's p99 went from milliseconds to
+/// seconds while `ListenOverflows` counted thousands. HAProxy queues
+/// `maxconn` by default for the same reason.
+const LISTEN_BACKLOG: i32 = 65_535;
+
 /// The running data-plane threads.
 #[derive(Debug)]
 pub struct Workers {
@@ -50,6 +60,8 @@ impl Workers {
     {
         listener.set_nonblocking(true)?;
         rustix::net::sockopt::set_tcp_nodelay(&listener, true)?;
+        // listen(2) again on a listening socket only resizes its queue.
+        rustix::net::listen(&listener, LISTEN_BACKLOG)?;
         let serve = Arc::new(serve);
         let (stop_accepting, stop_rx) = watch::channel(false);
         let (finish, finish_rx) = watch::channel(false);

@@ -34,7 +34,9 @@
 //! favourable one is what an outside measurement would see. `HAPROXY_NBTHREAD`
 //! and `HAPROXY_SPLICE=0` change the relay (see `load/peers.rs`) and
 //! `OPENLOOP_GO_CLIENTS` the Go generator's client count, to find which of
-//! them moves the figures.
+//! them moves the figures. `OPENLOOP_SECONDS` sets the phases' length and
+//! `OPENLOOP_CLOSED=0` (with `OPENLOOP_RATES`) skips the closed loop, to
+//! profile one peer at one rate.
 //!
 //! Smokescreen is measured when `SMOKESCREEN_BIN` names a binary; it is not
 //! installed here, so it gets a `skipped:` line.
@@ -62,8 +64,6 @@ use super::{
 const MAX_IN_FLIGHT: usize = 6_000;
 /// A start later than this after its scheduled time counts as late.
 const LATE: Duration = Duration::from_millis(1);
-/// The share of a phase's schedule left out of its achieved rate.
-const WARM_UP: f64 = 0.2;
 /// Fractions of the relay's closed-loop maximum, and the goals' names for them.
 const FRACTIONS: [f64; 3] = [0.25, 0.50, 0.75];
 
@@ -91,9 +91,10 @@ struct OpenPhase {
     elapsed: Duration,
     /// The schedule's length.
     length: Duration,
-    /// Successful requests that ended in the steady part of the schedule
-    /// (its last 80%), for the achieved rate.
+    /// Successful requests that ended before the schedule did, for the achieved rate.
     ok_in_window: usize,
+    /// Requests still open when the schedule ended.
+    open_at_end: usize,
     /// From each successful request's scheduled start to its end, sorted.
     latencies: Latencies,
     /// From each started request's scheduled start to its task's first poll, sorted.
@@ -104,16 +105,20 @@ struct OpenPhase {
     cpu_us: Option<f64>,
     /// This process's (generator, echo servers) cores during the phase.
     generator_cores: Option<f64>,
+    /// The machine's count of connections dropped because a listen queue
+    /// was full (TcpExt ListenOverflows) during the phase: a SYN or ACK
+    /// dropped there costs its client a retransmission, 1 s or more.
+    listen_overflows: Option<u64>,
 }
 
 impl OpenPhase {
-    /// Requests a second that ended successfully during the last 80% of the
-    /// schedule: a peer that keeps up ends as many as are started, one that
-    /// falls behind only what it can, while its queue grows (and drains
-    /// after the window). The first 20% is left out: it ends fewer, as the
-    /// first requests are still on their way.
+    /// Requests a second that ended successfully while the schedule ran (as
+    /// wrk2 counts): a peer that keeps up ends nearly all it is offered
+    /// (all but those open at the end), one that falls behind only what it
+    /// can, while its queue grows; what it ends after the schedule is over
+    /// does not count.
     fn achieved(&self) -> f64 {
-        self.ok_in_window as f64 / (self.length.as_secs_f64() * (1.0 - WARM_UP)).max(1e-9)
+        self.ok_in_window as f64 / self.length.as_secs_f64().max(1e-9)
     }
 
     fn q(&self, q: f64) -> f64 {
@@ -127,7 +132,7 @@ impl OpenPhase {
     fn describe(&self) -> String {
         let mut text = format!(
             "{:.0}/s of {:.0}/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, errors {}, unstarted {}, \
-             start lag p99 {:.2} ms, late {}, peak open {}",
+             start lag p99 {:.2} ms, late {}, peak open {}, open at the end {}, listen overflows {}",
             self.achieved(),
             self.offered,
             self.q(0.5),
@@ -138,7 +143,9 @@ impl OpenPhase {
             self.unstarted,
             self.start_lag.quantile(0.99).as_secs_f64() * 1e3,
             self.late,
-            self.peak_in_flight
+            self.peak_in_flight,
+            self.open_at_end,
+            self.listen_overflows.map_or("?".to_owned(), |n| n.to_string())
         );
         if let Some(error) = &self.first_error {
             text.push_str(&format!(" (first error: {error})"));
@@ -213,13 +220,14 @@ async fn open_phase(routes: &[Route], rate: f64, length: Duration) -> Result<Ope
         (unstarted, peak)
     })?;
     let mut phase = OpenPhase { offered: rate, scheduled: total, length, ..OpenPhase::default() };
-    let window = length.mul_f64(WARM_UP)..=length;
+    let window = Duration::ZERO..=length;
     let mut latencies = Vec::with_capacity(total);
     let mut lags = Vec::with_capacity(total);
     // Ends when the scheduler and every request it started have dropped their senders.
     while let Some(outcome) = rx.recv().await {
         lags.push(outcome.lag);
         phase.late += usize::from(outcome.lag > LATE);
+        phase.open_at_end += usize::from(outcome.done > length);
         match outcome.result {
             Ok(()) => {
                 latencies.push(outcome.latency);
@@ -242,6 +250,15 @@ async fn open_phase(routes: &[Route], rate: f64, length: Duration) -> Result<Ope
     phase.latencies = Latencies(latencies);
     phase.start_lag = Latencies(lags);
     Ok(phase)
+}
+
+/// The machine's TcpExt ListenOverflows counter (any listener: other jobs' too).
+fn listen_overflows() -> Option<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let index = names.split_whitespace().position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(index)?.parse().ok()
 }
 
 /// One closed-loop calibration phase: rate, the peer's and the generator's CPU per tunnel (µs).
@@ -371,6 +388,14 @@ pub async fn openloop(
         }
         Err(_) => None,
     };
+    // `OPENLOOP_SECONDS=30` lengthens every phase (e.g. to profile one peer meanwhile).
+    let phase = match std::env::var("OPENLOOP_SECONDS").ok().and_then(|s| s.parse::<f64>().ok()) {
+        Some(seconds) if seconds > 0.0 && seconds.is_finite() => Duration::from_secs_f64(seconds),
+        _ => phase,
+    };
+    // `OPENLOOP_CLOSED=0` skips the closed-loop rounds when the rates are given.
+    let closed_rounds =
+        if rates.is_some() && std::env::var("OPENLOOP_CLOSED").is_ok_and(|v| v == "0") { 0 } else { rounds };
     let plan = OpenPlan { full, rounds, phase, rates };
     let go = match build_go_loadgen() {
         Ok(binary) => Some(binary),
@@ -409,7 +434,7 @@ pub async fn openloop(
     let relay = columns.iter().position(|c| c.name == "haproxy");
 
     // Closed-loop calibration, under both generators, direct and every peer, rotating.
-    for round in 1..=plan.rounds {
+    for round in 1..=closed_rounds {
         for k in 0..columns.len() {
             let count = columns.len();
             let column = &mut columns[(k + round - 1) % count];
@@ -467,7 +492,9 @@ pub async fn openloop(
                 let count = columns.len();
                 let column = &mut columns[(k + round - 1) % count];
                 let cpu = CpuMeter::start(column.pid);
+                let overflows = listen_overflows();
                 let mut phase = open_phase(&column.routes, *rate, plan.phase).await?;
+                phase.listen_overflows = overflows.zip(listen_overflows()).map(|(a, b)| b.saturating_sub(a));
                 let cpu = cpu.stop();
                 noise.record(&cpu);
                 phase.cpu_us = cpu.peer_per(phase.ok as f64, 1e6);
@@ -493,9 +520,11 @@ fn added(peer: &[OpenPhase], direct: &[OpenPhase], q: f64) -> Vec<f64> {
     peer.iter().zip(direct).map(|(p, d)| p.q(q) - d.q(q)).collect()
 }
 
-/// A relay's added latency below this (ms) counts as this much in ratios,
-/// so a ratio to a relay adding nothing measurable stays finite.
-const ADDED_FLOOR_MS: f64 = 0.05;
+/// A relay's added latency below this (ms) counts as this much in ratios:
+/// a ratio to a relay adding nothing measurable (or, by noise, less than
+/// nothing) would be meaningless. 1 ms is the 25% goal's bound, so at 50%
+/// a proxy adding no more than 1.5 ms passes when the relay adds nothing.
+const ADDED_FLOOR_MS: f64 = 1.0;
 
 fn summary(
     plan: &OpenPlan,
@@ -552,7 +581,7 @@ fn summary(
             plan.rounds, plan.phase
         ));
         lines.push(format!(
-            "  {:<11} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>5} {:>6}",
+            "  {:<11} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>5} {:>6} {:>7}",
             "",
             "achieved",
             "p50 ms",
@@ -569,6 +598,7 @@ fn summary(
             "lag p99",
             "late",
             "gen cores",
+            "lst ovf",
         ));
         let direct_phases = &direct.open[r];
         let relay_phases = relay_column.map(|c| &c.open[r]);
@@ -584,7 +614,7 @@ fn summary(
             });
             let is_direct = std::ptr::eq(column, direct);
             lines.push(format!(
-                "  {:<11} {:>9.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>6} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8.2} {:>5} {:>6.2}",
+                "  {:<11} {:>9.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>6} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8.2} {:>5} {:>6.2} {:>7}",
                 column.name,
                 med(phases, OpenPhase::achieved),
                 med(phases, |p| p.q(0.5)),
@@ -601,6 +631,7 @@ fn summary(
                 med(phases, |p| p.start_lag.quantile(0.99).as_secs_f64() * 1e3),
                 phases.iter().map(|p| p.late).sum::<usize>(),
                 med(phases, |p| p.generator_cores.unwrap_or(f64::NAN)),
+                phases.iter().filter_map(|p| p.listen_overflows).sum::<u64>(),
             ));
         }
     }
