@@ -54,10 +54,28 @@ pub struct LiveTunnel {
     pub counters: TunnelCounters,
 }
 
+/// A tunnel in the registry, with where it is kept, so the guard that
+/// removes it is one pointer in the tunnel's task.
+#[derive(Debug)]
+pub struct Listed {
+    tunnel: LiveTunnel,
+    registry: Arc<LiveTunnels>,
+    shard: usize,
+    slot: usize,
+}
+
+impl std::ops::Deref for Listed {
+    type Target = LiveTunnel;
+
+    fn deref(&self) -> &LiveTunnel {
+        &self.tunnel
+    }
+}
+
 /// One worker's tunnels: a slab, so registration and removal reuse slots.
 #[derive(Debug, Default)]
 struct Shard {
-    slots: Vec<Option<Arc<LiveTunnel>>>,
+    slots: Vec<Option<Arc<Listed>>>,
     free: Vec<usize>,
     len: usize,
 }
@@ -89,28 +107,25 @@ impl LiveTunnels {
 
     /// Lists `tunnel` until the returned guard is dropped.
     pub fn register(self: &Arc<Self>, tunnel: LiveTunnel) -> Registered {
-        let tunnel = Arc::new(tunnel);
         let shard = shard_index(self.shards.len());
-        let slot = match self.shards.get(shard) {
-            Some(lock) => {
-                let mut shard = lock.lock().unwrap_or_else(PoisonError::into_inner);
-                shard.len += 1;
-                match shard.free.pop() {
-                    Some(slot) => {
-                        if let Some(entry) = shard.slots.get_mut(slot) {
-                            *entry = Some(Arc::clone(&tunnel));
-                        }
-                        slot
-                    }
-                    None => {
-                        shard.slots.push(Some(Arc::clone(&tunnel)));
-                        shard.slots.len() - 1
-                    }
-                }
-            }
-            None => usize::MAX,
+        let Some(lock) = self.shards.get(shard) else {
+            // Unreachable (the index is taken modulo the count); unlisted, never lost.
+            return Registered(Arc::new(Listed { tunnel, registry: Arc::clone(self), shard, slot: usize::MAX }));
         };
-        Registered { registry: Arc::clone(self), shard, slot, tunnel }
+        let mut entries = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = match entries.free.pop() {
+            Some(slot) => slot,
+            None => {
+                entries.slots.push(None);
+                entries.slots.len() - 1
+            }
+        };
+        let listed = Arc::new(Listed { tunnel, registry: Arc::clone(self), shard, slot });
+        if let Some(entry) = entries.slots.get_mut(slot) {
+            *entry = Some(Arc::clone(&listed));
+            entries.len += 1;
+        }
+        Registered(listed)
     }
 
     /// How many tunnels are open.
@@ -120,7 +135,7 @@ impl LiveTunnels {
 
     /// The open tunnels (of `role` when given; `Some("")` means "no role"),
     /// oldest first, at most `limit`; and how many matched in all.
-    pub fn snapshot(&self, role: Option<&str>, limit: usize) -> (Vec<Arc<LiveTunnel>>, usize) {
+    pub fn snapshot(&self, role: Option<&str>, limit: usize) -> (Vec<Arc<Listed>>, usize) {
         let matches = |t: &LiveTunnel| match role {
             None => true,
             Some("") => t.role.is_none(),
@@ -140,28 +155,24 @@ impl LiveTunnels {
 
 /// A registered tunnel; dropping it removes the tunnel from the registry.
 #[derive(Debug)]
-pub struct Registered {
-    registry: Arc<LiveTunnels>,
-    shard: usize,
-    slot: usize,
-    tunnel: Arc<LiveTunnel>,
-}
+pub struct Registered(Arc<Listed>);
 
 impl Registered {
     pub fn tunnel(&self) -> &LiveTunnel {
-        &self.tunnel
+        &self.0.tunnel
     }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        let Some(lock) = self.registry.shards.get(self.shard) else { return };
+        let listed = &self.0;
+        let Some(lock) = listed.registry.shards.get(listed.shard) else { return };
         let mut shard = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = shard.slots.get_mut(self.slot)
+        if let Some(entry) = shard.slots.get_mut(listed.slot)
             && entry.take().is_some()
         {
             shard.len = shard.len.saturating_sub(1);
-            shard.free.push(self.slot);
+            shard.free.push(listed.slot);
         }
     }
 }

@@ -552,7 +552,10 @@ async fn handle(
                     role: line.role.take(),
                     requested: std::mem::take(&mut line.requested_host),
                     client: info.client,
-                    upstream: opened.upstream_addr,
+                    upstream: match (line.dst_ip, line.dst_port) {
+                        (Some(ip), Some(port)) => SocketAddr::new(ip, port),
+                        _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+                    },
                     created: SystemTime::now(),
                     rule: line.decision_reason.take(),
                     project: line.project.take(),
@@ -630,14 +633,7 @@ async fn send_established(client: &mut ClientStream, version: Version) -> std::i
 /// close line.
 async fn run_tunnel(shared: &Shared, tunnel: Tunnel) {
     let Tunnel { mut client, version, pipelined, opened, id, revision, trace_id, live } = tunnel;
-    let unlisted;
-    let (counters, revision) = match &live {
-        Some(entry) => (&entry.tunnel().counters, entry.tunnel().revision.as_str()),
-        None => {
-            unlisted = TunnelCounters::new();
-            (&unlisted, revision.as_str())
-        }
-    };
+    let counters = live.as_ref().map(|entry| &entry.tunnel().counters);
     let open = shared.metrics.tunnel_opened();
     let started = Instant::now();
     let stats = match send_established(&mut client, version).await {
@@ -654,6 +650,7 @@ async fn run_tunnel(shared: &Shared, tunnel: Tunnel) {
         },
     };
     let duration = started.elapsed();
+    let revision = live.as_ref().map_or(revision.as_str(), |entry| entry.tunnel().revision.as_str());
     log::close(id, &stats, duration, revision, trace_id.as_deref());
     open.closed(opened.tags, duration, stats.bytes_in, stats.bytes_out);
     // Held until the tunnel is over.
@@ -701,8 +698,6 @@ impl Drop for PendingLine<'_> {
 /// per-client slot) it holds, and the role's metric tags for its close.
 struct Opened {
     upstream: TcpStream,
-    /// The address `upstream` is connected to.
-    upstream_addr: SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,
     client_slot: Option<ClientSlot>,
     tags: Arc<RoleTags>,
@@ -817,7 +812,7 @@ async fn decide_and_connect(
         Ok((upstream, checked)) => {
             line.dst_ip = Some(checked.addr().ip());
             line.dst_port = Some(checked.addr().port());
-            Ok(Opened { upstream, upstream_addr: checked.addr(), permit, client_slot, tags })
+            Ok(Opened { upstream, permit, client_slot, tags })
         }
         Err(ConnectFailure::Io { addr, error }) => {
             line.dst_ip = Some(addr.ip());

@@ -97,9 +97,10 @@ impl AsyncWrite for ClientStream {
 }
 
 /// Runs a tunnel to completion. `pipelined` holds bytes the client sent
-/// right after the CONNECT head; they go upstream first. `counters` is
-/// kept current while it runs (bytes each way, last activity), so readers
-/// of [`crate::live`] see the tunnel move.
+/// right after the CONNECT head; they go upstream first. `counters`, when
+/// given, is kept current while it runs (bytes each way, last activity), so
+/// readers of [`crate::live`] see the tunnel move; otherwise the tunnel
+/// counts into its own (inside its boxed state, costing its task nothing).
 ///
 /// While idle, a plain tunnel holds about 1.3 KiB here: its boxed state,
 /// the two directions' futures (each parked on its socket), one timer and
@@ -109,7 +110,7 @@ pub async fn run(
     pipelined: &[u8],
     upstream: TcpStream,
     idle_timeout: Option<Duration>,
-    counters: &TunnelCounters,
+    counters: Option<&TunnelCounters>,
     stop: impl Future<Output = ()>,
 ) -> TunnelStats {
     // Boxed once, sized to what it holds: inline, the caller's task would
@@ -124,9 +125,17 @@ async fn relay<S: Future<Output = ()>>(
     pipelined: &[u8],
     mut upstream: TcpStream,
     idle_timeout: Option<Duration>,
-    last_activity: &TunnelCounters,
+    counters: Option<&TunnelCounters>,
     stop: Pin<Box<S>>,
 ) -> TunnelStats {
+    let own;
+    let last_activity = match counters {
+        Some(shared) => shared,
+        None => {
+            own = TunnelCounters::new();
+            &own
+        }
+    };
     let mut stats = TunnelStats::default();
     if !pipelined.is_empty() {
         if let Err(e) = upstream.write_all(pipelined).await {
