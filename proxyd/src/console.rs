@@ -36,11 +36,22 @@ const PAGE_REFUSALS: usize = 50;
 const STYLE: &str = include_str!("console/console.css");
 const SCRIPT: &str = include_str!("console/console.js");
 
-/// The log sink's state, for the Health section. The log module reports
-/// it when it can tell (see `log::sink_state` where it exists); until then
-/// the console says it is not reported. The one place to wire it.
-pub fn log_sink_state() -> Option<String> {
-    None
+/// The log sink's state, for the Health section: healthy, or stalled (for
+/// how long), with the lines dropped since start and the bytes waiting.
+/// Returns the text and whether it is bad (stalled or lines lost).
+pub fn log_sink_state() -> (String, bool) {
+    let state = crate::log::sink_state();
+    let mut text = match state.stalled_for {
+        Some(for_) if state.stalled => format!("stalled for {:.1} s", for_.as_secs_f64()),
+        _ if state.stalled => "stalled".to_owned(),
+        _ => "writing".to_owned(),
+    };
+    let _ = write!(
+        text,
+        "; {} lines dropped since start ({} decision, {} close); {} bytes buffered",
+        state.dropped, state.dropped_decisions, state.dropped_closes, state.buffered_bytes
+    );
+    (text, state.stalled || state.dropped > 0)
 }
 
 /// What the console knows beyond the admin state: the live tunnels, the
@@ -195,8 +206,8 @@ impl Console {
             &format!("{open} of {}", self.max_tunnels),
             if open as f64 >= self.max_tunnels as f64 * 0.9 { "bad" } else { "" },
         );
-        let sink = log_sink_state();
-        item("log sink", sink.as_deref().unwrap_or("not reported by this build"), "");
+        let (sink, bad) = log_sink_state();
+        item("log sink", &sink, if bad { "bad" } else { "" });
         html.push_str("</dl><details><summary>Limits in force</summary><dl class=\"grid\">");
         for (name, value) in &self.limits {
             let _ = write!(html, "<div><dt>{}</dt><dd>{}</dd></div>", escape(name), escape(value));
