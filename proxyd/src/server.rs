@@ -123,8 +123,10 @@ pub enum Stop {
     Alone,
     /// Another process serves the same sockets now (an upgrade in place, an
     /// Einhorn successor): no `STOPPING=1` (systemd follows the new
-    /// `MAINPID`), and the admin socket is left to the successor at once, so
-    /// a health check there never gets this process's 503.
+    /// `MAINPID`), the admin socket is left to the successor at once, so
+    /// a health check there never gets this process's 503, and requests on
+    /// connections this process accepted before the stop are served, not
+    /// answered 503.
     Successor,
 }
 
@@ -244,7 +246,13 @@ pub async fn serve_until(
         }
     }
     workers.stop_accepting().await;
-    shared.draining.store(true, Ordering::SeqCst);
+    // Requests on connections accepted before the stop get 503 (go
+    // elsewhere), unless a successor serves the same port: then this
+    // process serves them, since a 503 would only fail a client that the
+    // hand-over was meant to spare.
+    if stop == Stop::Alone {
+        shared.draining.store(true, Ordering::SeqCst);
+    }
     admin_state.draining();
     let _ = stop_watching.send(());
     sighup.abort();
