@@ -358,3 +358,48 @@ async fn after_a_hand_over_an_already_accepted_connection_is_served() {
         server.await.unwrap().unwrap();
     }
 }
+
+/// With `--policy-url` down and no cache, proxyd serves (503, no policy)
+/// but does not say it is ready: an upgrade or Einhorn would otherwise
+/// retire a process that has a policy for this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_policy_yet_ready_is_not_announced() {
+    use proxyd::policy_fetch::{MAX_FETCH_BYTES, RemoteSettings};
+    use proxyd::{Config, Stop};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mut config = Config::with_policy("");
+    config.allow_missing_role = true;
+    config.workers = 1;
+    // Port 1 on loopback: refused at once, so the fetch fails fast.
+    config.policy_remote = Some(RemoteSettings {
+        url: RemoteSettings::parse_url("http://127.0.0.1:1/policy.bin").unwrap(),
+        poll_interval: Duration::from_secs(60),
+        cache: None,
+        ca_file: None,
+        max_bytes: MAX_FETCH_BYTES,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let announced = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&announced);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(proxyd::serve_until(
+        listener,
+        None,
+        config,
+        async move {
+            let _ = stop_rx.await;
+            Stop::Alone
+        },
+        move || flag.store(true, Ordering::SeqCst),
+    ));
+    let reply = connect(addr, "example.test:443", "").await;
+    assert_eq!(reply.status, 503, "serving, without a policy");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!announced.load(Ordering::SeqCst), "ready must wait for a policy");
+    stop_tx.send(()).unwrap();
+    drop(reply);
+    server.await.unwrap().unwrap();
+}
