@@ -185,6 +185,7 @@ bench:
 	$(CARGO) bench --locked -p policyc --bench diff
 	$(CARGO) bench --locked -p policyc --bench suggest
 	$(CARGO) bench --locked -p proxyd --bench load
+	$(CARGO) bench --locked -p proxyd --bench load -- lifecycle
 	$(CARGO) bench --locked -p proxyd --bench reload
 
 ## fuzz-smoke: build every fuzz target in fuzz/ (its own workspace, outside the main one)

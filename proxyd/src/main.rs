@@ -6,7 +6,6 @@
 //! `--generate-man` do their one job and exit without listening.
 
 use std::process::ExitCode;
-
 use std::time::Duration;
 
 use clap::Parser as _;

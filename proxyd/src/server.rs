@@ -133,13 +133,16 @@ pub enum Stop {
     Alone,
     /// Another process serves the same sockets now (an upgrade in place, an
     /// Einhorn successor): no `STOPPING=1` (systemd follows the new
-    /// `MAINPID`), and the admin socket is left to the successor at once, so
-    /// a health check there never gets this process's 503.
+    /// `MAINPID`), the admin socket is left to the successor at once, so
+    /// a health check there never gets this process's 503, and requests on
+    /// connections this process accepted before the stop are served, not
+    /// answered 503.
     Successor,
 }
 
-/// [`serve`], with `ready` called once the policy is loaded and the
-/// workers accept (Einhorn's ack, an upgrade's readiness), and a shutdown
+/// [`serve`], with `ready` called once a policy is loaded and the workers
+/// accept (Einhorn's ack, an upgrade's readiness; with `--policy-url`, not
+/// before the first verified table), and a shutdown
 /// future that says whether another process takes over the sockets.
 pub async fn serve_until(
     listener: TcpListener,
@@ -260,8 +263,28 @@ pub async fn serve_until(
         serve_connection(Arc::clone(&serving), stream, peer, accepted_alive.clone())
     })
     .map_err(StartError::Workers)?;
-    ready();
-    let stop = shutdown.await;
+    let stop = if shared.policy.get().is_some() {
+        ready();
+        shutdown.await
+    } else {
+        // `--policy-url` with no verified table yet: whoever waits for
+        // `ready` (an upgrade, Einhorn) would retire a process that has a
+        // policy for one that answers 503, so it is told only once a table
+        // is loaded (or never, and it keeps the old process).
+        tokio::pin!(shutdown);
+        let mut ready = Some(ready);
+        let mut check = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                stop = &mut shutdown => break stop,
+                _ = check.tick(), if ready.is_some() => {
+                    if shared.policy.get().is_some() && let Some(ready) = ready.take() {
+                        ready();
+                    }
+                }
+            }
+        }
+    };
 
     let mut stop_admin = Some(stop_admin);
     match stop {
@@ -273,7 +296,13 @@ pub async fn serve_until(
         }
     }
     workers.stop_accepting().await;
-    shared.draining.store(true, Ordering::SeqCst);
+    // Requests on connections accepted before the stop get 503 (go
+    // elsewhere), unless a successor serves the same port: then this
+    // process serves them, since a 503 would only fail a client that the
+    // hand-over was meant to spare.
+    if stop == Stop::Alone {
+        shared.draining.store(true, Ordering::SeqCst);
+    }
     admin_state.draining();
     let _ = stop_watching.send(());
     sighup.abort();

@@ -302,3 +302,104 @@ fn the_socket_unit_passes_systemd_analyze_verify() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
 }
+
+/// A connection the stopping process accepted before its stop, whose
+/// request arrives after it: answered 503 (go elsewhere) when no other
+/// process serves the port, served when a successor does (`Stop::Successor`:
+/// the hand-over exists to spare that client). `serve_until`'s `ready`
+/// hook runs once the proxy accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_hand_over_an_already_accepted_connection_is_served() {
+    use egress_policy::address::AddressSpec;
+    use proxyd::{Config, Stop};
+
+    // 127.0.1.1: the IP literal the test ACL's default rule allows.
+    let upstream = Upstream::echo(lo(0, 1, 1)).await;
+    let target = upstream.addr.to_string();
+    for (stop, expected) in [(Stop::Successor, 200), (Stop::Alone, 503)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::with_policy(compile(dir.path(), ACL));
+        config.allow_missing_role = true;
+        config.workers = 1;
+        config.address_rules.allow_addresses.push(AddressSpec::Socket(upstream.addr));
+        config.egress_guard = Some(std::sync::Arc::new(|addr: SocketAddr| addr.ip().is_loopback()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(proxyd::serve_until(
+            listener,
+            None,
+            config,
+            async move {
+                let _ = stop_rx.await;
+                stop
+            },
+            move || {
+                let _ = ready_tx.send(());
+            },
+        ));
+        ready_rx.await.expect("ready is called once the proxy accepts");
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Let the worker accept it before the stop.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop_tx.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(std::time::Instant::now() < deadline, "{stop:?}: the port never closed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut reply = send(client, &format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n")).await;
+        assert_eq!(reply.status, expected, "{stop:?}: {}", reply.body);
+        if expected == 200 {
+            assert_eq!(echo_through(&mut reply.stream, b"served").await, b"served");
+        }
+        drop(reply);
+        server.await.unwrap().unwrap();
+    }
+}
+
+/// With `--policy-url` down and no cache, proxyd serves (503, no policy)
+/// but does not say it is ready: an upgrade or Einhorn would otherwise
+/// retire a process that has a policy for this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_policy_yet_ready_is_not_announced() {
+    use proxyd::policy_fetch::{MAX_FETCH_BYTES, RemoteSettings};
+    use proxyd::{Config, Stop};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mut config = Config::with_policy("");
+    config.allow_missing_role = true;
+    config.workers = 1;
+    // Port 1 on loopback: refused at once, so the fetch fails fast.
+    config.policy_remote = Some(RemoteSettings {
+        url: RemoteSettings::parse_url("http://127.0.0.1:1/policy.bin").unwrap(),
+        poll_interval: Duration::from_secs(60),
+        cache: None,
+        ca_file: None,
+        max_bytes: MAX_FETCH_BYTES,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let announced = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&announced);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(proxyd::serve_until(
+        listener,
+        None,
+        config,
+        async move {
+            let _ = stop_rx.await;
+            Stop::Alone
+        },
+        move || flag.store(true, Ordering::SeqCst),
+    ));
+    let reply = connect(addr, "example.test:443", "").await;
+    assert_eq!(reply.status, 503, "serving, without a policy");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!announced.load(Ordering::SeqCst), "ready must wait for a policy");
+    stop_tx.send(()).unwrap();
+    drop(reply);
+    server.await.unwrap().unwrap();
+}
