@@ -310,7 +310,7 @@ fn the_socket_unit_passes_systemd_analyze_verify() {
 /// hook runs once the proxy accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_hand_over_an_already_accepted_connection_is_served() {
-    use egress_policy::address::AddressSpec;
+    use egress_policy::policy::AddressSpec;
     use proxyd::{Config, Stop};
 
     // 127.0.1.1: the IP literal the test ACL's default rule allows.
