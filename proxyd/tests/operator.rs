@@ -77,6 +77,7 @@ fn rules_and_dashboard_reference_metrics_and_every_alert_has_a_unit_test() {
     let alerts = alert_names(&rules);
     for wanted in [
         "ProxydPolicyReloadRefused",
+        "ProxydPolicyFetchFailed",
         "ProxydPolicyStale",
         "ProxydNotReady",
         "ProxydDenialRateSpike",
