@@ -115,7 +115,8 @@ async fn chromium_renders_the_policy_a_live_tunnel_and_a_refusal() {
     let mut other = connect(daemon.addr, &format!("api.upstream.test:{port}"), "").await;
     assert_eq!(echo_through(&mut other.stream, b"ping").await, b"ping");
     assert_eq!(connect(daemon.addr, "meta.test:443", &credentials).await.status, 403);
-    assert_eq!(connect(daemon.addr, "denied.example:443", "").await.status, 403);
+    // With credentials: anonymous, a refusal by name is the 407 challenge.
+    assert_eq!(connect(daemon.addr, "denied.example:443", &credentials).await.status, 403);
 
     let url = format!("http://{admin}/");
     let (page_url, browser_path) = (format!("{url}#token={TOKEN}"), browser.clone());
