@@ -5,9 +5,11 @@
 //! (at most [`MAX_PORTS_PER_PAIR`]; later ports are counted, not kept).
 //!
 //! Memory follows the number of distinct (role, host) pairs, never the number
-//! of lines: each line is read into one bounded buffer (a line longer than
-//! [`MAX_LINE_BYTES`] is skipped without being held, and counted as
-//! malformed), parsed, folded into its pair's counters and dropped.
+//! of lines: each line is parsed where it lies in the reader's buffer (or,
+//! cut by the buffer's end, copied into one bounded buffer; a line longer
+//! than [`MAX_LINE_BYTES`] is skipped without being held, and counted as
+//! malformed), folded into its pair's counters and dropped. A pair costs
+//! about 80 bytes: see [`Aggregate`].
 //!
 //! What this module must never do: trust a log line's verdict for anything but
 //! classification (the caller re-decides every host against the policy), panic
@@ -375,7 +377,7 @@ impl Pair {
 ///
 /// Memory follows distinct pairs at about 80 bytes each: roles and hosts
 /// are interned (one copy of each string, pairs keyed by two `u32` ids),
-/// each pair is one packed [`Pair`] in a vector, and the pair index maps
+/// each pair is one packed 48-byte record in a vector, and the pair index maps
 /// the two ids to the pair's place in it. Per-role order (for
 /// [`Aggregate::hosts_of`]) is built once, when first asked for.
 #[derive(Debug, Default)]
