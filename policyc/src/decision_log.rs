@@ -5,9 +5,11 @@
 //! (at most [`MAX_PORTS_PER_PAIR`]; later ports are counted, not kept).
 //!
 //! Memory follows the number of distinct (role, host) pairs, never the number
-//! of lines: each line is read into one bounded buffer (a line longer than
-//! [`MAX_LINE_BYTES`] is skipped without being held, and counted as
-//! malformed), parsed, folded into its pair's counters and dropped.
+//! of lines: each line is parsed where it lies in the reader's buffer (or,
+//! cut by the buffer's end, copied into one bounded buffer; a line longer
+//! than [`MAX_LINE_BYTES`] is skipped without being held, and counted as
+//! malformed), folded into its pair's counters and dropped. A pair costs
+//! about 80 bytes: see [`Aggregate`].
 //!
 //! What this module must never do: trust a log line's verdict for anything but
 //! classification (the caller re-decides every host against the policy), panic
@@ -20,6 +22,7 @@ use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
+use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
@@ -374,7 +377,7 @@ impl Pair {
 ///
 /// Memory follows distinct pairs at about 80 bytes each: roles and hosts
 /// are interned (one copy of each string, pairs keyed by two `u32` ids),
-/// each pair is one packed [`Pair`] in a vector, and the pair index maps
+/// each pair is one packed 48-byte record in a vector, and the pair index maps
 /// the two ids to the pair's place in it. Per-role order (for
 /// [`Aggregate::hosts_of`]) is built once, when first asked for.
 #[derive(Debug, Default)]
@@ -389,8 +392,12 @@ pub struct Aggregate {
     role_names: Vec<Box<str>>,
     by_role: HashMap<Box<str>, RoleId>,
     pairs: Vec<Pair>,
-    /// `(role << 32) | host` → index in `pairs`.
-    pair_index: HashMap<u64, u32>,
+    /// Indices in `pairs`, hashed by (role, host): 4 bytes a slot, the key
+    /// is read from the pair itself.
+    pair_index: hashbrown::HashTable<u32>,
+    /// Keys the hashes of `pair_index` (random, so crafted logs cannot aim
+    /// at one bucket).
+    pair_hasher: RandomState,
     /// Ports of the pairs seen on more than one port, by index in `pairs`.
     more_ports: HashMap<u32, PortList>,
     /// Counts carried out of a pair's 32-bit counters, by index in `pairs`
@@ -439,9 +446,10 @@ impl Aggregate {
 
     /// The pair unpacked into its public form.
     fn observation(&self, index: u32, pair: &Pair) -> Observation {
-        let mut counts = self.carried.get(&index).copied().unwrap_or_default();
-        counts.add(pair.counts());
-        let (ports, ports_not_kept) = match self.more_ports.get(&index).filter(|_| pair.multi_port) {
+        let counts = self.counts(index, pair);
+        // The side maps are looked into only when they can hold the pair.
+        let listed = if pair.multi_port { self.more_ports.get(&index) } else { None };
+        let (ports, ports_not_kept) = match listed {
             Some(list) => (list.ports.clone(), list.not_kept),
             None => (vec![pair.only_port(counts)], 0),
         };
@@ -455,6 +463,17 @@ impl Aggregate {
             ports,
             ports_not_kept,
         }
+    }
+
+    /// The pair's full counts: its 32-bit counters plus what they carried.
+    fn counts(&self, index: u32, pair: &Pair) -> Counts {
+        let mut counts = pair.counts();
+        if !self.carried.is_empty()
+            && let Some(carried) = self.carried.get(&index)
+        {
+            counts.add(*carried);
+        }
+        counts
     }
 
     /// Groups the pairs by role and sorts each group by host name, comparing
@@ -537,15 +556,22 @@ impl Aggregate {
     /// than `u32` indices, which no real log reaches).
     fn record(&mut self, role: RoleId, host: HostId, kind: LineKind, port: u16, at: Option<Timestamp>) -> bool {
         self.order.take();
-        let key = (u64::from(role) << 32) | u64::from(host);
-        let index = match self.pair_index.get(&key) {
+        let hash = self.pair_hasher.hash_one((role, host));
+        let pairs = &self.pairs;
+        let found = self
+            .pair_index
+            .find(hash, |&index| pairs.get(index as usize).is_some_and(|p| p.role == role && p.host == host));
+        let index = match found {
             Some(index) => *index,
             None => {
                 let Ok(index) = u32::try_from(self.pairs.len()) else {
                     return false;
                 };
                 self.pairs.push(Pair::new(role, host, port));
-                self.pair_index.insert(key, index);
+                let (pairs, hasher) = (&self.pairs, &self.pair_hasher);
+                self.pair_index.insert_unique(hash, index, |&index| {
+                    pairs.get(index as usize).map_or(0, |p| hasher.hash_one((p.role, p.host)))
+                });
                 index
             }
         };
@@ -555,8 +581,10 @@ impl Aggregate {
         if !pair.multi_port && pair.port != port {
             // A second port: the list so far is the one port's, which the
             // pair's own counters describe.
-            let mut counts = self.carried.get(&index).copied().unwrap_or_default();
-            counts.add(pair.counts());
+            let mut counts = pair.counts();
+            if let Some(carried) = self.carried.get(&index) {
+                counts.add(*carried);
+            }
             let list = PortList { ports: vec![pair.only_port(counts)], not_kept: 0 };
             self.more_ports.insert(index, list);
             pair.multi_port = true;
@@ -701,6 +729,21 @@ pub fn read_stream(
     let mut number = 0u64;
     let marker = memchr::memmem::Finder::new(DECISION_MESSAGE);
     loop {
+        // A whole line already in the reader's buffer is folded where it
+        // lies, without copying it; a line cut by the buffer's end (or EOF
+        // without a newline) goes through the bounded copy below.
+        let available = match reader.fill_buf() {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(end) = memchr::memchr(b'\n', available).filter(|end| *end <= MAX_LINE_BYTES) {
+            number += 1;
+            aggregate.lines.total += 1;
+            fold_line(available.get(..end).unwrap_or_default(), &marker, source, number, roles, aggregate);
+            reader.consume(end + 1);
+            continue;
+        }
         let status = read_bounded_line(&mut reader, &mut line, MAX_LINE_BYTES)?;
         let complete = match status {
             LineStatus::End => return Ok(()),

@@ -19,7 +19,7 @@
 //! re-decided with [`PolicyTable::decide_at`]. A role without the key may use
 //! any port, so nothing is suggested for it; ranges are never invented.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use egress_policy::decision::{PolicyTable, Reason};
 use egress_policy::host::CanonicalHost;
@@ -164,6 +164,9 @@ fn needed_lines(seen: &PortObservation, options: Options) -> u64 {
 /// Computes the additions for every role in `aggregate`.
 pub fn plan(policy: &Policy, table: &PolicyTable, aggregate: &Aggregate, options: Options) -> Plan {
     let mut plan = Plan::default();
+    // The registrable-domain guard per host name, asked once per distinct
+    // name rather than once per (role, host) pair.
+    let mut registrable: HashMap<String, bool> = HashMap::new();
     for role in aggregate.roles() {
         if role.chars().any(char::is_control) {
             plan.unusable_roles.push(role.to_owned());
@@ -237,7 +240,7 @@ pub fn plan(policy: &Policy, table: &PolicyTable, aggregate: &Aggregate, options
             continue;
         }
         let entries = match options.collapse {
-            Some(k) => collapse(role, needed, k, policy, &mut plan.collapse_refused),
+            Some(k) => collapse(role, needed, k, policy, &mut registrable, &mut plan.collapse_refused),
             None => needed.into_iter().map(|(host, seen)| exact_entry(host, &seen)).collect(),
         };
         let service_exists = table.has_role(role);
@@ -326,6 +329,7 @@ fn collapse(
     hosts: Vec<(&CanonicalHost, Observation)>,
     k: usize,
     policy: &Policy,
+    registrable: &mut HashMap<String, bool>,
     refused: &mut Vec<CollapseRefused>,
 ) -> Vec<SuggestedEntry> {
     let mut groups: BTreeMap<Option<&str>, Vec<(&CanonicalHost, Observation)>> = BTreeMap::new();
@@ -340,7 +344,11 @@ fn collapse(
             continue;
         };
         let pattern = format!("*.{parent}");
-        let blocked = if !members.iter().all(|(h, _)| parent_within_registrable_domain(h.as_str())) {
+        let mut within = |name: &str| match registrable.get(name) {
+            Some(known) => *known,
+            None => *registrable.entry(name.to_owned()).or_insert_with(|| parent_within_registrable_domain(name)),
+        };
+        let blocked = if !members.iter().all(|(h, _)| within(h.as_str())) {
             Some("public_suffix")
         } else if overlaps_global_deny(parent, &policy.global_deny_list) {
             Some("global_deny_list")

@@ -86,12 +86,15 @@ pub fn run(
         )));
     }
     let new_table = PolicyTable::new(&new_policy);
+    // Each distinct name is canonicalised once, however many roles it is written for.
+    let mut canonical: HashMap<&str, Option<host::CanonicalHost>> = HashMap::new();
     for role in &plan.roles {
         for entry in &role.entries {
             for name in &entry.hosts {
-                let allowed = host::canonical(name)
-                    .map(|h| new_table.decide(Some(&role.role), &h).reason == Reason::AllowedDomain)
-                    .unwrap_or(false);
+                let parsed = canonical.entry(name.as_str()).or_insert_with(|| host::canonical(name).ok());
+                let allowed = parsed
+                    .as_ref()
+                    .is_some_and(|h| new_table.decide(Some(&role.role), h).reason == Reason::AllowedDomain);
                 if !allowed {
                     return Err(Failure::Refused(format!(
                         "internal error: the edited policy does not allow {name} for role {}; nothing written",
