@@ -5,6 +5,7 @@ kustomize are not installed here; podman takes plain manifests only).
 
   deploy/kube-render.py render DIR [--image IMAGE] [--add-arg ARG]...
                               [--configmap-dir NAME=HOSTDIR]...
+                              [--secret-dir NAME=HOSTDIR]...
                               [--replicas N] [--host-network] > pod.yaml
   deploy/kube-render.py project HOSTDIR FILE...
 
@@ -18,7 +19,10 @@ container's image (`kustomize edit set image`); `--add-arg` appends to the
 first container's args (a JSON 6902 `add /args/-`); `--configmap-dir`
 replaces the pod volume of ConfigMap NAME by a hostPath directory that
 `project` fills, because podman copies a ConfigMap into a volume once and
-never updates it, while the kubelet swaps a `..data` symlink; `--replicas`
+never updates it, while the kubelet swaps a `..data` symlink; `--secret-dir`
+does the same for the pod volume of Secret NAME (podman 4.3's `kube play`
+crashes on a secret volume with `items`; the caller lays the files out with
+`project` and gives them the owner and mode the kubelet would); `--replicas`
 sets the Deployment's replicas (kustomize's `replicas:` field); `--host-network` sets the pod's `hostNetwork: true` and drops the
 containers' `ports` lists after resolving the probes' named ports to their
 numbers (podman 4 turns every containerPort into a host port mapping, which
@@ -86,7 +90,7 @@ def render(argv):
     if not argv:
         fail("usage: render DIR [--image IMAGE] [--add-arg ARG]... [--configmap-dir NAME=HOSTDIR]...")
     base, rest = argv[0], argv[1:]
-    image, add_args, dirs, replicas, host_network = None, [], {}, None, False
+    image, add_args, dirs, secret_dirs, replicas, host_network = None, [], {}, {}, None, False
     while rest:
         flag = rest.pop(0)
         if flag == "--host-network":
@@ -106,6 +110,11 @@ def render(argv):
             if not path:
                 fail("--configmap-dir NAME=HOSTDIR")
             dirs[name] = os.path.abspath(path)
+        elif flag == "--secret-dir":
+            name, _, path = value.partition("=")
+            if not path:
+                fail("--secret-dir NAME=HOSTDIR")
+            secret_dirs[name] = os.path.abspath(path)
         else:
             fail(f"unknown flag {flag}")
     kustomization = yaml.safe_load(open(os.path.join(base, "kustomization.yaml")))
@@ -142,6 +151,12 @@ def render(argv):
             if name in dirs:
                 del volume["configMap"]
                 volume["hostPath"] = {"path": dirs[name], "type": "Directory"}
+            secret = (volume.get("secret") or {}).get("secretName")
+            if secret in secret_dirs:
+                del volume["secret"]
+                volume["hostPath"] = {"path": secret_dirs.pop(secret), "type": "Directory"}
+    if secret_dirs:
+        fail(f"--secret-dir for Secrets no pod volume names: {sorted(secret_dirs)}")
     missing = set(dirs) - {c["metadata"]["name"] for c in configmaps}
     if missing:
         fail(f"--configmap-dir for ConfigMaps the kustomization does not generate: {sorted(missing)}")

@@ -89,6 +89,12 @@ fn copy_kustomization(to: &Path) {
     }
 }
 
+/// A GET on the admin listener with the admin token the test's Secret holds.
+async fn admin_get(admin: SocketAddr, path: &str) -> testkit::scrape::AdminReply {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer kube-play-admin-token\r\n\r\n");
+    testkit::scrape::request(admin, head.as_bytes()).await
+}
+
 /// Removes the pod on drop, whatever happened.
 struct Played(String);
 
@@ -132,6 +138,20 @@ async fn the_kubernetes_manifests_play_in_podman_and_take_a_configmap_update_liv
     };
     let rev1 = compile(&default_policy, Some(&default_tests), &kube.join("policy.bin"), "1");
 
+    // The admin token Secret's volume (`kubectl create secret generic egress-proxy-admin
+    // --from-literal=token=...`), laid out as the kubelet does: podman 4.3's kube play crashes on
+    // a secret volume with `items`, so it is a host directory here. The kubelet writes the file
+    // with the volume's defaultMode (0400) and, with the pod's fsGroup, proxyd's group: here the
+    // file is proxyd's own (UID 65532), mode 0400, which proxyd accepts (never world-readable).
+    let admin_dir = d.join("secret-egress-proxy-admin");
+    let token_file = d.join("token");
+    std::fs::write(&token_file, "kube-play-admin-token\n").unwrap();
+    render(&["project", admin_dir.to_str().unwrap(), token_file.to_str().unwrap()]);
+    let data = std::fs::read_link(admin_dir.join("..data")).unwrap();
+    let token_path = admin_dir.join(data).join("token");
+    std::fs::set_permissions(&token_path, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+    std::os::unix::fs::chown(&token_path, Some(65532), Some(65532)).unwrap();
+
     // The policy ConfigMap's volume, laid out as the kubelet does.
     let volume = d.join("configmap-egress-proxy-policy");
     render(&["project", volume.to_str().unwrap(), kube.join("policy.bin").to_str().unwrap()]);
@@ -154,6 +174,8 @@ async fn the_kubernetes_manifests_play_in_podman_and_take_a_configmap_update_liv
         &allowed,
         "--configmap-dir",
         &format!("egress-proxy-policy={}", volume.display()),
+        "--secret-dir",
+        &format!("egress-proxy-admin={}", admin_dir.display()),
     ]);
     let manifest_path = d.join("egress-proxy.yaml");
     std::fs::write(&manifest_path, &manifest).unwrap();
@@ -219,7 +241,10 @@ async fn the_kubernetes_manifests_play_in_podman_and_take_a_configmap_update_liv
     assert_eq!(refused.status, 403, "CONNECT 169.254.169.254:80 through the pod");
     let unauthenticated = client::connect(proxy, &upstream.addr.to_string(), "").await;
     assert_eq!(unauthenticated.status, 407, "the manifest's proxy password is required");
-    let policy: Value = serde_json::from_str(&testkit::scrape::get(admin, "/policy").await.body).unwrap();
+    // The admin token from the Secret guards /policy; the probes and /metrics stay open.
+    assert_eq!(testkit::scrape::get(admin, "/policy").await.status, 401, "/policy needs the Secret's token");
+    assert_eq!(testkit::scrape::get(admin, "/metrics").await.status, 200, "--admin-metrics-open");
+    let policy: Value = serde_json::from_str(&admin_get(admin, "/policy").await.body).unwrap();
     assert_eq!(policy["revision"], rev1.as_str());
     assert_eq!(policy["signature"], "verified", "the manifest's --policy-public-key checks the ConfigMap's table");
 
@@ -236,7 +261,7 @@ async fn the_kubernetes_manifests_play_in_podman_and_take_a_configmap_update_liv
     let swapped = Instant::now();
     render(&["project", volume.to_str().unwrap(), new_table.to_str().unwrap()]);
     loop {
-        let policy: Value = serde_json::from_str(&testkit::scrape::get(admin, "/policy").await.body).unwrap();
+        let policy: Value = serde_json::from_str(&admin_get(admin, "/policy").await.body).unwrap();
         if policy["revision"] == rev2.as_str() {
             break;
         }
