@@ -31,6 +31,7 @@ use egress_policy::policy::ports_text;
 use crate::console::{self, Access, Console, PageView};
 use crate::metrics::{LogSinkReport, Metrics, PolicyReport};
 use crate::reload::{PolicySource, PolicyState};
+use crate::timefmt::rfc3339;
 
 /// Admin connections served at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -349,11 +350,6 @@ fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Re
     response
 }
 
-/// `2026-11-21T13:05:09Z` (UTC, seconds): see [`crate::timefmt::rfc3339`].
-pub fn rfc3339(time: SystemTime) -> String {
-    crate::timefmt::rfc3339(time)
-}
-
 /// The `/policy` fields about where the active table came from and whether
 /// its signature was checked: `serial`, `signed_by` (null when unsigned),
 /// `signature` (`verified` or `not checked`), `source` (`file` or the URL)
@@ -381,20 +377,4 @@ pub fn provenance_json(
         fields.insert("last_fetch".into(), last.into());
     }
     fields
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::UNIX_EPOCH;
-
-    #[test]
-    fn rfc3339_dates() {
-        let at = |secs: u64| rfc3339(UNIX_EPOCH + Duration::from_secs(secs));
-        assert_eq!(at(0), "1970-01-01T00:00:00Z");
-        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(at(1_709_251_199), "2024-02-29T23:59:59Z");
-        assert_eq!(at(1_795_267_509), "2026-11-21T13:25:09Z");
-        assert_eq!(at(4_102_444_800), "2100-01-01T00:00:00Z");
-    }
 }
