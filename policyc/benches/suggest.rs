@@ -13,6 +13,9 @@
 //! fleet look. Generated into `target/policyc-bench/`, then each command is
 //! run three times and the medians shown, with peak RSS per distinct pair.
 //! Targets: ≤ 3 s CPU and ≤ 200 MiB peak each (≤ 200 bytes per pair).
+//! Plain `suggest` (no `--collapse`) is run on it too: its 787,591 exact
+//! entries make a text over the 64 MiB limit on policy files, so it must be
+//! refused (exit 1, nothing written) within the same targets.
 //!
 //! Under `cargo bench` (`--bench` given) the full run happens (`-- high-cardinality`:
 //! that case only). Under `cargo test --benches` only a 10,000-line log and a
@@ -148,13 +151,21 @@ fn high_cardinality(policy: &str, out: &str) {
         started.elapsed()
     );
     let log = log.to_str().unwrap();
+    let refused_out = dir.join("plain-suggest.yaml");
+    let _ = std::fs::remove_file(&refused_out);
+    let refused = refused_out.to_str().unwrap();
     println!("load average before the runs: {}", load());
-    for (name, args) in [
-        ("suggest --collapse 3 -o (yaml)", vec!["suggest", "--collapse", "3", "-o", out, policy, log]),
-        ("suggest --collapse 3 (json)   ", vec!["suggest", "--collapse", "3", "--format", "json", policy, log]),
-        ("coverage --format json        ", vec!["coverage", "--format", "json", policy, log]),
+    for (name, args, code) in [
+        ("suggest --collapse 3 -o (yaml)", vec!["suggest", "--collapse", "3", "-o", out, policy, log], 0),
+        ("suggest --collapse 3 (json)   ", vec!["suggest", "--collapse", "3", "--format", "json", policy, log], 0),
+        ("coverage --format json        ", vec!["coverage", "--format", "json", policy, log], 0),
+        // Too big for a policy file: refused before the text is built.
+        ("suggest -o (refused, exit 1)  ", vec!["suggest", "-o", refused, policy, log], 1),
     ] {
-        let runs: Vec<Measured> = (0..3).map(|_| run(&args, None)).collect();
+        let runs: Vec<Measured> = (0..3).map(|_| run_expecting(&args, None, code)).collect();
+        if code != 0 {
+            assert!(!refused_out.exists(), "a refused suggest wrote {refused}");
+        }
         let cpu = runs.iter().map(|m| m.cpu).collect::<Option<Vec<_>>>().map(median);
         let wall = median(runs.iter().map(|m| m.wall).collect());
         let peak = runs.iter().filter_map(|m| m.peak_rss_kib).max();
@@ -190,6 +201,12 @@ struct Measured {
 /// Runs the real binary (under `/usr/bin/time -f %M` when it exists), with
 /// `stdin_lines` lines generated into its stdin when given.
 fn run(args: &[&str], stdin_lines: Option<usize>) -> Measured {
+    run_expecting(args, stdin_lines, 0)
+}
+
+/// [`run`], expecting exit code `code`; a refusal (non-zero) must say that
+/// the result is over the size limit of a policy file.
+fn run_expecting(args: &[&str], stdin_lines: Option<usize>, code: i32) -> Measured {
     let binary = env!("CARGO_BIN_EXE_policyc");
     let time = Path::new("/usr/bin/time");
     let mut command = if time.exists() {
@@ -214,7 +231,10 @@ fn run(args: &[&str], stdin_lines: Option<usize>) -> Measured {
     let output = child.wait_with_output().unwrap();
     let wall = started.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "policyc {args:?} failed: {stderr}");
+    assert_eq!(output.status.code(), Some(code), "policyc {args:?}: {stderr}");
+    if code != 0 {
+        assert!(stderr.contains("-byte limit of a policy file"), "policyc {args:?}: {stderr}");
+    }
     let last: Vec<&str> =
         if time.exists() { stderr.lines().last().unwrap_or_default().split_whitespace().collect() } else { Vec::new() };
     let seconds = |i: usize| last.get(i).and_then(|s| s.parse::<f64>().ok());

@@ -19,8 +19,16 @@
 //! block list gets one `- port # suggested: ...` item per port; a one-line
 //! flow list (`[443, 8443]`) is extended in place, its comment at the end of
 //! the line.
+//!
+//! Size: the edited text is measured before any entry line is built. Each
+//! inserted line is written by one function into a generic `fmt::Write`,
+//! either a byte counter or the text, so the size check and the text cannot
+//! disagree; a result over [`yaml::MAX_SOURCE_BYTES`] (which no checker would
+//! accept) is refused without building it. A plan of a large fleet without
+//! `--collapse` has hundreds of thousands of entries: building their lines
+//! only to refuse them cost hundreds of MiB.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use egress_policy::yaml::{self, Node, Value};
 
@@ -48,6 +56,69 @@ pub enum EditError {
     Parse(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error(
+        "the edited policy would be {size} bytes, over the {limit}-byte limit of a policy file; \
+         suggest fewer entries: fold hosts with --collapse K, pick roles with --role, or raise --min-count"
+    )]
+    TooLarge { size: usize, limit: usize },
+}
+
+/// An inserted line (or run of lines) before it is written.
+enum Pending<'p> {
+    /// A line built as text: keys, ports, service headers (a few per role).
+    Text(String),
+    /// One line per entry, `{prefix}{pattern} # suggested: ...`: the bulk of
+    /// a big plan, written only once the result is known to fit.
+    Entries { prefix: String, quoting: ListQuoting, entries: &'p [SuggestedEntry] },
+}
+
+impl Pending<'_> {
+    /// Writes each line, followed by `newline`.
+    fn write_lines<W: fmt::Write>(&self, out: &mut W, newline: &str) -> fmt::Result {
+        match self {
+            Pending::Text(line) => {
+                out.write_str(line)?;
+                out.write_str(newline)
+            }
+            Pending::Entries { prefix, quoting, entries } => {
+                for entry in *entries {
+                    entry_line(out, prefix, *quoting, entry)?;
+                    out.write_str(newline)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The lines as strings, without terminators.
+    fn into_strings(self, out: &mut Vec<String>) {
+        match self {
+            Pending::Text(line) => out.push(line),
+            Pending::Entries { prefix, quoting, entries } => out.extend(entries.iter().map(|entry| {
+                let mut line = String::new();
+                let _ = entry_line(&mut line, &prefix, quoting, entry);
+                line
+            })),
+        }
+    }
+}
+
+/// An [`Edit`] whose inserted lines are not written yet.
+struct PendingEdit<'p> {
+    start: usize,
+    removed: usize,
+    inserted: Vec<Pending<'p>>,
+}
+
+/// Counts the bytes written to it; allocates nothing.
+#[derive(Default)]
+struct ByteCount(usize);
+
+impl fmt::Write for ByteCount {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 = self.0.saturating_add(s.len());
+        Ok(())
+    }
 }
 
 /// One line of the source: its text without the terminator, and whether it had one.
@@ -219,7 +290,7 @@ struct ListQuoting {
 }
 
 impl ListQuoting {
-    fn render(self, pattern: &str) -> String {
+    fn render<W: fmt::Write>(self, out: &mut W, pattern: &str) -> fmt::Result {
         // `*` starts an alias and `:` can start a mapping: those are always quoted.
         let quote = if pattern.starts_with('*') {
             Some(self.wildcards)
@@ -229,8 +300,8 @@ impl ListQuoting {
             self.names
         };
         match quote {
-            Some(q) => format!("{q}{pattern}{q}"),
-            None => pattern.to_owned(),
+            Some(q) => write!(out, "{q}{pattern}{q}"),
+            None => out.write_str(pattern),
         }
     }
 }
@@ -243,21 +314,30 @@ fn list_quoting(items: &[(bool, Option<char>)], file_quote: char) -> ListQuoting
     ListQuoting { names, wildcards }
 }
 
-fn comment(entry: &SuggestedEntry) -> String {
-    let hits = if entry.hits == 1 { "1 hit".to_owned() } else { format!("{} hits", entry.hits) };
-    let over =
-        if entry.pattern.starts_with("*.") { format!(" over {} hosts", entry.hosts.len()) } else { String::new() };
-    let times = match (entry.first_seen, entry.last_seen) {
-        (Some(first), Some(last)) => format!(", first seen {first}, last seen {last}"),
-        _ => String::new(),
-    };
-    format!("# suggested: {hits}{over}{times}")
+/// An entry's list item, `{prefix}{pattern} # suggested: ...`, without the
+/// line terminator: the one place its layout is decided, for both the size
+/// check and the text.
+fn entry_line<W: fmt::Write>(out: &mut W, prefix: &str, quoting: ListQuoting, entry: &SuggestedEntry) -> fmt::Result {
+    out.write_str(prefix)?;
+    quoting.render(out, &entry.pattern)?;
+    if entry.hits == 1 {
+        out.write_str(" # suggested: 1 hit")?;
+    } else {
+        write!(out, " # suggested: {} hits", entry.hits)?;
+    }
+    if entry.pattern.starts_with("*.") {
+        write!(out, " over {} hosts", entry.hosts().len())?;
+    }
+    if let (Some(first), Some(last)) = (entry.first_seen, entry.last_seen) {
+        write!(out, ", first seen {first}, last seen {last}")?;
+    }
+    Ok(())
 }
 
 /// Items of a list the editor creates: names plain, wildcards in the file's quote.
-fn item_lines(indent: &str, entries: &[SuggestedEntry], file_quote: char) -> Vec<String> {
+fn item_lines<'p>(indent: &str, entries: &'p [SuggestedEntry], file_quote: char) -> Pending<'p> {
     let quoting = ListQuoting { names: None, wildcards: file_quote };
-    entries.iter().map(|e| format!("{indent}- {} {}", quoting.render(&e.pattern), comment(e))).collect()
+    Pending::Entries { prefix: format!("{indent}- "), quoting, entries }
 }
 
 /// Splits a key line at its trailing comment: (text before the comment, the comment).
@@ -322,8 +402,14 @@ fn flow_items(text: &str, open: usize) -> Option<(Vec<&str>, &str)> {
     None
 }
 
-/// Applies `plan` to `source`.
+/// Applies `plan` to `source`; refuses a result larger than a policy file may be.
 pub fn apply(source_text: &str, plan: &Plan) -> Result<Edited, EditError> {
+    apply_within(source_text, plan, yaml::MAX_SOURCE_BYTES)
+}
+
+/// Applies `plan` to `source`, refusing before any entry line is built when
+/// the edited text would exceed `limit` bytes.
+pub fn apply_within(source_text: &str, plan: &Plan, limit: usize) -> Result<Edited, EditError> {
     let root = yaml::parse(source_text)
         .map_err(|e| EditError::Parse(format!("{}:{}: {}", e.at.line, e.at.column, e.message)))?;
     let source = Source::new(source_text);
@@ -361,11 +447,32 @@ pub fn apply(source_text: &str, plan: &Plan) -> Result<Edited, EditError> {
             return Err(EditError::Unsupported("two additions would change the same lines".into()));
         }
     }
-    let text = render(&source, &edits);
+    let mut size = ByteCount::default();
+    let _ = render(&mut size, &source, &edits);
+    if size.0 > limit {
+        return Err(EditError::TooLarge { size: size.0, limit });
+    }
+    let mut text = String::with_capacity(size.0);
+    let _ = render(&mut text, &source, &edits);
+    let edits = edits
+        .into_iter()
+        .map(|e| {
+            let mut inserted = Vec::new();
+            for pending in e.inserted {
+                pending.into_strings(&mut inserted);
+            }
+            Edit { start: e.start, removed: e.removed, inserted }
+        })
+        .collect();
     Ok(Edited { text, edits })
 }
 
-fn edit_service(source: &Source<'_>, service: &Node, role: &RoleSuggestion, style: &Style) -> Result<Edit, EditError> {
+fn edit_service<'p>(
+    source: &Source<'_>,
+    service: &Node,
+    role: &'p RoleSuggestion,
+    style: &Style,
+) -> Result<PendingEdit<'p>, EditError> {
     if source.char_at(service) == Some('{') {
         return Err(EditError::Unsupported(format!(
             "service {:?} is a flow mapping ({{...}}); write it as a block mapping so suggest can add to it",
@@ -377,11 +484,11 @@ fn edit_service(source: &Source<'_>, service: &Node, role: &RoleSuggestion, styl
         let (name_key, name_value) = map_get(service, "name")
             .ok_or_else(|| EditError::Unsupported(format!("service {:?} has no name key", role.role)))?;
         let key_indent = spaces(source.before(name_key.at.line, name_key.at.column).chars().count());
-        let mut inserted = vec![format!("{key_indent}allowed_domains:")];
+        let mut inserted = vec![Pending::Text(format!("{key_indent}allowed_domains:"))];
         let item_indent = format!("{key_indent}{}", spaces(style.seq_offset));
-        inserted.extend(item_lines(&item_indent, &role.entries, style.quote));
+        inserted.push(item_lines(&item_indent, &role.entries, style.quote));
         let name_column = source.before(name_key.at.line, name_key.at.column).chars().count();
-        return Ok(Edit { start: end_of_node(source, name_value.at.line, name_column), removed: 0, inserted });
+        return Ok(PendingEdit { start: end_of_node(source, name_value.at.line, name_column), removed: 0, inserted });
     };
     let after_key = {
         let line = source.line(key.at.line);
@@ -416,9 +523,12 @@ fn edit_service(source: &Source<'_>, service: &Node, role: &RoleSuggestion, styl
             debug_assert_eq!(existing.len(), items.len());
             let (_, trailing_comment) = split_comment(after);
             let head = key_line.get(..open).unwrap_or(key_line).trim_end();
-            let mut inserted =
-                vec![if trailing_comment.is_empty() { head.to_owned() } else { format!("{head} {trailing_comment}") }];
-            inserted.extend(existing.iter().map(|item| format!("{item_indent}- {item}")));
+            let mut inserted = vec![Pending::Text(if trailing_comment.is_empty() {
+                head.to_owned()
+            } else {
+                format!("{head} {trailing_comment}")
+            })];
+            inserted.extend(existing.iter().map(|item| Pending::Text(format!("{item_indent}- {item}"))));
             let quotes: Vec<(bool, Option<char>)> = existing
                 .iter()
                 .map(|i| {
@@ -426,11 +536,9 @@ fn edit_service(source: &Source<'_>, service: &Node, role: &RoleSuggestion, styl
                     (i.trim_start_matches(['"', '\'']).starts_with('*'), quote)
                 })
                 .collect();
-            let list_quote = list_quoting(&quotes, style.quote);
-            inserted.extend(
-                role.entries.iter().map(|e| format!("{item_indent}- {} {}", list_quote.render(&e.pattern), comment(e))),
-            );
-            Ok(Edit { start: index(key.at.line), removed: 1, inserted })
+            let quoting = list_quoting(&quotes, style.quote);
+            inserted.push(Pending::Entries { prefix: format!("{item_indent}- "), quoting, entries: &role.entries });
+            Ok(PendingEdit { start: index(key.at.line), removed: 1, inserted })
         }
         Value::Seq(items) => {
             let last = items.last().ok_or_else(|| {
@@ -452,14 +560,11 @@ fn edit_service(source: &Source<'_>, service: &Node, role: &RoleSuggestion, styl
                     (wildcard, source.char_at(i).filter(|c| *c == '"' || *c == '\''))
                 })
                 .collect();
-            let list_quote = list_quoting(&quotes, style.quote);
-            let inserted = role
-                .entries
-                .iter()
-                .map(|e| format!("{indent}-{gap}{} {}", list_quote.render(&e.pattern), comment(e)))
-                .collect();
+            let quoting = list_quoting(&quotes, style.quote);
+            let inserted =
+                vec![Pending::Entries { prefix: format!("{indent}-{gap}"), quoting, entries: &role.entries }];
             let dash = indent.chars().count();
-            Ok(Edit { start: end_of_node(source, last.at.line, dash), removed: 0, inserted })
+            Ok(PendingEdit { start: end_of_node(source, last.at.line, dash), removed: 0, inserted })
         }
         Value::Null => {
             // `allowed_domains:` (or `~`/`null`): keep the key and its comment, add the items.
@@ -468,10 +573,13 @@ fn edit_service(source: &Source<'_>, service: &Node, role: &RoleSuggestion, styl
             let colon = rest.find(':').map_or(rest.len(), |i| i + 1);
             let (_, trailing_comment) = split_comment(rest.get(colon..).unwrap_or(""));
             let head = key_line.get(..key_end + colon).unwrap_or(key_line);
-            let mut inserted =
-                vec![if trailing_comment.is_empty() { head.to_owned() } else { format!("{head} {trailing_comment}") }];
-            inserted.extend(item_lines(&item_indent, &role.entries, style.quote));
-            Ok(Edit { start: index(key.at.line), removed: 1, inserted })
+            let mut inserted = vec![Pending::Text(if trailing_comment.is_empty() {
+                head.to_owned()
+            } else {
+                format!("{head} {trailing_comment}")
+            })];
+            inserted.push(item_lines(&item_indent, &role.entries, style.quote));
+            Ok(PendingEdit { start: index(key.at.line), removed: 1, inserted })
         }
         other => Err(EditError::Unsupported(format!(
             "`allowed_domains` of service {:?} is {}, not a list",
@@ -490,7 +598,7 @@ fn port_comment(port: &SuggestedPort) -> String {
 }
 
 /// Adds `role.ports` to the service's existing `allowed_ports` list.
-fn edit_ports(source: &Source<'_>, service: &Node, role: &RoleSuggestion) -> Result<Edit, EditError> {
+fn edit_ports<'p>(source: &Source<'_>, service: &Node, role: &RoleSuggestion) -> Result<PendingEdit<'p>, EditError> {
     if source.char_at(service) == Some('{') {
         return Err(EditError::Unsupported(format!(
             "service {:?} is a flow mapping ({{...}}); write it as a block mapping so suggest can add to it",
@@ -540,7 +648,7 @@ fn edit_ports(source: &Source<'_>, service: &Node, role: &RoleSuggestion) -> Res
                 key_line.get(insert_at..).unwrap_or("").trim_end(),
                 notes.join("; ")
             );
-            Ok(Edit { start: index(key.at.line), removed: 1, inserted: vec![line] })
+            Ok(PendingEdit { start: index(key.at.line), removed: 1, inserted: vec![Pending::Text(line)] })
         }
         Value::Seq(items) => {
             let last = items.last().ok_or_else(|| {
@@ -558,9 +666,9 @@ fn edit_ports(source: &Source<'_>, service: &Node, role: &RoleSuggestion) -> Res
             let inserted = role
                 .ports
                 .iter()
-                .map(|p| format!("{indent}-{gap}{} # suggested: {}", p.port, port_comment(p)))
+                .map(|p| Pending::Text(format!("{indent}-{gap}{} # suggested: {}", p.port, port_comment(p))))
                 .collect();
-            Ok(Edit { start: end_of_node(source, last.at.line, indent.chars().count()), removed: 0, inserted })
+            Ok(PendingEdit { start: end_of_node(source, last.at.line, indent.chars().count()), removed: 0, inserted })
         }
         other => Err(EditError::Unsupported(format!(
             "`allowed_ports` of service {:?} is {}, not a list",
@@ -570,28 +678,28 @@ fn edit_ports(source: &Source<'_>, service: &Node, role: &RoleSuggestion) -> Res
     }
 }
 
-fn new_service_lines(role: &RoleSuggestion, dash_indent: &str, style: &Style) -> Vec<String> {
+fn new_service_lines<'p>(role: &'p RoleSuggestion, dash_indent: &str, style: &Style) -> Vec<Pending<'p>> {
     let key_indent = format!("{dash_indent}{}", spaces(style.key_offset));
     let after_dash = spaces(style.key_offset.saturating_sub(1));
-    let mut lines = vec![format!("{dash_indent}-{after_dash}name: {}", yaml_string(&role.role))];
+    let mut lines = vec![Pending::Text(format!("{dash_indent}-{after_dash}name: {}", yaml_string(&role.role)))];
     if let Some(project) = &role.new_service_project {
-        lines.push(format!("{key_indent}project: {}", yaml_string(project)));
+        lines.push(Pending::Text(format!("{key_indent}project: {}", yaml_string(project))));
     }
     let action = role.new_service_action.map_or("enforce", |a| a.as_str());
-    lines.push(format!("{key_indent}action: {action}"));
-    lines.push(format!("{key_indent}allowed_domains:"));
+    lines.push(Pending::Text(format!("{key_indent}action: {action}")));
+    lines.push(Pending::Text(format!("{key_indent}allowed_domains:")));
     let item_indent = format!("{key_indent}{}", spaces(style.seq_offset));
-    lines.extend(item_lines(&item_indent, &role.entries, style.quote));
+    lines.push(item_lines(&item_indent, &role.entries, style.quote));
     lines
 }
 
-fn append_services(
+fn append_services<'p>(
     source: &Source<'_>,
     root: &Node,
     services: Option<(&Node, &Node)>,
-    roles: &[&RoleSuggestion],
+    roles: &[&'p RoleSuggestion],
     style: &Style,
-) -> Result<Edit, EditError> {
+) -> Result<PendingEdit<'p>, EditError> {
     let (key, value) = services.ok_or_else(|| EditError::Unsupported("the policy has no `services` list".into()))?;
     let key_indent = source.before(key.at.line, key.at.column).chars().count();
     match &value.value {
@@ -618,8 +726,9 @@ fn append_services(
                     break;
                 }
             }
-            let inserted: Vec<String> = roles.iter().flat_map(|r| new_service_lines(r, &spaces(dash), style)).collect();
-            Ok(Edit { start: end, removed: 0, inserted })
+            let inserted: Vec<Pending<'p>> =
+                roles.iter().flat_map(|r| new_service_lines(r, &spaces(dash), style)).collect();
+            Ok(PendingEdit { start: end, removed: 0, inserted })
         }
         Value::Seq(items) if items.is_empty() || source.char_at(value) != Some('[') => {
             replace_empty_services(source, key, key_indent, roles, style)
@@ -632,13 +741,13 @@ fn append_services(
 }
 
 /// `services: []` (or empty): the key line keeps its comment, the new services follow.
-fn replace_empty_services(
+fn replace_empty_services<'p>(
     source: &Source<'_>,
     key: &Node,
     key_indent: usize,
-    roles: &[&RoleSuggestion],
+    roles: &[&'p RoleSuggestion],
     style: &Style,
-) -> Result<Edit, EditError> {
+) -> Result<PendingEdit<'p>, EditError> {
     let line = source.line(key.at.line);
     let key_end = source.before(key.at.line, key.at.column).len();
     let rest = line.get(key_end..).unwrap_or("");
@@ -649,38 +758,43 @@ fn replace_empty_services(
         return Err(EditError::Unsupported(format!("cannot append to `services` at line {}", key.at.line)));
     }
     let head = line.get(..key_end + colon).unwrap_or(line);
-    let mut inserted =
-        vec![if trailing_comment.is_empty() { head.to_owned() } else { format!("{head} {trailing_comment}") }];
+    let mut inserted = vec![Pending::Text(if trailing_comment.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head} {trailing_comment}")
+    })];
     let dash = spaces(key_indent + style.seq_offset.max(2));
     inserted.extend(roles.iter().flat_map(|r| new_service_lines(r, &dash, style)));
-    Ok(Edit { start: index(key.at.line), removed: 1, inserted })
+    Ok(PendingEdit { start: index(key.at.line), removed: 1, inserted })
 }
 
-/// The new text: untouched lines copied byte for byte, edits in the file's line ending.
-fn render(source: &Source<'_>, edits: &[Edit]) -> String {
-    let mut out = String::new();
+/// The new text, into `out` (the text, or a [`ByteCount`]): untouched lines
+/// copied byte for byte, edits in the file's line ending.
+fn render<W: fmt::Write>(out: &mut W, source: &Source<'_>, edits: &[PendingEdit<'_>]) -> fmt::Result {
     let mut next = 0usize;
-    let copy = |out: &mut String, line: &Line<'_>| {
-        out.push_str(line.text);
-        out.push_str(line.terminator);
-    };
+    // Whether what was written so far is empty or ends a line: only a copied
+    // last line without a terminator leaves it otherwise.
+    let mut at_line_start = true;
     for edit in edits {
         for line in source.lines.get(next..edit.start).unwrap_or_default() {
-            copy(&mut out, line);
+            out.write_str(line.text)?;
+            out.write_str(line.terminator)?;
+            at_line_start = !line.terminator.is_empty() || (at_line_start && line.text.is_empty());
         }
-        if !out.is_empty() && !out.ends_with('\n') {
-            out.push_str(source.newline);
+        if !at_line_start {
+            out.write_str(source.newline)?;
+            at_line_start = true;
         }
-        for inserted in &edit.inserted {
-            out.push_str(inserted);
-            out.push_str(source.newline);
+        for pending in &edit.inserted {
+            pending.write_lines(out, source.newline)?;
         }
         next = edit.start + edit.removed;
     }
     for line in source.lines.get(next..).unwrap_or_default() {
-        copy(&mut out, line);
+        out.write_str(line.text)?;
+        out.write_str(line.terminator)?;
     }
-    out
+    Ok(())
 }
 
 /// A unified diff (3 lines of context) of the edits, as `diff -u` / `git
@@ -745,6 +859,43 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests: a panic is a failure
 
     use super::*;
+
+    /// The size check and the text come from one writer: the limit is met
+    /// exactly at the text's length and refused one byte below it, naming
+    /// that length.
+    #[test]
+    fn the_size_check_counts_exactly_the_text_written() {
+        let source = "version: v1\nservices:\n  - name: a\n    allowed_domains: [x.test]\n  - name: b\n    allowed_domains:\n      - y.test\n  - name: c\n  - name: d\n    allowed_domains:\n";
+        let wanted = plan(&[
+            ("a", true, &["one.test", "*.two.test"]),
+            ("b", true, &["three.test", "*.four.test"]),
+            ("c", true, &["five.test"]),
+            ("d", true, &["six:test"]),
+            ("new", false, &["seven.test", "*.eight.test"]),
+        ]);
+        let edited = apply(source, &wanted).unwrap();
+        let size = edited.text.len();
+        assert_eq!(apply_within(source, &wanted, size).unwrap(), edited);
+        match apply_within(source, &wanted, size - 1) {
+            Err(EditError::TooLarge { size: reported, limit }) => {
+                assert_eq!((reported, limit), (size, size - 1));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The edits list the same lines the text holds.
+        for edit in &edited.edits {
+            for line in &edit.inserted {
+                assert!(edited.text.contains(&format!("{line}\n")), "{line}");
+            }
+        }
+        // A source without a final newline: the one added before the new service is counted too.
+        let unterminated = "version: v1\nservices:\n  - name: a\n    allowed_domains:\n      - x.test";
+        let wanted = plan(&[("a", true, &["y.test"]), ("z", false, &["z.test"])]);
+        let text = apply(unterminated, &wanted).unwrap().text;
+        assert!(text.contains("      - x.test\n      - y.test # suggested: 3 hits\n"), "{text}");
+        assert!(apply_within(unterminated, &wanted, text.len()).is_ok());
+        assert!(matches!(apply_within(unterminated, &wanted, text.len() - 1), Err(EditError::TooLarge { .. })));
+    }
 
     #[test]
     fn log_values_cannot_inject_yaml() {

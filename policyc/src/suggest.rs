@@ -41,18 +41,72 @@ pub struct Options {
 }
 
 /// One entry to add.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+///
+/// An exact entry stands for its pattern alone; the plan stores it with
+/// `hosts` empty rather than a second copy of the name. On a large fleet's
+/// logs without `--collapse` the plan is hundreds of thousands of exact
+/// entries, and that copy (with its one-element vector) was 64 of the
+/// 184 bytes of each. [`SuggestedEntry::hosts`] reads both forms alike, and
+/// equality and JSON treat `hosts: []` and `hosts: [pattern]` of an exact
+/// entry as the same, so a plan is compared and printed as before.
+#[derive(Clone, Debug)]
 pub struct SuggestedEntry {
     /// The canonical entry: a host or `*.parent`.
     pub pattern: String,
     /// Lines that needed it.
     pub hits: u64,
-    #[serde(serialize_with = "serialize_time")]
     pub first_seen: Option<Timestamp>,
-    #[serde(serialize_with = "serialize_time")]
     pub last_seen: Option<Timestamp>,
-    /// The hosts it stands for (one for an exact entry).
+    /// The hosts it stands for; may be empty for an exact entry (see above):
+    /// read it with [`SuggestedEntry::hosts`].
     pub hosts: Vec<String>,
+}
+
+impl SuggestedEntry {
+    /// The hosts the entry stands for: `[pattern]` for an exact entry stored without them.
+    pub fn hosts(&self) -> &[String] {
+        if self.hosts.is_empty() && !self.pattern.starts_with("*.") {
+            std::slice::from_ref(&self.pattern)
+        } else {
+            &self.hosts
+        }
+    }
+}
+
+impl PartialEq for SuggestedEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern
+            && self.hits == other.hits
+            && self.first_seen == other.first_seen
+            && self.last_seen == other.last_seen
+            && self.hosts() == other.hosts()
+    }
+}
+
+impl Eq for SuggestedEntry {}
+
+impl Serialize for SuggestedEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// The JSON shape, fields in their order, with the hosts spelled out.
+        #[derive(Serialize)]
+        struct Json<'a> {
+            pattern: &'a str,
+            hits: u64,
+            #[serde(serialize_with = "serialize_time")]
+            first_seen: Option<Timestamp>,
+            #[serde(serialize_with = "serialize_time")]
+            last_seen: Option<Timestamp>,
+            hosts: &'a [String],
+        }
+        Json {
+            pattern: &self.pattern,
+            hits: self.hits,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            hosts: self.hosts(),
+        }
+        .serialize(s)
+    }
 }
 
 fn serialize_time<S: serde::Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
@@ -313,12 +367,13 @@ fn port_needs(
 }
 
 fn exact_entry(host: &CanonicalHost, seen: &Observation) -> SuggestedEntry {
+    // `hosts` empty: the entry stands for its pattern (see `SuggestedEntry`).
     SuggestedEntry {
         pattern: host.to_string(),
         hits: seen.hits,
         first_seen: seen.first_seen,
         last_seen: seen.last_seen,
-        hosts: vec![host.to_string()],
+        hosts: Vec::new(),
     }
 }
 

@@ -664,3 +664,38 @@ fn v2_a_pair_reached_on_too_many_ports_is_bounded_and_reported() {
     assert_eq!(report["ports_not_kept"], serde_json::json!([{"role": "api", "host": "api.example.com", "lines": 6}]));
     assert!(run.stderr.contains("ports not kept: role api → api.example.com"), "{}", run.stderr);
 }
+
+/// A result larger than a policy file may be is refused before its text is
+/// built, with the size, the limit and what to do; nothing is written. The
+/// policy itself is just under the limit (a long comment), so one entry tips it.
+#[test]
+fn an_edited_policy_over_the_size_limit_is_refused_early_and_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = egress_policy::yaml::MAX_SOURCE_BYTES;
+    let mut big = String::with_capacity(limit);
+    big.push_str(POLICY);
+    let comment_line = format!("# {}\n", "x".repeat(1 << 16));
+    while big.len() + comment_line.len() <= limit - 100 {
+        big.push_str(&comment_line);
+    }
+    // 20 bytes short of the limit: the entry's line (about 100 bytes) tips it over.
+    big.push_str(&format!("# {}\n", "x".repeat(limit - 20 - big.len() - 3)));
+    assert_eq!(big.len(), limit - 20);
+    let policy = write(dir.path(), "acl.yaml", &big);
+    assert_eq!(policyc(&["check", &policy]).code, 0, "the policy itself is within the limit");
+    let log = write(dir.path(), "d.log", &lines(&[report("billing", "files.stripe.com:443")]));
+    let out = dir.path().join("new.yaml");
+    let run = policyc(&["suggest", "-o", out.to_str().unwrap(), &policy, &log]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let expected_size = big.len() + "      - files.stripe.com # suggested: 1 hit, first seen 2026-11-21T10:00:00Z, last seen 2026-11-21T10:00:00Z\n".len();
+    assert!(
+        run.stderr.contains(&format!(
+            "the edited policy would be {expected_size} bytes, over the {limit}-byte limit of a policy file; suggest fewer entries: fold hosts with --collapse K, pick roles with --role, or raise --min-count; nothing written"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(!out.exists(), "nothing written");
+    assert!(run.stdout.is_empty());
+    assert!(std::fs::read_to_string(&policy).unwrap() == big, "the input is untouched");
+}

@@ -65,6 +65,10 @@ pub fn run(
     }
 
     let plan = suggest::plan(&old_policy, &old_table, &aggregate, options);
+    // Only the line counts are needed from here on: the pairs go before the
+    // edited text and its re-check are built, so the two never add up.
+    let lines = aggregate.lines.clone();
+    drop(aggregate);
     report_left_out(&plan);
     let edited = policy_edit::apply(&source, &plan)
         .map_err(|e| Failure::Refused(format!("{label}: cannot add the suggestions: {e}; nothing written")))?;
@@ -90,7 +94,7 @@ pub fn run(
     let mut canonical: HashMap<&str, Option<host::CanonicalHost>> = HashMap::new();
     for role in &plan.roles {
         for entry in &role.entries {
-            for name in &entry.hosts {
+            for name in entry.hosts() {
                 let parsed = canonical.entry(name.as_str()).or_insert_with(|| host::canonical(name).ok());
                 let allowed = parsed
                     .as_ref()
@@ -149,7 +153,7 @@ pub fn run(
             }
         }
         SuggestFormat::Json => {
-            let report = JsonReport { format_version: 1, policy: label.clone(), plan: &plan, lines: &aggregate.lines };
+            let report = JsonReport { format_version: 1, policy: label.clone(), plan: &plan, lines: &lines };
             if output.is_none() {
                 // Straight into the pipe: the plan of a big fleet is not held twice.
                 write_json_stdout(&report)?;
