@@ -181,9 +181,14 @@ pub fn signal_pid(pid: u32, signal: &str) {
     assert!(sent.expect("run kill").success(), "kill -{signal} {pid} failed");
 }
 
-/// A copy of `socket` without `FD_CLOEXEC`, for one spawn: drop it right after.
+/// A copy of `socket` without `FD_CLOEXEC`, for one spawn: drop it right
+/// after. Numbered 10 or above: a child's script maps its sockets to fds 3
+/// and 4, so a copy must not be one of those, and in a test binary another
+/// thread may just have freed them (a plain `dup` then returned 3 or 4).
 fn inheritable(socket: &TcpListener) -> OwnedFd {
-    rustix::io::dup(socket).expect("dup")
+    let copy = rustix::io::fcntl_dupfd_cloexec(socket, 10).expect("dup");
+    rustix::io::fcntl_setfd(&copy, rustix::io::FdFlags::empty()).expect("clear FD_CLOEXEC");
+    copy
 }
 
 /// The running clients.
