@@ -295,14 +295,15 @@ pub async fn serve_until(
             }
         }
     }
-    workers.stop_accepting().await;
     // Requests on connections accepted before the stop get 503 (go
     // elsewhere), unless a successor serves the same port: then this
     // process serves them, since a 503 would only fail a client that the
-    // hand-over was meant to spare.
+    // hand-over was meant to spare. Set before the listener closes, so a
+    // client that sees the port closed can no longer be served here.
     if stop == Stop::Alone {
         shared.draining.store(true, Ordering::SeqCst);
     }
+    workers.stop_accepting().await;
     admin_state.draining();
     let _ = stop_watching.send(());
     sighup.abort();

@@ -77,11 +77,20 @@ async fn a_socket_activated_restart_refuses_nothing() {
     let (_upstream, setup) = setup(dir.path()).await;
     // The stop waits for the drain: a short grace keeps the pause short
     // (long tunnels end with it, as with any stop-then-start restart).
+    let clients = setup.short_clients as u64;
     let report = lifecycle::socket_restart(&setup, "500ms").await;
     println!("{report}");
     assert!(report.attempted > 50, "the load ran: {report}");
-    assert_eq!(report.refused, 0, "{report} {:?}", report.failures);
-    assert_eq!(report.failed, 0, "connections wait in the backlog: {report} {:?}", report.failures);
+    assert_eq!(report.refused, 0, "connections wait in the backlog: {report} {:?}", report.failures);
+    // The only failure allowed is the designed one: a request on a
+    // connection the old process accepted just before SIGTERM is answered
+    // 503 (retry) while it drains. Only connections open at that instant
+    // can get it: at most one per client.
+    assert!(
+        report.failed <= clients && report.failures.iter().all(|f| f.starts_with("HTTP/1.1 503")),
+        "only draining 503s, at most one per client: {report} {:?}",
+        report.failures
+    );
     assert!(report.longest_pause >= Duration::from_millis(400), "the pause spans the drain: {report}");
 }
 
