@@ -340,6 +340,12 @@ fn item_lines<'p>(indent: &str, entries: &'p [SuggestedEntry], file_quote: char)
     Pending::Entries { prefix: format!("{indent}- "), quoting, entries }
 }
 
+/// A key line rewritten to `head` (the key, its list now moved to the lines
+/// below), keeping the comment the original line ended with.
+fn key_line_keeping(head: &str, trailing_comment: &str) -> Pending<'static> {
+    Pending::Text(if trailing_comment.is_empty() { head.to_owned() } else { format!("{head} {trailing_comment}") })
+}
+
 /// Splits a key line at its trailing comment: (text before the comment, the comment).
 fn split_comment(text: &str) -> (&str, &str) {
     let mut quote: Option<char> = None;
@@ -523,11 +529,7 @@ fn edit_service<'p>(
             debug_assert_eq!(existing.len(), items.len());
             let (_, trailing_comment) = split_comment(after);
             let head = key_line.get(..open).unwrap_or(key_line).trim_end();
-            let mut inserted = vec![Pending::Text(if trailing_comment.is_empty() {
-                head.to_owned()
-            } else {
-                format!("{head} {trailing_comment}")
-            })];
+            let mut inserted = vec![key_line_keeping(head, trailing_comment)];
             inserted.extend(existing.iter().map(|item| Pending::Text(format!("{item_indent}- {item}"))));
             let quotes: Vec<(bool, Option<char>)> = existing
                 .iter()
@@ -573,11 +575,7 @@ fn edit_service<'p>(
             let colon = rest.find(':').map_or(rest.len(), |i| i + 1);
             let (_, trailing_comment) = split_comment(rest.get(colon..).unwrap_or(""));
             let head = key_line.get(..key_end + colon).unwrap_or(key_line);
-            let mut inserted = vec![Pending::Text(if trailing_comment.is_empty() {
-                head.to_owned()
-            } else {
-                format!("{head} {trailing_comment}")
-            })];
+            let mut inserted = vec![key_line_keeping(head, trailing_comment)];
             inserted.push(item_lines(&item_indent, &role.entries, style.quote));
             Ok(PendingEdit { start: index(key.at.line), removed: 1, inserted })
         }
@@ -758,11 +756,7 @@ fn replace_empty_services<'p>(
         return Err(EditError::Unsupported(format!("cannot append to `services` at line {}", key.at.line)));
     }
     let head = line.get(..key_end + colon).unwrap_or(line);
-    let mut inserted = vec![Pending::Text(if trailing_comment.is_empty() {
-        head.to_owned()
-    } else {
-        format!("{head} {trailing_comment}")
-    })];
+    let mut inserted = vec![key_line_keeping(head, trailing_comment)];
     let dash = spaces(key_indent + style.seq_offset.max(2));
     inserted.extend(roles.iter().flat_map(|r| new_service_lines(r, &dash, style)));
     Ok(PendingEdit { start: index(key.at.line), removed: 1, inserted })
