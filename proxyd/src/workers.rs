@@ -11,6 +11,10 @@
 //! one. (The control work — admin endpoints, reloads, signals — stays on the
 //! runtime that called [`Workers::start`].)
 //!
+//! Each worker also keeps one timer of its own running, a second ahead, so
+//! that the deadlines every connection arms never wake its event loop
+//! (`anchor_timers`); an idle worker wakes once a second for it.
+//!
 //! This module knows nothing about requests: it accepts, hands each
 //! connection to the `serve` function it was given, and stops when told.
 
@@ -326,6 +330,8 @@ mod tests {
             "control: without the anchor each deadline wakes the driver ({unanchored} writes for {n})"
         );
         let anchored = writes_arming_deadlines(true, n);
-        assert!(anchored <= 2, "with the anchor, arming {n} deadlines wrote {anchored} times");
+        // The anchor's own re-arming writes once or twice a second: a slow machine may see a few.
+        assert!(anchored <= 10, "with the anchor, arming {n} deadlines wrote {anchored} times");
+        eprintln!("writes arming {n} deadlines: {unanchored} without the anchor, {anchored} with it");
     }
 }
