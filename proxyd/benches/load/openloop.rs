@@ -521,12 +521,12 @@ pub async fn openloop(
     Ok(summary(&plan, &columns, relay, &rates, &labels))
 }
 
-/// Medians over rounds of per-round figures.
 /// `k/n`: how many of a peer's `n` rounds at one rate fell behind.
 fn behind(phases: &[OpenPhase]) -> String {
     format!("{}/{}", phases.iter().filter(|p| p.fell_behind()).count(), phases.len())
 }
 
+/// Medians over rounds of per-round figures.
 fn med(phases: &[OpenPhase], f: impl Fn(&OpenPhase) -> f64) -> f64 {
     median(phases.iter().map(f))
 }
