@@ -14,7 +14,7 @@
 //! with the same value encoders the event formatter uses.
 
 use std::fmt::{self, Write as _};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -78,28 +78,21 @@ fn integer_value<W: fmt::Write + ?Sized>(out: &mut W, value: impl itoa::Integer)
     out.write_str(itoa::Buffer::new().format(value))
 }
 
-/// An address as `Display` writes it, quoted (nothing in it needs escaping).
-/// IPv4, nearly every address a tunnel logs, is written without `core::fmt`.
-fn ip_value<W: fmt::Write + ?Sized>(out: &mut W, ip: IpAddr, port: Option<u16>) -> fmt::Result {
+/// An IPv4 address (and port) as `Display` writes it, quoted, without
+/// `core::fmt`: nearly every address a tunnel logs is one. IPv6 addresses
+/// go through [`display_value`].
+fn ipv4_value<W: fmt::Write + ?Sized>(out: &mut W, ip: Ipv4Addr, port: Option<u16>) -> fmt::Result {
     out.write_char('"')?;
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.write_char('.')?;
-                }
-                out.write_str(digits.format(octet))?;
-            }
-            if let Some(port) = port {
-                out.write_char(':')?;
-                out.write_str(digits.format(port))?;
-            }
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.write_char('.')?;
         }
-        IpAddr::V6(v6) => match port {
-            Some(port) => write!(out, "[{v6}]:{port}")?,
-            None => write!(out, "{v6}")?,
-        },
+        out.write_str(digits.format(octet))?;
+    }
+    if let Some(port) = port {
+        out.write_char(':')?;
+        out.write_str(digits.format(port))?;
     }
     out.write_char('"')
 }
@@ -144,7 +137,10 @@ impl<'w, W: fmt::Write + ?Sized> Object<'w, W> {
     /// An address, as `%ip` logs it.
     pub fn ip(&mut self, name: &str, value: Option<IpAddr>) -> &mut Self {
         if let Some(ip) = value {
-            self.field(name, |out| ip_value(out, ip, None));
+            self.field(name, |out| match ip {
+                IpAddr::V4(v4) => ipv4_value(out, v4, None),
+                IpAddr::V6(v6) => display_value(out, &v6),
+            });
         }
         self
     }
@@ -153,7 +149,7 @@ impl<'w, W: fmt::Write + ?Sized> Object<'w, W> {
     pub fn socket(&mut self, name: &str, value: Option<SocketAddr>) -> &mut Self {
         if let Some(addr) = value {
             self.field(name, |out| match addr {
-                SocketAddr::V4(v4) => ip_value(out, IpAddr::V4(*v4.ip()), Some(v4.port())),
+                SocketAddr::V4(v4) => ipv4_value(out, *v4.ip(), Some(v4.port())),
                 // Scope ids and flow info: as `Display` writes them.
                 SocketAddr::V6(v6) => display_value(out, &v6),
             });
