@@ -7,12 +7,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `2026-11-21T13:05:09Z` (UTC, seconds).
 pub fn rfc3339(time: SystemTime) -> String {
-    let Civil { year, month, day, hour, minute, second } = Civil::of(time);
+    let Civil { year, month, day, hour, minute, second } = Civil::of(since_epoch(time));
     format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
 }
 
-/// A UTC calendar date and time of day, to the second. Times before 1970
-/// (a host clock that is badly wrong) count as 1970-01-01.
+/// Time since 1970; a time before it (a host clock that is badly wrong)
+/// counts as 1970-01-01.
+fn since_epoch(time: SystemTime) -> Duration {
+    time.duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+/// A UTC calendar date and time of day, to the second.
 struct Civil {
     year: u64,
     month: u64,
@@ -23,8 +28,8 @@ struct Civil {
 }
 
 impl Civil {
-    fn of(time: SystemTime) -> Civil {
-        let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    fn of(since_epoch: Duration) -> Civil {
+        let secs = since_epoch.as_secs();
         let (days, rest) = (secs / 86_400, secs % 86_400);
         let (hour, minute, second) = (rest / 3600, rest % 3600 / 60, rest % 60);
         // Howard Hinnant's days-to-civil, for days since 1970-01-01 (non-negative here).
@@ -50,8 +55,9 @@ pub struct Rfc3339Micros([u8; 27]);
 
 impl Rfc3339Micros {
     pub fn new(time: SystemTime) -> Rfc3339Micros {
-        let Civil { year, month, day, hour, minute, second } = Civil::of(time);
-        let micros = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_micros());
+        let since = since_epoch(time);
+        let Civil { year, month, day, hour, minute, second } = Civil::of(since);
+        let micros = since.subsec_micros();
         let mut text = *b"0000-00-00T00:00:00.000000Z";
         let fields: [(std::ops::Range<usize>, u64); 7] = [
             (0..4, year.min(9999)),
@@ -79,7 +85,7 @@ impl Rfc3339Micros {
 /// Go's `time.RFC3339Nano` in UTC (`2026-11-21T10:16:57.35217331Z`: trailing
 /// zeros of the fraction dropped), as Smokescreen writes `created`.
 pub fn rfc3339_nano(time: SystemTime) -> String {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = since_epoch(time);
     let seconds = rfc3339(UNIX_EPOCH + Duration::from_secs(since.as_secs()));
     let nanos = since.subsec_nanos();
     if nanos == 0 {
