@@ -904,34 +904,44 @@ impl Drop for Daemon {
     }
 }
 
-/// Echo server: echoes until EOF, then closes. Its accept queue is as long
-/// as the kernel allows (tokio's default is 1,024): when this process is
-/// starved of CPU for a moment, the open-loop part's upstream connects must
-/// not be dropped here and blamed on the proxy.
+/// Echo server: echoes until EOF, then closes (see [`echo_listener`] and
+/// [`serve_echo`]), on this runtime.
 async fn spawn_echo(ip: IpAddr) -> Result<SocketAddr> {
+    let listener = echo_listener(ip)?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve_echo(listener));
+    Ok(addr)
+}
+
+/// An echo server's listening socket on `ip`, registered with the current
+/// runtime. Its accept queue is as long as the kernel allows (tokio's
+/// default is 1,024): when this process is starved of CPU for a moment, the
+/// open-loop part's upstream connects must not be dropped here and blamed
+/// on the proxy.
+fn echo_listener(ip: IpAddr) -> Result<TcpListener> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(ip, 0))?;
-    let listener = socket.listen(65_535)?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = stream.set_nodelay(true);
-                let mut buf = [0u8; 1024];
-                loop {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
+    Ok(socket.listen(65_535)?)
+}
+
+/// Accepts forever; each connection is echoed until EOF, then closed.
+async fn serve_echo(listener: TcpListener) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let mut buf = [0u8; 1024];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if stream.write_all(&buf[..n]).await.is_err() {
+                            break;
                         }
                     }
                 }
-            });
-        }
-    });
-    Ok(addr)
+            }
+        });
+    }
 }
 
 /// What the sink saw on one connection.
