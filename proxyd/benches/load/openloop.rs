@@ -68,10 +68,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use super::{
     CLIENTS, CpuMeter, ECHO_BYTES, ECHO_TARGETS, Latencies, Noise, OP_TIMEOUT, PeerSpec, Result, Route, Running,
@@ -220,27 +221,49 @@ async fn coalesce(tick: Duration, until: Option<Instant>) {
     tokio::task::yield_now().await;
 }
 
-/// This part's echo servers, on [`GENERATOR_THREADS`] coalescing threads
-/// of their own (see [`coalesce`]) rather than on the tool's runtime, whose
-/// event-driven workers wake for every accept, read and end of stream. They
-/// serve the same echo as the other parts' (see [`super::serve_echo`]).
+/// This part's echo servers, on [`GENERATOR_THREADS`] threads of their own
+/// that coalesce (see [`coalesce`]) while an open-loop phase runs, rather
+/// than on the tool's runtime, whose event-driven workers wake for every
+/// accept, read and end of stream. Between phases they wait for events as
+/// any runtime does, so they take nothing from the closed-loop calibration
+/// (ticking, two threads would wake 13,000 times a second for nothing).
+/// They serve the same echo as the other parts' (see [`super::serve_echo`]).
 struct EchoPool {
     threads: Vec<(tokio::runtime::Handle, std::thread::JoinHandle<()>)>,
-    stop: Arc<AtomicBool>,
+    mode: Arc<watch::Sender<Mode>>,
+}
+
+/// What an [`EchoPool`]'s threads do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Wait for events (between phases).
+    Idle,
+    /// Look at their sockets once per tick (during a phase).
+    Coalesce,
+    Stop,
 }
 
 impl EchoPool {
     fn start(tick: Duration) -> Result<EchoPool> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut pool = EchoPool { threads: Vec::new(), stop: Arc::clone(&stop) };
+        let (mode, _) = watch::channel(Mode::Idle);
+        let mut pool = EchoPool { threads: Vec::new(), mode: Arc::new(mode) };
         for t in 0..GENERATOR_THREADS {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let handle = runtime.handle().clone();
-            let stop = Arc::clone(&stop);
+            let mut mode = pool.mode.subscribe();
             let thread = std::thread::Builder::new().name(format!("openloop-echo-{t}")).spawn(move || {
                 runtime.block_on(async {
-                    while !stop.load(Ordering::Acquire) {
-                        coalesce(tick, None).await;
+                    loop {
+                        let now = *mode.borrow_and_update();
+                        match now {
+                            Mode::Stop => break,
+                            Mode::Coalesce => coalesce(tick, None).await,
+                            Mode::Idle => {
+                                if mode.changed().await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
                     }
                 });
             })?;
@@ -260,12 +283,27 @@ impl EchoPool {
         handle.spawn(serve_echo(listener));
         Ok(addr)
     }
+
+    /// Coalesces until the guard is dropped.
+    fn coalescing(&self) -> Coalescing {
+        self.mode.send_replace(Mode::Coalesce);
+        Coalescing(Arc::clone(&self.mode))
+    }
+}
+
+/// While it lives, the pool coalesces (see [`EchoPool::coalescing`]).
+struct Coalescing(Arc<watch::Sender<Mode>>);
+
+impl Drop for Coalescing {
+    fn drop(&mut self) {
+        self.0.send_replace(Mode::Idle);
+    }
 }
 
 impl Drop for EchoPool {
     /// Stops the threads; their runtimes drop the servers and connections.
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.mode.send_replace(Mode::Stop);
         for (_, thread) in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -683,7 +721,9 @@ pub async fn openloop(
                 let column = &mut columns[(k + round - 1) % count];
                 let cpu = CpuMeter::start(column.pid);
                 let overflows = listen_overflows();
+                let coalescing = pool.coalescing();
                 let mut phase = open_phase(&column.open_routes, *rate, plan.phase).await?;
+                drop(coalescing);
                 phase.listen_overflows = overflows.zip(listen_overflows()).map(|(a, b)| b.saturating_sub(a));
                 let cpu = cpu.stop();
                 noise.record(&cpu);
