@@ -33,7 +33,7 @@
 //! the relay, so a `CONNECT` proxy's added latency carries up to one tick
 //! the relay's does not). `OPENLOOP_TICK_US` changes the tick. The
 //! kernel's default timer slack (50 µs) stays: sleeping to the microsecond
-//! (`PR_SET_TIMERSLACK` 1 µs) took 7 to 14 points more of the machine at
+//! (`PR_SET_TIMERSLACK` 1 µs) took 3 to 14 points more of the machine at
 //! 25 to 75% of the relay's maximum, for 0.1 ms off direct's p50.
 //!
 //! The offered rates are 25%, 50% and 75% of the HAProxy relay's
