@@ -233,7 +233,7 @@ async fn coalesce(tick: Duration, until: Option<Instant>) {
 /// They serve the same echo as the other parts' (see [`super::serve_echo`]).
 struct EchoPool {
     threads: Vec<(tokio::runtime::Handle, std::thread::JoinHandle<()>)>,
-    mode: Arc<watch::Sender<Mode>>,
+    mode: watch::Sender<Mode>,
 }
 
 /// What an [`EchoPool`]'s threads do.
@@ -249,7 +249,7 @@ enum Mode {
 impl EchoPool {
     fn start(tick: Duration) -> Result<EchoPool> {
         let (mode, _) = watch::channel(Mode::Idle);
-        let mut pool = EchoPool { threads: Vec::new(), mode: Arc::new(mode) };
+        let mut pool = EchoPool { threads: Vec::new(), mode };
         for t in 0..GENERATOR_THREADS {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let handle = runtime.handle().clone();
@@ -290,12 +290,12 @@ impl EchoPool {
     /// Coalesces until the guard is dropped.
     fn coalescing(&self) -> Coalescing {
         self.mode.send_replace(Mode::Coalesce);
-        Coalescing(Arc::clone(&self.mode))
+        Coalescing(self.mode.clone())
     }
 }
 
 /// While it lives, the pool coalesces (see [`EchoPool::coalescing`]).
-struct Coalescing(Arc<watch::Sender<Mode>>);
+struct Coalescing(watch::Sender<Mode>);
 
 impl Drop for Coalescing {
     fn drop(&mut self) {
@@ -408,8 +408,6 @@ fn generate(t: usize, schedule: &Schedule) -> std::io::Result<Share> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let outcomes = Arc::new(Mutex::new(Vec::with_capacity(schedule.total / GENERATOR_THREADS + 1)));
-        // Requests of this thread that have ended (their outcome is in `outcomes`).
-        let finished = Arc::new(AtomicUsize::new(0));
         let (mut next, mut started, mut unstarted, mut peak) = (t, 0usize, 0usize, 0usize);
         loop {
             let now = Instant::now();
@@ -424,9 +422,11 @@ fn generate(t: usize, schedule: &Schedule) -> std::io::Result<Share> {
                 }
                 peak = peak.max(open);
                 started += 1;
-                tokio::spawn(request(i, schedule.clone(), Arc::clone(&outcomes), Arc::clone(&finished)));
+                tokio::spawn(request(i, schedule.clone(), Arc::clone(&outcomes)));
             }
-            if next >= schedule.total && finished.load(Ordering::Acquire) == started {
+            // Every request this thread started has pushed its outcome (a poisoned lock: give up waiting).
+            let finished = outcomes.lock().map_or(started, |o| o.len());
+            if next >= schedule.total && finished == started {
                 break;
             }
             coalesce(schedule.tick, (next < schedule.total).then(|| schedule.at(next))).await;
@@ -437,7 +437,7 @@ fn generate(t: usize, schedule: &Schedule) -> std::io::Result<Share> {
 }
 
 /// Request `i`: connect (+ CONNECT), echo, close, timed from its scheduled start.
-async fn request(i: usize, schedule: Schedule, outcomes: Arc<Mutex<Vec<Outcome>>>, finished: Arc<AtomicUsize>) {
+async fn request(i: usize, schedule: Schedule, outcomes: Arc<Mutex<Vec<Outcome>>>) {
     let at = schedule.at(i);
     let lag = at.elapsed();
     let route = schedule.routes[i % schedule.routes.len()];
@@ -459,7 +459,6 @@ async fn request(i: usize, schedule: Schedule, outcomes: Arc<Mutex<Vec<Outcome>>
     if let Ok(mut outcomes) = outcomes.lock() {
         outcomes.push(Outcome { lag, latency, done, result });
     }
-    finished.fetch_add(1, Ordering::Release);
 }
 
 /// The machine's TcpExt ListenOverflows counter (any listener: other jobs' too).
