@@ -763,6 +763,38 @@ fn added(peer: &[OpenPhase], direct: &[OpenPhase], q: f64) -> Vec<f64> {
 /// a proxy adding no more than 1.5 ms passes when the relay adds nothing.
 const ADDED_FLOOR_MS: f64 = 1.0;
 
+/// What one rate leaves a proxy on this machine: the cores the generator
+/// alone used at that rate (the direct phases: generator and echo servers,
+/// no proxy) are taken from the machine's, and the rest, spread over the
+/// offered tunnels, is about the most CPU a tunnel may cost a proxy that
+/// keeps up. Each proxy's median CPU per tunnel is shown as a share of it.
+/// It is a guide, not a hard bound: the generator's own cost varies from
+/// round to round (a relay at 115% kept up in 4 of 5 rounds once), and
+/// with a proxy in between it does a little more (a `CONNECT` proxy's
+/// `200` is one more read). Near or over 100%, whether a stall is drained
+/// is decided by the machine as much as by the proxy's code.
+fn budget_line(columns: &[OpenColumn], r: usize, rate: Option<f64>) -> Option<String> {
+    let rate = rate.filter(|r| *r > 0.0)?;
+    let cores = std::thread::available_parallelism().ok()?.get() as f64;
+    let generator = med(&columns.first()?.open[r], |p| p.generator_cores.unwrap_or(f64::NAN));
+    if !generator.is_finite() {
+        return None;
+    }
+    let budget_us = (cores - generator) / rate * 1e6;
+    let shares: Vec<String> = columns
+        .iter()
+        .skip(1)
+        .map(|column| {
+            let used = med(&column.open[r], |p| p.cpu_us.unwrap_or(f64::NAN));
+            format!("{} {used:.0} µs ({:.0}%)", column.name, used / budget_us * 100.0)
+        })
+        .collect();
+    Some(format!(
+        "  budget: ({cores:.0} cores - {generator:.2} for the generator alone) / {rate:.0}/s = {budget_us:.0} µs a tunnel; used: {}",
+        shares.join(", ")
+    ))
+}
+
 fn summary(
     plan: &OpenPlan,
     columns: &[OpenColumn],
@@ -872,6 +904,9 @@ fn summary(
                 med(phases, |p| p.generator_cores.unwrap_or(f64::NAN)),
                 phases.iter().filter_map(|p| p.listen_overflows).sum::<u64>(),
             ));
+        }
+        if let Some(budget) = budget_line(columns, r, rates.get(r).copied()) {
+            lines.push(budget);
         }
     }
 
