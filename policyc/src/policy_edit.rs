@@ -173,6 +173,19 @@ impl<'s> Source<'s> {
     }
 }
 
+/// Whether an empty value (`[]`, `~`, `null`) is written on a line after
+/// its key (`services:` then ` []` below it). Such a value is refused: the
+/// edits here rewrite the key's line, and the value's own line would be
+/// left behind, after the new items, as text that no longer parses.
+fn empty_value_below_key(source: &Source<'_>, key: &Node, value: &Node) -> bool {
+    if value.at.line <= key.at.line {
+        return false;
+    }
+    let line = source.line(value.at.line);
+    let rest = line.get(source.before(value.at.line, value.at.column).len()..).unwrap_or("");
+    matches!(split_comment(rest).0.trim(), "[]" | "~" | "null" | "Null" | "NULL")
+}
+
 fn index(line: u64) -> usize {
     usize::try_from(line.saturating_sub(1)).unwrap_or(usize::MAX)
 }
@@ -568,6 +581,10 @@ fn edit_service<'p>(
             let dash = indent.chars().count();
             Ok(PendingEdit { start: end_of_node(source, last.at.line, dash), removed: 0, inserted })
         }
+        Value::Null if empty_value_below_key(source, key, value) => Err(EditError::Unsupported(format!(
+            "`allowed_domains` of service {:?} is empty on line {}, below its key; write `allowed_domains: []` on one line",
+            role.role, value.at.line
+        ))),
         Value::Null => {
             // `allowed_domains:` (or `~`/`null`): keep the key and its comment, add the items.
             let key_end = source.before(key.at.line, key.at.column).len();
@@ -728,6 +745,10 @@ fn append_services<'p>(
                 roles.iter().flat_map(|r| new_service_lines(r, &spaces(dash), style)).collect();
             Ok(PendingEdit { start: end, removed: 0, inserted })
         }
+        _ if empty_value_below_key(source, key, value) => Err(EditError::Unsupported(format!(
+            "`services` is empty on line {}, below its key; write `services: []` on one line so suggest can append to it",
+            value.at.line
+        ))),
         Value::Seq(items) if items.is_empty() || source.char_at(value) != Some('[') => {
             replace_empty_services(source, key, key_indent, roles, style)
         }
@@ -945,6 +966,31 @@ mod tests {
         let policy = checked(&edited.text);
         assert_eq!(policy.services.len(), 3);
         assert_eq!(policy.services[0].allowed_domains.len(), 2);
+    }
+
+    #[test]
+    fn an_empty_value_below_its_key_is_refused_not_left_behind() {
+        // Found by the suggest_edit fuzz target: `[]` on the line after
+        // `services:` stayed below the appended service, and the edited
+        // policy no longer parsed.
+        for source in ["version: v1\nservices:\n []\n", "version: v1\nservices: # none\n  [] # yet\n"] {
+            checked(source);
+            let refused = apply(source, &plan(&[("new role", false, &["a.test"])])).unwrap_err();
+            assert!(refused.to_string().contains("write `services: []` on one line"), "{source:?}: {refused}");
+        }
+        let domains = "version: v1\nservices:\n  - name: a\n    action: enforce\n    allowed_domains:\n      null\n";
+        checked(domains);
+        let refused = apply(domains, &plan(&[("a", true, &["a.test"])])).unwrap_err();
+        assert!(refused.to_string().contains("write `allowed_domains: []` on one line"), "{refused}");
+        // Written on the key's line, or left out, they are still edited.
+        let edited = apply("version: v1\nservices: []\n", &plan(&[("new role", false, &["a.test"])])).unwrap();
+        assert_eq!(checked(&edited.text).services[0].name, "new role", "{}", edited.text);
+        let edited = apply(
+            "version: v1\nservices:\n  - name: a\n    action: enforce\n    allowed_domains:\n",
+            &plan(&[("a", true, &["a.test"])]),
+        )
+        .unwrap();
+        assert_eq!(checked(&edited.text).services[0].allowed_domains.len(), 1, "{}", edited.text);
     }
 
     #[test]
