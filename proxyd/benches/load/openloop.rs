@@ -332,7 +332,6 @@ impl Schedule {
 }
 
 /// One generator thread's outcomes.
-#[derive(Default)]
 struct Share {
     outcomes: Vec<Outcome>,
     unstarted: usize,
@@ -769,7 +768,7 @@ const ADDED_FLOOR_MS: f64 = 1.0;
 /// offered tunnels, is about the most CPU a tunnel may cost a proxy that
 /// keeps up. Each proxy's median CPU per tunnel is shown as a share of it.
 /// It is a guide, not a hard bound: the generator's own cost varies from
-/// round to round (a relay at 115% kept up in 4 of 5 rounds once), and
+/// round to round (in one run the relay, at 115% of it, kept up in 3 of 5 rounds), and
 /// with a proxy in between it does a little more (a `CONNECT` proxy's
 /// `200` is one more read). Near or over 100%, whether a stall is drained
 /// is decided by the machine as much as by the proxy's code.
